@@ -1,0 +1,333 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/orch-hooks/orch-hooks/config"
+	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/pipeline"
+)
+
+// Exit codes (DESIGN.md "Command line").
+const (
+	exitOK    = 0
+	exitError = 1 // operational error
+	exitUsage = 2 // usage or configuration error
+	exitNo    = 3 // a definite "no": gate failed, conflict, lease busy, stale token
+)
+
+// exitError carries an exit code with an error.
+type codeError struct {
+	code int
+	err  error
+}
+
+func (e *codeError) Error() string { return e.err.Error() }
+func (e *codeError) Unwrap() error { return e.err }
+
+func usageErrorf(format string, args ...any) error {
+	return &codeError{exitUsage, fmt.Errorf(format, args...)}
+}
+
+func withCode(code int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &codeError{code, err}
+}
+
+// exitCode maps an error to the exit code DESIGN.md gives it.
+func exitCode(err error) int {
+	var ce *codeError
+	var cfgErr *config.Error
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ce):
+		return ce.code
+	case errors.As(err, &cfgErr),
+		errors.Is(err, gitstate.ErrBadName),
+		errors.Is(err, gitstate.ErrNotInitialised),
+		errors.Is(err, gitstate.ErrNotRepository),
+		errors.Is(err, pipeline.ErrUnknownStage):
+		return exitUsage
+	default:
+		return exitError
+	}
+}
+
+// command is one subcommand: its flags are declared by setup, which returns
+// the function that runs it with the positional arguments.
+type command struct {
+	name    string
+	args    string // synopsis after the name
+	summary string
+	help    string // longer text for --help
+	setup   func(fs *flag.FlagSet, c *cli) func(args []string) error
+}
+
+var commands []*command
+
+func lookup(name string) *command {
+	for _, c := range commands {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// cli is one invocation: global flags, output streams, and the lazily opened
+// repository, config and store.
+type cli struct {
+	stdout, stderr io.Writer
+	dir            string // -C
+	configFlag     string // --config
+	ctx            context.Context
+
+	repo  *gitstate.Repo
+	cfg   *config.Config
+	store *gitstate.Store
+}
+
+const globalUsage = `orch-hooks runs long jobs (coding agents, builds) against a git repository,
+one branch per task, through stages with quality gates, and merges them one
+at a time; its state lives under .git and stays true when processes die.
+
+Usage:
+  orch-hooks [-C DIR] [--config FILE] COMMAND [flags] [args]
+
+Commands:
+%s
+Global flags:
+  -C DIR         run as if started in DIR
+  --config FILE  read FILE instead of orch.toml at the top of the main worktree
+
+Exit codes: 0 success, 1 operational error, 2 usage or configuration error,
+3 a definite "no" (gate failed, merge conflict, lease busy, stale token).
+
+Run "orch-hooks COMMAND --help" for a command's flags.
+`
+
+func printGlobalUsage(w io.Writer) {
+	var b strings.Builder
+	cs := append([]*command(nil), commands...)
+	sort.Slice(cs, func(i, j int) bool { return cs[i].name < cs[j].name })
+	for _, c := range cs {
+		fmt.Fprintf(&b, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, globalUsage, b.String())
+}
+
+// Main runs the command line and returns the exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c := &cli{stdout: stdout, stderr: stderr, ctx: ctx}
+	err := c.run(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "orch-hooks: %v\n", err)
+	}
+	return exitCode(err)
+}
+
+func (c *cli) run(args []string) error {
+	for len(args) > 0 {
+		a := args[0]
+		switch {
+		case a == "-C" || a == "--C":
+			if len(args) < 2 {
+				return usageErrorf("-C needs a directory")
+			}
+			c.dir, args = args[1], args[2:]
+		case strings.HasPrefix(a, "-C="):
+			c.dir, args = strings.TrimPrefix(a, "-C="), args[1:]
+		case a == "--config" || a == "-config":
+			if len(args) < 2 {
+				return usageErrorf("--config needs a file")
+			}
+			c.configFlag, args = args[1], args[2:]
+		case strings.HasPrefix(a, "--config="):
+			c.configFlag, args = strings.TrimPrefix(a, "--config="), args[1:]
+		case a == "-h" || a == "--help" || a == "help":
+			if a == "help" && len(args) > 1 {
+				return c.run([]string{args[1], "--help"})
+			}
+			printGlobalUsage(c.stdout)
+			return flag.ErrHelp
+		case a == "--version":
+			args = []string{"version"}
+		case strings.HasPrefix(a, "-"):
+			return usageErrorf("unknown global flag %s; run orch-hooks --help", a)
+		default:
+			goto command
+		}
+	}
+	printGlobalUsage(c.stderr)
+	return usageErrorf("no command given")
+command:
+	if c.dir != "" {
+		if err := os.Chdir(c.dir); err != nil {
+			return usageErrorf("-C %s: %v", c.dir, err)
+		}
+	}
+	cmd := lookup(args[0])
+	if cmd == nil {
+		return usageErrorf("unknown command %q; run orch-hooks --help for the list", args[0])
+	}
+	fs := flag.NewFlagSet(cmd.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	runFn := cmd.setup(fs, c)
+	pos, err := parseInterspersed(fs, args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		c.commandUsage(c.stdout, cmd, fs)
+		return flag.ErrHelp
+	}
+	if err != nil {
+		return usageErrorf("%s: %v; run orch-hooks %s --help", cmd.name, err, cmd.name)
+	}
+	return runFn(pos)
+}
+
+func (c *cli) commandUsage(w io.Writer, cmd *command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage: orch-hooks %s %s\n\n%s\n", cmd.name, cmd.args, cmd.summary)
+	if cmd.help != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(cmd.help))
+	}
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n > 0 {
+		fmt.Fprintf(w, "\nFlags:\n")
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+}
+
+// parseInterspersed lets flags stand before or after positional arguments,
+// as git's do; "--" ends the flags.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			pos = append(pos, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		if f := fs.Lookup(name); f != nil && !isBoolFlag(f) && i+1 < len(args) {
+			flags = append(flags, args[i+1])
+			i++
+		}
+	}
+	if err := fs.Parse(flags); err != nil {
+		return nil, err
+	}
+	return pos, nil
+}
+
+func isBoolFlag(f *flag.Flag) bool {
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
+// needArgs checks the number of positional arguments.
+func needArgs(cmd string, args []string, min, max int, what string) error {
+	if len(args) < min || (max >= 0 && len(args) > max) {
+		return usageErrorf("%s: expected %s, got %d argument(s); run orch-hooks %s --help", cmd, what, len(args), cmd)
+	}
+	return nil
+}
+
+// openRepo opens the repository of the working directory.
+func (c *cli) openRepo() (*gitstate.Repo, error) {
+	if c.repo != nil {
+		return c.repo, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	r, err := gitstate.Open(wd)
+	if err != nil {
+		return nil, err
+	}
+	c.repo = r
+	return r, nil
+}
+
+// loadConfig reads orch.toml (or --config).
+func (c *cli) loadConfig() (*config.Config, error) {
+	if c.cfg != nil {
+		return c.cfg, nil
+	}
+	r, err := c.openRepo()
+	if err != nil {
+		return nil, err
+	}
+	path, required := config.Find(c.configFlag, r.MainWorktree, r.Worktree)
+	cfg, err := config.Load(path, required)
+	if err != nil {
+		return nil, err
+	}
+	c.cfg = cfg
+	return cfg, nil
+}
+
+// openStore opens the job store of an initialised repository.
+func (c *cli) openStore() (*gitstate.Store, error) {
+	if c.store != nil {
+		return c.store, nil
+	}
+	r, err := c.openRepo()
+	if err != nil {
+		return nil, err
+	}
+	s, err := gitstate.OpenStore(r.StateDir())
+	if err != nil {
+		return nil, err
+	}
+	c.store = s
+	return s, nil
+}
+
+// env opens everything a pipeline operation needs.
+func (c *cli) env() (*pipeline.Env, error) {
+	r, err := c.openRepo()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := c.loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	s, err := c.openStore()
+	if err != nil {
+		return nil, err
+	}
+	return &pipeline.Env{Repo: r, Store: s, Config: cfg}, nil
+}
+
+func (c *cli) errf(format string, args ...any) {
+	fmt.Fprintf(c.stderr, format, args...)
+}

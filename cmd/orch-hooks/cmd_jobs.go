@@ -1,0 +1,338 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	orchhooks "github.com/orch-hooks/orch-hooks"
+	"github.com/orch-hooks/orch-hooks/config"
+	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/pipeline"
+)
+
+func init() {
+	commands = append(commands,
+		&command{name: "init", args: "", summary: "create the state dir; write orch.toml from the example if missing",
+			help: `Creates <common-git-dir>/orch/ (shared by every worktree of the repository)
+and, when the main worktree has no orch.toml, writes the documented example
+there. Running it again changes nothing.`,
+			setup: setupInit},
+		&command{name: "enqueue", args: "--branch B [--stage S] [--task T] [--attempt N]", summary: "queue a job; print its id (idempotent)",
+			help: `The job id is derived from (task, stage, attempt): enqueuing the same job
+again prints the same id and creates nothing. The task defaults to the
+branch name, the stage to the first [[stages]] entry of orch.toml, the
+attempt to 1. Only the id goes to stdout.`,
+			setup: setupEnqueue},
+		&command{name: "status", args: "[--json] [--all]", summary: "active and recently ended jobs, unreadable records",
+			setup: setupStatus},
+		&command{name: "show", args: "JOB [--json]", summary: "one job record", setup: setupShow},
+		&command{name: "cancel", args: "JOB", summary: "cancel a queued or running job", setup: setupCancel},
+		&command{name: "version", args: "", summary: "print the version", setup: setupVersion},
+	)
+}
+
+func setupInit(fs *flag.FlagSet, c *cli) func([]string) error {
+	return func(args []string) error {
+		if err := needArgs("init", args, 0, 0, "no arguments"); err != nil {
+			return err
+		}
+		r, err := c.openRepo()
+		if err != nil {
+			return err
+		}
+		if err := gitstate.Init(r.StateDir()); err != nil {
+			return err
+		}
+		c.errf("state dir: %s\n", r.StateDir())
+		path, _ := config.Find(c.configFlag, r.MainWorktree, r.Worktree)
+		if _, err := os.Stat(path); err == nil {
+			c.errf("config: %s (kept)\n", path)
+		} else {
+			f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+			if errors.Is(err, os.ErrExist) {
+				c.errf("config: %s (kept)\n", path)
+			} else if err != nil {
+				return fmt.Errorf("write %s: %w", path, err)
+			} else {
+				_, werr := f.WriteString(orchhooks.ExampleConfig)
+				if cerr := f.Close(); werr == nil {
+					werr = cerr
+				}
+				if werr != nil {
+					os.Remove(path)
+					return fmt.Errorf("write %s: %w", path, werr)
+				}
+				c.errf("config: %s (written from the example; edit its [[stages]])\n", path)
+			}
+		}
+		// Validate what is there now, so a broken orch.toml shows at once.
+		_, err = c.loadConfig()
+		return err
+	}
+}
+
+func setupEnqueue(fs *flag.FlagSet, c *cli) func([]string) error {
+	var r pipeline.Request
+	fs.StringVar(&r.Branch, "branch", "", "the job's branch (required)")
+	fs.StringVar(&r.Stage, "stage", "", "stage to run (default: the first stage of orch.toml)")
+	fs.StringVar(&r.Task, "task", "", "task name (default: the branch name)")
+	fs.StringVar(&r.Target, "target", "", "branch to merge into (default: target of orch.toml)")
+	fs.IntVar(&r.Attempt, "attempt", 1, "attempt number, from 1")
+	return func(args []string) error {
+		if err := needArgs("enqueue", args, 0, 0, "no positional arguments"); err != nil {
+			return err
+		}
+		if r.Branch == "" {
+			return usageErrorf("enqueue: --branch is required; e.g. orch-hooks enqueue --branch feat/login")
+		}
+		env, err := c.env()
+		if err != nil {
+			return err
+		}
+		j, created, err := env.Enqueue(r)
+		if err != nil {
+			return err
+		}
+		if !created {
+			c.errf("job %s already exists (%s); nothing created\n", j.ID, j.Status)
+		}
+		fmt.Fprintln(c.stdout, j.ID)
+		return nil
+	}
+}
+
+// recentEnded is how many ended jobs status shows without --all.
+const recentEnded = 10
+
+func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
+	asJSON := fs.Bool("json", false, "print JSON (stable keys; see README)")
+	all := fs.Bool("all", false, "list every job, not only active and recently ended ones")
+	return func(args []string) error {
+		if err := needArgs("status", args, 0, 0, "no positional arguments"); err != nil {
+			return err
+		}
+		s, err := c.openStore()
+		if err != nil {
+			return err
+		}
+		var l gitstate.Listing
+		if *all {
+			l, err = s.All()
+		} else {
+			l, err = s.Active()
+			if err == nil {
+				var recent []*gitstate.Job
+				recent, err = s.Recent(recentEnded)
+				// Ended jobs are shown after the active ones, oldest first.
+				for i := len(recent) - 1; i >= 0; i-- {
+					l.Jobs = append(l.Jobs, recent[i])
+				}
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			jobs := []jobJSON{}
+			for _, j := range l.Jobs {
+				jobs = append(jobs, toJobJSON(j))
+			}
+			return writeJSON(c.stdout, map[string]any{
+				"jobs":       jobs,
+				"leases":     []any{},
+				"reaper":     nil,
+				"unreadable": toUnreadableJSON(l.Unreadable),
+			})
+		}
+		c.printJobTable(l.Jobs)
+		for _, u := range l.Unreadable {
+			fmt.Fprintf(c.stdout, "unreadable: %s: %v\n", u.Path, u.Err)
+		}
+		return nil
+	}
+}
+
+func (c *cli) printJobTable(jobs []*gitstate.Job) {
+	if len(jobs) == 0 {
+		fmt.Fprintln(c.stdout, "no jobs")
+		return
+	}
+	now := time.Now()
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "JOB\tSTATUS\tSTAGE\tBRANCH\tAGE\tPID\tREASON")
+	for _, j := range jobs {
+		since := j.CreatedAt
+		switch {
+		case j.Status.Terminal():
+			since = j.EndedAt
+		case j.Status == gitstate.Running:
+			since = j.StartedAt
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.ID, j.Status, j.Stage, j.Branch,
+			age(now, since), pidString(j.Command.PID), dash(oneLine(j.Reason)))
+	}
+	tw.Flush()
+}
+
+func oneLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 60 {
+		s = s[:57] + "..."
+	}
+	return s
+}
+
+func setupShow(fs *flag.FlagSet, c *cli) func([]string) error {
+	asJSON := fs.Bool("json", false, "print JSON (stable keys; see README)")
+	return func(args []string) error {
+		if err := needArgs("show", args, 1, 1, "one job id"); err != nil {
+			return err
+		}
+		s, err := c.openStore()
+		if err != nil {
+			return err
+		}
+		j, err := s.Get(args[0])
+		if err != nil {
+			return jobLookupError(err)
+		}
+		if *asJSON {
+			return writeJSON(c.stdout, toJobJSON(j))
+		}
+		c.printJob(s, j)
+		return nil
+	}
+}
+
+// jobLookupError adds the way out to a failed lookup.
+func jobLookupError(err error) error {
+	if errors.Is(err, gitstate.ErrNotFound) {
+		return fmt.Errorf("%w; run orch-hooks status --all for the job ids", err)
+	}
+	return err
+}
+
+func (c *cli) printJob(s *gitstate.Store, j *gitstate.Job) {
+	w := tabwriter.NewWriter(c.stdout, 0, 4, 1, ' ', 0)
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(w, "%s:\t%s\n", k, v)
+		}
+	}
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.Local().Format(time.RFC3339)
+	}
+	row("id", j.ID)
+	row("status", string(j.Status))
+	row("task", j.Task)
+	row("stage", j.Stage)
+	row("branch", j.Branch)
+	row("target", j.Target)
+	row("attempt", fmt.Sprint(j.Attempt))
+	row("created", ts(j.CreatedAt))
+	row("started", ts(j.StartedAt))
+	row("finished", ts(j.FinishedAt))
+	row("ended", ts(j.EndedAt))
+	if !j.Monitor.IsZero() {
+		row("monitor", j.Monitor.String())
+	}
+	if !j.Command.IsZero() {
+		row("command", fmt.Sprintf("%s, process group %d", j.Command, j.PGID))
+	}
+	if j.ExitCode != nil {
+		row("exit code", fmt.Sprint(*j.ExitCode))
+	}
+	for _, g := range j.Gates {
+		res := "passed"
+		if !g.Passed {
+			res = "FAILED"
+		}
+		row("gate "+g.Name, strings.TrimSpace(res+" "+oneLine(g.Detail)))
+	}
+	row("reason", j.Reason)
+	row("ended by", j.EndedBy)
+	row("next job", j.NextJob)
+	row("record", s.RecordPath(j.ID))
+	if _, err := os.Stat(s.LogPath(j.ID)); err == nil {
+		row("log", s.LogPath(j.ID))
+	}
+	w.Flush()
+	if len(j.History) > 0 {
+		fmt.Fprintln(c.stdout, "history:")
+		for _, t := range j.History {
+			from := string(t.From)
+			if from == "" {
+				from = "(new)"
+			}
+			fmt.Fprintf(c.stdout, "  %s  %s → %s  by %s (pid %d on %s)  %s\n",
+				t.At.Local().Format(time.RFC3339), from, t.To, t.Actor, t.PID, t.Host, t.Reason)
+		}
+	}
+}
+
+func setupCancel(fs *flag.FlagSet, c *cli) func([]string) error {
+	return func(args []string) error {
+		if err := needArgs("cancel", args, 1, 1, "one job id"); err != nil {
+			return err
+		}
+		env, err := c.env()
+		if err != nil {
+			return err
+		}
+		j, won, err := env.Cancel(c.ctx, args[0])
+		if err != nil {
+			return jobLookupError(err)
+		}
+		if !won {
+			return withCode(exitNo, fmt.Errorf("job %s is %s, not queued or running: nothing to cancel", j.ID, j.Status))
+		}
+		c.errf("cancelled %s\n", j.ID)
+		return nil
+	}
+}
+
+func setupVersion(fs *flag.FlagSet, c *cli) func([]string) error {
+	return func(args []string) error {
+		fmt.Fprintf(c.stdout, "orch-hooks %s\n", version())
+		return nil
+	}
+}
+
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown)"
+	}
+	v := bi.Main.Version
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if (v == "" || v == "(devel)") && rev != "" {
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		return "devel-" + rev + dirty
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	return v + " " + filepath.Base(bi.GoVersion)
+}

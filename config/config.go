@@ -1,0 +1,417 @@
+// Package config reads orch.toml: defaults, validation with file:line:key in
+// every message, and the ORCH_* environment overrides (which win).
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/orch-hooks/orch-hooks/gitstate"
+)
+
+// FileName is the config file at the top of the main worktree.
+const FileName = "orch.toml"
+
+// Defaults of every setting; orch.toml.example documents the same values.
+const (
+	TargetDefault           = "main"
+	MaxConcurrencyDefault   = 1
+	WorktreesDefault        = ".orch/worktrees"
+	ReaperIntervalSDefault  = 30
+	DeadTicksDefault        = 3
+	FinalizeGraceSDefault   = 300
+	MaxRunningSDefault      = 14400
+	LeaseTTLSDefault        = 900
+	FinalizeTimeoutSDefault = 120
+)
+
+// Stage kinds.
+const (
+	KindCommand = "command"
+	KindMerge   = "merge"
+)
+
+// Built-in gate names; "cmd:SHELL" runs a command.
+const (
+	GateCommitsAhead  = "commits_ahead"
+	GateMergeable     = "mergeable"
+	GateCleanWorktree = "clean_worktree"
+	GateCmdPrefix     = "cmd:"
+)
+
+// Config is a parsed, validated orch.toml with overrides applied.
+type Config struct {
+	// Path is the file this was read from; empty when no file exists and
+	// every value is a default.
+	Path string `toml:"-"`
+
+	Target         string  `toml:"target"`
+	MaxConcurrency int     `toml:"max_concurrency"`
+	Worktrees      string  `toml:"worktrees"`
+	Reaper         Reaper  `toml:"reaper"`
+	Lease          Lease   `toml:"lease"`
+	Stages         []Stage `toml:"stages"`
+}
+
+// Reaper holds the reaper's settings.
+type Reaper struct {
+	Enabled        bool `toml:"enabled"`
+	IntervalS      int  `toml:"interval_s"`
+	DeadTicks      int  `toml:"dead_ticks"`
+	FinalizeGraceS int  `toml:"finalize_grace_s"`
+	MaxRunningS    int  `toml:"max_running_s"`
+}
+
+// Interval is IntervalS as a duration.
+func (r Reaper) Interval() time.Duration { return time.Duration(r.IntervalS) * time.Second }
+
+// FinalizeGrace is FinalizeGraceS as a duration.
+func (r Reaper) FinalizeGrace() time.Duration { return time.Duration(r.FinalizeGraceS) * time.Second }
+
+// MaxRunning is MaxRunningS as a duration.
+func (r Reaper) MaxRunning() time.Duration { return time.Duration(r.MaxRunningS) * time.Second }
+
+// Lease holds the merge lease settings.
+type Lease struct {
+	ReclaimEnabled bool `toml:"reclaim_enabled"`
+	TTLS           int  `toml:"ttl_s"`
+}
+
+// TTL is TTLS as a duration.
+func (l Lease) TTL() time.Duration { return time.Duration(l.TTLS) * time.Second }
+
+// Stage is one step of the pipeline.
+type Stage struct {
+	Name             string   `toml:"name"`
+	Kind             string   `toml:"kind"`
+	Run              string   `toml:"run"`
+	Gates            []string `toml:"gates"`
+	Finalize         []string `toml:"finalize"`
+	FinalizeTimeoutS int      `toml:"finalize_timeout_s"`
+	Next             string   `toml:"next"`
+}
+
+// FinalizeTimeout is FinalizeTimeoutS as a duration.
+func (s Stage) FinalizeTimeout() time.Duration {
+	return time.Duration(s.FinalizeTimeoutS) * time.Second
+}
+
+// Default returns the configuration used when no orch.toml exists.
+func Default() *Config {
+	return &Config{
+		Target:         TargetDefault,
+		MaxConcurrency: MaxConcurrencyDefault,
+		Worktrees:      WorktreesDefault,
+		Reaper: Reaper{
+			Enabled:        true,
+			IntervalS:      ReaperIntervalSDefault,
+			DeadTicks:      DeadTicksDefault,
+			FinalizeGraceS: FinalizeGraceSDefault,
+			MaxRunningS:    MaxRunningSDefault,
+		},
+		Lease: Lease{ReclaimEnabled: true, TTLS: LeaseTTLSDefault},
+	}
+}
+
+// Stage returns the stage named name.
+func (c *Config) Stage(name string) (Stage, bool) {
+	for _, s := range c.Stages {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return Stage{}, false
+}
+
+// StageNames lists the stage names in order, for messages.
+func (c *Config) StageNames() []string {
+	var out []string
+	for _, s := range c.Stages {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// Error is a configuration problem, located as precisely as it can be: the
+// file and line of the key, or the environment variable that set it.
+type Error struct {
+	File string // config file, or "" for an environment variable
+	Line int    // 0 when unknown
+	Key  string // dotted key, or the environment variable's name
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File)
+		if e.Line > 0 {
+			fmt.Fprintf(&b, ":%d", e.Line)
+		}
+		b.WriteString(": ")
+	}
+	if e.Key != "" {
+		b.WriteString(e.Key)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Load reads the config file at path. A missing file yields the defaults
+// unless required is set (the user named the file). Environment overrides
+// are applied after the file and validated like it.
+func Load(path string, required bool) (*Config, error) {
+	c := Default()
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		c.Path = path
+		if err := decode(c, path, data); err != nil {
+			return nil, err
+		}
+	case errors.Is(err, fs.ErrNotExist) && !required:
+	default:
+		return nil, &Error{File: path, Msg: fmt.Sprintf("cannot read: %v", err)}
+	}
+	src := source{file: path, data: data}
+	if c.Path == "" {
+		src = source{}
+	}
+	env, err := applyEnv(c)
+	if err != nil {
+		return nil, err
+	}
+	if err := validate(c, src, env); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func decode(c *Config, file string, data []byte) error {
+	// Stages are a list, so defaults for their fields are filled in after
+	// decoding: a zero FinalizeTimeoutS means "not given".
+	md, err := toml.Decode(string(data), c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return &Error{File: file, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
+		}
+		// Type mismatches come as plain errors in the decoder's own format.
+		if m := decodeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return &Error{File: file, Line: line, Key: m[2], Msg: m[3]}
+		}
+		return &Error{File: file, Msg: err.Error()}
+	}
+	src := source{file: file, data: data}
+	if und := md.Undecoded(); len(und) > 0 {
+		k := und[0]
+		keyPath := make([]any, len(k))
+		for i, p := range k {
+			keyPath[i] = p
+		}
+		return &Error{File: file, Line: src.line(keyPath...), Key: k.String(),
+			Msg: "unknown key; see orch.toml.example for the keys there are"}
+	}
+	for i := range c.Stages {
+		if !md.IsDefined("stages") {
+			break
+		}
+		if c.Stages[i].FinalizeTimeoutS == 0 && !src.defined(i, "finalize_timeout_s") {
+			c.Stages[i].FinalizeTimeoutS = FinalizeTimeoutSDefault
+		}
+		if c.Stages[i].Kind == "" {
+			c.Stages[i].Kind = KindCommand
+		}
+	}
+	return nil
+}
+
+var decodeErrRE = regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "([^"]*)"\): (.*)$`)
+
+// envSet records which keys the environment overrode, so that a bad value is
+// reported against the variable, not the file.
+type envSet map[string]string
+
+func applyEnv(c *Config) (envSet, error) {
+	set := envSet{}
+	ints := []struct {
+		env, key string
+		dst      *int
+	}{
+		{"ORCH_REAPER_INTERVAL_S", "reaper.interval_s", &c.Reaper.IntervalS},
+		{"ORCH_REAPER_DEAD_TICKS", "reaper.dead_ticks", &c.Reaper.DeadTicks},
+		{"ORCH_REAPER_MAX_RUNNING_S", "reaper.max_running_s", &c.Reaper.MaxRunningS},
+		{"ORCH_REAPER_FINALIZE_GRACE_S", "reaper.finalize_grace_s", &c.Reaper.FinalizeGraceS},
+		{"ORCH_LEASE_TTL_S", "lease.ttl_s", &c.Lease.TTLS},
+	}
+	for _, o := range ints {
+		v, ok := os.LookupEnv(o.env)
+		if !ok || v == "" {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			return nil, &Error{Key: o.env, Msg: fmt.Sprintf("%q is not a whole number of seconds or ticks; unset it or give e.g. %s=30", v, o.env)}
+		}
+		*o.dst = n
+		set[o.key] = o.env
+	}
+	bools := []struct {
+		env, key string
+		dst      *bool
+	}{
+		{"ORCH_REAPER_ENABLED", "reaper.enabled", &c.Reaper.Enabled},
+		{"ORCH_LEASE_RECLAIM_ENABLED", "lease.reclaim_enabled", &c.Lease.ReclaimEnabled},
+	}
+	for _, o := range bools {
+		v, ok := os.LookupEnv(o.env)
+		if !ok || v == "" {
+			continue
+		}
+		b, err := parseBool(v)
+		if err != nil {
+			return nil, &Error{Key: o.env, Msg: fmt.Sprintf("%q is not a boolean; use 1 or 0 (true/false, yes/no, on/off also work)", v)}
+		}
+		*o.dst = b
+		set[o.key] = o.env
+	}
+	return set, nil
+}
+
+func parseBool(v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "1", "true", "yes", "on":
+		return true, nil
+	case "0", "false", "no", "off":
+		return false, nil
+	}
+	return false, errors.New("not a boolean")
+}
+
+func validate(c *Config, src source, env envSet) error {
+	bad := func(msg string, path ...any) error {
+		key := keyString(path)
+		if v, ok := env[key]; ok {
+			return &Error{Key: v, Msg: msg}
+		}
+		return &Error{File: src.file, Line: src.line(path...), Key: key, Msg: msg}
+	}
+	if err := gitstate.ValidateBranch(c.Target); err != nil {
+		return bad(err.Error(), "target")
+	}
+	if c.MaxConcurrency < 1 {
+		return bad(fmt.Sprintf("must be at least 1 (got %d)", c.MaxConcurrency), "max_concurrency")
+	}
+	if strings.TrimSpace(c.Worktrees) == "" || strings.ContainsAny(c.Worktrees, "\x00\n\r") {
+		return bad("must be a directory path (default "+WorktreesDefault+")", "worktrees")
+	}
+	atLeast := func(v, min int, path ...any) error {
+		if v < min {
+			return bad(fmt.Sprintf("must be at least %d (got %d)", min, v), path...)
+		}
+		return nil
+	}
+	for _, chk := range []error{
+		atLeast(c.Reaper.IntervalS, 0, "reaper", "interval_s"),
+		atLeast(c.Reaper.DeadTicks, 1, "reaper", "dead_ticks"),
+		atLeast(c.Reaper.FinalizeGraceS, 0, "reaper", "finalize_grace_s"),
+		atLeast(c.Reaper.MaxRunningS, 1, "reaper", "max_running_s"),
+		atLeast(c.Lease.TTLS, 1, "lease", "ttl_s"),
+	} {
+		if chk != nil {
+			return chk
+		}
+	}
+	names := map[string]int{}
+	for i, s := range c.Stages {
+		if err := gitstate.ValidateStage(s.Name); err != nil {
+			return bad(err.Error(), "stages", i, "name")
+		}
+		if j, dup := names[s.Name]; dup {
+			return bad(fmt.Sprintf("stage %q is defined twice (stages %d and %d); stage names must be unique", s.Name, j+1, i+1), "stages", i, "name")
+		}
+		names[s.Name] = i
+		switch s.Kind {
+		case KindCommand:
+			if strings.TrimSpace(s.Run) == "" {
+				return bad(fmt.Sprintf("stage %q has no command; set run = \"...\" or kind = \"merge\"", s.Name), "stages", i, "run")
+			}
+		case KindMerge:
+			if s.Run != "" {
+				return bad(fmt.Sprintf("stage %q is a merge stage and cannot also run a command; remove run", s.Name), "stages", i, "run")
+			}
+		default:
+			return bad(fmt.Sprintf("unknown stage kind %q; use \"command\" (the default) or \"merge\"", s.Kind), "stages", i, "kind")
+		}
+		for _, g := range s.Gates {
+			if err := ValidateGate(g); err != nil {
+				return bad(fmt.Sprintf("stage %q: %v", s.Name, err), "stages", i, "gates")
+			}
+		}
+		for _, f := range s.Finalize {
+			if strings.TrimSpace(f) == "" {
+				return bad(fmt.Sprintf("stage %q has an empty finalize step", s.Name), "stages", i, "finalize")
+			}
+		}
+		if err := atLeast(s.FinalizeTimeoutS, 1, "stages", i, "finalize_timeout_s"); err != nil {
+			return err
+		}
+	}
+	for i, s := range c.Stages {
+		if s.Next == "" {
+			continue
+		}
+		if _, ok := names[s.Next]; !ok {
+			return bad(fmt.Sprintf("stage %q: next stage %q is not defined; stages are %s", s.Name, s.Next, strings.Join(c.StageNames(), ", ")), "stages", i, "next")
+		}
+		// Walk the chain from here; coming back means the pipeline never ends.
+		seen := map[string]bool{s.Name: true}
+		for n := s.Next; n != ""; {
+			if seen[n] {
+				return bad(fmt.Sprintf("stage %q: the next chain comes back to %q, so the pipeline would never end", s.Name, n), "stages", i, "next")
+			}
+			seen[n] = true
+			n = c.Stages[names[n]].Next
+		}
+	}
+	return nil
+}
+
+// ValidateGate checks one gate name.
+func ValidateGate(g string) error {
+	switch {
+	case g == GateCommitsAhead, g == GateMergeable, g == GateCleanWorktree:
+		return nil
+	case strings.HasPrefix(g, GateCmdPrefix):
+		if strings.TrimSpace(strings.TrimPrefix(g, GateCmdPrefix)) == "" {
+			return fmt.Errorf("gate %q has an empty command", g)
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown gate %q; use %s, %s, %s or cmd:SHELL", g, GateCommitsAhead, GateMergeable, GateCleanWorktree)
+}
+
+// Find returns the config file path for a repository: the --config flag if
+// given, else orch.toml at the top of the main worktree (the current
+// worktree for a repository whose main worktree is unknown).
+func Find(flag, mainWorktree, worktree string) (path string, required bool) {
+	if flag != "" {
+		return flag, true
+	}
+	top := mainWorktree
+	if top == "" {
+		top = worktree
+	}
+	return filepath.Join(top, FileName), false
+}

@@ -1,0 +1,162 @@
+package gitstate
+
+import (
+	"bytes"
+	"fmt"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/orch-hooks/orch-hooks/procid"
+)
+
+// Status is a job's place in the state machine:
+//
+//	queued ──▶ running ──▶ done | failed | cancelled
+//	   └──────────────────────────────▶ cancelled
+//
+// A terminal status never changes.
+type Status string
+
+const (
+	Queued    Status = "queued"
+	Running   Status = "running"
+	Done      Status = "done"
+	Failed    Status = "failed"
+	Cancelled Status = "cancelled"
+)
+
+// Terminal reports whether s is an end state.
+func (s Status) Terminal() bool { return s == Done || s == Failed || s == Cancelled }
+
+// Valid reports whether s is one of the five statuses.
+func (s Status) Valid() bool { return s == Queued || s == Running || s.Terminal() }
+
+// allowed lists the transitions of the state machine.
+var allowed = map[Status][]Status{
+	Queued:  {Running, Cancelled},
+	Running: {Done, Failed, Cancelled},
+}
+
+// CanTransition reports whether from → to is an edge of the state machine.
+func CanTransition(from, to Status) bool {
+	for _, s := range allowed[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+// Who ended a job (Job.EndedBy).
+const (
+	EndedByMonitor          = "monitor"
+	EndedByReaperDead       = "reaper:dead"
+	EndedByReaperExitCode   = "reaper:exit_code"
+	EndedByReaperMaxRunning = "reaper:max_running"
+	EndedByCancel           = "cancel"
+)
+
+// RecordVersion is written into every job record so a later format can be
+// told apart from this one.
+const RecordVersion = 1
+
+// Job is one run of one stage of one task. Its record is replaced atomically
+// as a whole; every status change is a compare-and-swap under the job's lock
+// (see Store.Update).
+type Job struct {
+	Version int    `toml:"version"`
+	ID      string `toml:"id"`
+	Task    string `toml:"task"`
+	Stage   string `toml:"stage"`
+	Branch  string `toml:"branch"`
+	Target  string `toml:"target"`
+	Attempt int    `toml:"attempt"`
+	Status  Status `toml:"status"`
+
+	CreatedAt  time.Time `toml:"created_at"`
+	StartedAt  time.Time `toml:"started_at,omitempty"`
+	FinishedAt time.Time `toml:"finished_at,omitempty"` // the command exited
+	EndedAt    time.Time `toml:"ended_at,omitempty"`    // the terminal status was claimed
+
+	// Monitor is the process that claimed the job and watches its command;
+	// it is written in the same write as queued → running, so a running job
+	// always has one.
+	Monitor procid.Identity `toml:"monitor,omitempty"`
+	// Command is the stage command's process, the leader of process group
+	// PGID; zero until stamped.
+	Command procid.Identity `toml:"command,omitempty"`
+	PGID    int             `toml:"pgid,omitzero"`
+
+	// ExitCode is nil until the command's exit has been recorded.
+	ExitCode *int `toml:"exit_code,omitempty"`
+
+	Gates   []GateResult `toml:"gates,omitempty"`
+	Reason  string       `toml:"reason,omitempty"`
+	EndedBy string       `toml:"ended_by,omitempty"`
+	// NextJob is the id of the job this one advanced to, written in the same
+	// write as the terminal status so an advance lost to a crash can be
+	// detected and repaired.
+	NextJob string `toml:"next_job,omitempty"`
+
+	// History is every status change of this job, in order. The event log
+	// carries the same entries for all jobs; a crash between the record write
+	// and the log append can lose a log line but never a history entry.
+	History []Transition `toml:"history,omitempty"`
+}
+
+// GateResult is the outcome of one quality gate check.
+type GateResult struct {
+	Name   string    `toml:"name" json:"name"`
+	Passed bool      `toml:"passed" json:"passed"`
+	Detail string    `toml:"detail,omitempty" json:"detail,omitempty"`
+	At     time.Time `toml:"at" json:"at"`
+}
+
+// Transition is one status change of one job.
+type Transition struct {
+	At     time.Time `toml:"at" json:"time"`
+	Job    string    `toml:"-" json:"job"`
+	Actor  string    `toml:"actor" json:"actor"`
+	PID    int       `toml:"pid" json:"pid"`
+	Host   string    `toml:"host" json:"host"`
+	From   Status    `toml:"from,omitempty" json:"from"`
+	To     Status    `toml:"to" json:"to"`
+	Reason string    `toml:"reason,omitempty" json:"reason,omitempty"`
+}
+
+// Clone returns a deep copy, so a mutation can be attempted and thrown away.
+func (j *Job) Clone() *Job {
+	c := *j
+	if j.ExitCode != nil {
+		ec := *j.ExitCode
+		c.ExitCode = &ec
+	}
+	c.Gates = append([]GateResult(nil), j.Gates...)
+	c.History = append([]Transition(nil), j.History...)
+	return &c
+}
+
+func encodeJob(j *Job) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(j); err != nil {
+		return nil, fmt.Errorf("encode job %s: %w", j.ID, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// DecodeJob parses a job record and checks what every reader relies on: a
+// valid id and status.
+func DecodeJob(data []byte) (*Job, error) {
+	var j Job
+	if _, err := toml.Decode(string(data), &j); err != nil {
+		return nil, err
+	}
+	if err := ValidateJobID(j.ID); err != nil {
+		return nil, err
+	}
+	if !j.Status.Valid() {
+		return nil, fmt.Errorf("job %s: unknown status %q", j.ID, j.Status)
+	}
+	return &j, nil
+}

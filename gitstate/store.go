@@ -1,0 +1,482 @@
+package gitstate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/statefile"
+)
+
+// Layout of the state dir. Job records live in jobs/; active/ holds an empty
+// marker per queued or running job, so finding the active jobs costs the
+// same however many jobs have ended. Lock files live apart in locks/ because
+// they are permanent.
+const (
+	jobsDir    = "jobs"
+	activeDir  = "active"
+	locksDir   = "locks"
+	logsDir    = "logs"
+	eventsFile = "events.jsonl"
+	recordExt  = ".toml"
+)
+
+var (
+	// ErrNotInitialised is returned (wrapped) when the state dir is missing.
+	ErrNotInitialised = errors.New("orch-hooks is not initialised in this repository")
+	// ErrNotFound is returned (wrapped) for a job id with no record.
+	ErrNotFound = errors.New("no such job")
+	// ErrSkip, returned by an Update function, declines the write: the
+	// record is left exactly as it was and Update returns ErrSkip.
+	ErrSkip = errors.New("update skipped")
+)
+
+// UnreadableError is a record that exists but cannot be parsed. It is
+// reported, never deleted, and never stops a listing.
+type UnreadableError struct {
+	Path string
+	Err  error
+}
+
+func (e *UnreadableError) Error() string { return fmt.Sprintf("%s: %v", e.Path, e.Err) }
+func (e *UnreadableError) Unwrap() error { return e.Err }
+
+// Store is the job store in a state dir. It is safe for use by any number of
+// processes at once: every change is a compare-and-swap under the job's lock.
+type Store struct {
+	dir string
+	// Actor names the writer in the event log and in job histories
+	// ("cli", "monitor", "reaper", ...).
+	Actor string
+	// Now is the clock; tests may replace it.
+	Now func() time.Time
+	// LockTimeout bounds each wait for a job's lock.
+	LockTimeout time.Duration
+}
+
+// Init creates the state dir and its subdirectories. It is idempotent.
+func Init(stateDir string) error {
+	for _, d := range []string{"", jobsDir, activeDir, locksDir, logsDir} {
+		if err := os.MkdirAll(filepath.Join(stateDir, d), 0o755); err != nil {
+			return fmt.Errorf("init state dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// OpenStore opens the job store of an initialised state dir.
+func OpenStore(stateDir string) (*Store, error) {
+	fi, err := os.Stat(filepath.Join(stateDir, jobsDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w (no %s); run: orch-hooks init", ErrNotInitialised, filepath.Join(stateDir, jobsDir))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open job store: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("open job store: %s is not a directory", filepath.Join(stateDir, jobsDir))
+	}
+	return &Store{dir: stateDir, Actor: "cli", Now: time.Now, LockTimeout: statefile.LockTimeoutDefault}, nil
+}
+
+// Dir is the state dir.
+func (s *Store) Dir() string { return s.dir }
+
+// RecordPath is the path of a job's record.
+func (s *Store) RecordPath(id string) string { return filepath.Join(s.dir, jobsDir, id+recordExt) }
+
+// LogPath is the path of a job's output log.
+func (s *Store) LogPath(id string) string { return filepath.Join(s.dir, logsDir, id+".log") }
+
+// LockPath is the path of a named lock file in the state dir.
+func (s *Store) LockPath(name string) string { return filepath.Join(s.dir, locksDir, name+".lock") }
+
+// EventsPath is the path of the append-only event log.
+func (s *Store) EventsPath() string { return filepath.Join(s.dir, eventsFile) }
+
+func (s *Store) activePath(id string) string { return filepath.Join(s.dir, activeDir, id) }
+
+func (s *Store) now() time.Time { return s.Now().UTC() }
+
+// Create stores j as a new queued job, exclusively: if a job with that id
+// exists, nothing is written and the existing job is returned with
+// created=false. j.Status must be Queued.
+func (s *Store) Create(j *Job) (stored *Job, created bool, err error) {
+	if err := ValidateJobID(j.ID); err != nil {
+		return nil, false, err
+	}
+	if j.Status != Queued {
+		return nil, false, fmt.Errorf("create job %s: status %q, want queued", j.ID, j.Status)
+	}
+	if existing, err := s.Get(j.ID); err == nil {
+		return existing, false, nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, false, err
+	}
+	j = j.Clone()
+	j.Version = RecordVersion
+	if j.CreatedAt.IsZero() {
+		j.CreatedAt = s.now()
+	}
+	t := s.transition(j.ID, "", Queued, "enqueued")
+	t.At = j.CreatedAt
+	j.History = append(j.History, t)
+	data, err := encodeJob(j)
+	if err != nil {
+		return nil, false, err
+	}
+	// The active marker goes first: a marker without a record is skipped by
+	// readers and completed by the next Create, while a record without a
+	// marker would be a queued job nobody finds.
+	if err := s.touchActive(j.ID); err != nil {
+		return nil, false, err
+	}
+	created, err = statefile.Create(s.RecordPath(j.ID), data)
+	if err != nil {
+		return nil, false, fmt.Errorf("job %s: %w", j.ID, err)
+	}
+	if !created {
+		existing, err := s.Get(j.ID)
+		return existing, false, err
+	}
+	s.logEvent(t)
+	return j, true, nil
+}
+
+func (s *Store) touchActive(id string) error {
+	f, err := os.OpenFile(s.activePath(id), os.O_WRONLY|os.O_CREATE, statefile.Mode)
+	if err != nil {
+		return fmt.Errorf("job %s: mark active: %w", id, err)
+	}
+	return f.Close()
+}
+
+// Get reads one job record. A missing record wraps ErrNotFound; a record
+// that cannot be parsed is an *UnreadableError.
+func (s *Store) Get(id string) (*Job, error) {
+	if err := ValidateJobID(id); err != nil {
+		return nil, err
+	}
+	return s.read(s.RecordPath(id), id)
+}
+
+func (s *Store) read(path, id string) (*Job, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("job %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, &UnreadableError{Path: path, Err: err}
+	}
+	j, err := DecodeJob(data)
+	if err != nil {
+		return nil, &UnreadableError{Path: path, Err: err}
+	}
+	if j.ID != id {
+		return nil, &UnreadableError{Path: path, Err: fmt.Errorf("record holds job %q, file is named for %q", j.ID, id)}
+	}
+	return j, nil
+}
+
+// Listing is the result of reading many records: the jobs that parsed, in
+// creation order, and the records that did not.
+type Listing struct {
+	Jobs       []*Job
+	Unreadable []*UnreadableError
+}
+
+// Active lists the queued and running jobs. It reads only their records,
+// never those of ended jobs. A marker left behind by a crash after a
+// terminal write is removed on the way.
+func (s *Store) Active() (Listing, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, activeDir))
+	if err != nil {
+		return Listing{}, fmt.Errorf("list active jobs: %w", err)
+	}
+	var l Listing
+	for _, e := range ents {
+		id := e.Name()
+		if ValidateJobID(id) != nil {
+			continue
+		}
+		j, err := s.Get(id)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			// A create in progress, or one a crash cut short before the
+			// record; the next enqueue of that id completes it.
+		case err != nil:
+			var ue *UnreadableError
+			if errors.As(err, &ue) {
+				l.Unreadable = append(l.Unreadable, ue)
+			} else {
+				l.Unreadable = append(l.Unreadable, &UnreadableError{Path: s.RecordPath(id), Err: err})
+			}
+		case j.Status.Terminal():
+			os.Remove(s.activePath(id))
+		default:
+			l.Jobs = append(l.Jobs, j)
+		}
+	}
+	sortJobs(l.Jobs)
+	return l, nil
+}
+
+// All lists every job record, active and ended.
+func (s *Store) All() (Listing, error) {
+	dir := filepath.Join(s.dir, jobsDir)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return Listing{}, fmt.Errorf("list jobs: %w", err)
+	}
+	var l Listing
+	for _, e := range ents {
+		name := e.Name()
+		if statefile.IsTemp(name) || !strings.HasSuffix(name, recordExt) {
+			continue
+		}
+		id := strings.TrimSuffix(name, recordExt)
+		path := filepath.Join(dir, name)
+		if ValidateJobID(id) != nil {
+			l.Unreadable = append(l.Unreadable, &UnreadableError{Path: path, Err: fmt.Errorf("file name is not a valid job id")})
+			continue
+		}
+		j, err := s.read(path, id)
+		if err != nil {
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			var ue *UnreadableError
+			if !errors.As(err, &ue) {
+				ue = &UnreadableError{Path: path, Err: err}
+			}
+			l.Unreadable = append(l.Unreadable, ue)
+			continue
+		}
+		l.Jobs = append(l.Jobs, j)
+	}
+	sortJobs(l.Jobs)
+	return l, nil
+}
+
+func sortJobs(js []*Job) {
+	sort.SliceStable(js, func(a, b int) bool {
+		if !js[a].CreatedAt.Equal(js[b].CreatedAt) {
+			return js[a].CreatedAt.Before(js[b].CreatedAt)
+		}
+		return js[a].ID < js[b].ID
+	})
+}
+
+// recentTail is how much of the end of the event log Recent reads.
+const recentTail = 256 << 10
+
+// Recent returns up to n ended jobs, most recently ended first, found from
+// the tail of the event log so that its cost does not grow with history.
+// Jobs whose records are gone (gc) are skipped.
+func (s *Store) Recent(n int) ([]*Job, error) {
+	f, err := os.Open(s.EventsPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("recent jobs: %w", err)
+	}
+	defer f.Close()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, fmt.Errorf("recent jobs: %w", err)
+	}
+	off := max(size-recentTail, 0)
+	buf := make([]byte, size-off)
+	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("recent jobs: %w", err)
+	}
+	lines := strings.Split(string(buf), "\n")
+	if off > 0 && len(lines) > 0 {
+		lines = lines[1:] // the first line is probably cut
+	}
+	seen := map[string]bool{}
+	var out []*Job
+	for i := len(lines) - 1; i >= 0 && len(out) < n; i-- {
+		var t Transition
+		if json.Unmarshal([]byte(lines[i]), &t) != nil || !t.To.Terminal() || seen[t.Job] {
+			continue
+		}
+		seen[t.Job] = true
+		j, err := s.Get(t.Job)
+		if err != nil {
+			continue
+		}
+		out = append(out, j)
+	}
+	return out, nil
+}
+
+// Lock takes a job's lock, waiting up to the store's LockTimeout.
+func (s *Store) Lock(ctx context.Context, id string) (unlock func(), err error) {
+	ctx, cancel := context.WithTimeout(ctx, s.LockTimeout)
+	defer cancel()
+	unlock, err = statefile.Lock(ctx, s.LockPath("job-"+id))
+	if err != nil {
+		return nil, fmt.Errorf("job %s: %w", id, err)
+	}
+	return unlock, nil
+}
+
+// Update is the only way a job record changes after it is created. Under the
+// job's lock it reads the current record, passes a copy to fn, and writes the
+// result atomically if fn returns nil. If fn returns an error (ErrSkip to
+// decline quietly) nothing is written and the error is returned with the
+// current record. A status change must be an edge of the state machine; it
+// is stamped with its time, recorded in the job's history and appended to
+// the event log, and a terminal status clears the job's active marker.
+// The record of an ended job is never rewritten.
+func (s *Store) Update(ctx context.Context, id string, reason string, fn func(j *Job) error) (*Job, error) {
+	if err := ValidateJobID(id); err != nil {
+		return nil, err
+	}
+	unlock, err := s.Lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	cur, err := s.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	next := cur.Clone()
+	if err := fn(next); err != nil {
+		return cur, err
+	}
+	if cur.Status.Terminal() {
+		return cur, fmt.Errorf("job %s is %s: an ended job's record never changes", id, cur.Status)
+	}
+	if next.ID != cur.ID {
+		return cur, fmt.Errorf("job %s: update changed the id to %q", id, next.ID)
+	}
+	var t *Transition
+	if next.Status != cur.Status {
+		if !CanTransition(cur.Status, next.Status) {
+			return cur, fmt.Errorf("job %s: %s → %s is not a transition of the state machine", id, cur.Status, next.Status)
+		}
+		tr := s.transition(id, cur.Status, next.Status, reason)
+		next.History = append(next.History, tr)
+		switch {
+		case next.Status == Running && next.StartedAt.IsZero():
+			next.StartedAt = tr.At
+		case next.Status.Terminal() && next.EndedAt.IsZero():
+			next.EndedAt = tr.At
+		}
+		t = &tr
+	}
+	data, err := encodeJob(next)
+	if err != nil {
+		return cur, err
+	}
+	if err := statefile.Replace(s.RecordPath(id), data); err != nil {
+		return cur, fmt.Errorf("job %s: %w", id, err)
+	}
+	if t != nil {
+		if next.Status.Terminal() {
+			os.Remove(s.activePath(id))
+		}
+		s.logEvent(*t)
+	}
+	return next, nil
+}
+
+// Claim moves job id from one of the statuses in from to status to, only if
+// it is still in one of them: the compare-and-swap every actor uses to take
+// ownership of a job's next step. fn, if not nil, fills in the rest of the
+// same write. won is false, and nothing is written, when the job was no
+// longer in a from status (someone else claimed it first); the returned job
+// is then the current record.
+func (s *Store) Claim(ctx context.Context, id string, from []Status, to Status, reason string, fn func(j *Job)) (j *Job, won bool, err error) {
+	j, err = s.Update(ctx, id, reason, func(j *Job) error {
+		for _, f := range from {
+			if j.Status == f {
+				j.Status = to
+				if to.Terminal() {
+					j.Reason = reason
+				}
+				if fn != nil {
+					fn(j)
+				}
+				return nil
+			}
+		}
+		return ErrSkip
+	})
+	if errors.Is(err, ErrSkip) {
+		return j, false, nil
+	}
+	if err != nil {
+		return j, false, err
+	}
+	return j, true, nil
+}
+
+func (s *Store) transition(id string, from, to Status, reason string) Transition {
+	host, _ := procid.Host()
+	return Transition{At: s.now(), Job: id, Actor: s.Actor, PID: os.Getpid(), Host: host, From: from, To: to, Reason: reason}
+}
+
+// logEvent appends one line to the event log. The record is already durable,
+// so a failure here is reported on stderr and does not fail the transition:
+// the job's own history still holds it.
+func (s *Store) logEvent(t Transition) {
+	if err := s.appendEvent(t); err != nil {
+		fmt.Fprintf(os.Stderr, "orch-hooks: warning: event log: %v\n", err)
+	}
+}
+
+func (s *Store) appendEvent(t Transition) error {
+	line, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	line = append(line, '\n')
+	f, err := os.OpenFile(s.EventsPath(), os.O_WRONLY|os.O_APPEND|os.O_CREATE, statefile.Mode)
+	if err != nil {
+		return err
+	}
+	// One write call: O_APPEND places each line whole at the end even when
+	// processes append at once.
+	_, err = f.Write(line)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Events reads the whole event log; lines that do not parse are skipped.
+func (s *Store) Events() ([]Transition, error) {
+	data, err := os.ReadFile(s.EventsPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read event log: %w", err)
+	}
+	var out []Transition
+	for _, line := range strings.Split(string(data), "\n") {
+		var t Transition
+		if line == "" || json.Unmarshal([]byte(line), &t) != nil {
+			continue
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}

@@ -1,0 +1,191 @@
+// Package procid identifies processes on this machine in a way that survives
+// pid reuse: a process is (host, boot id, pid, start time), and a pid alone
+// never says whether "our" process is still alive.
+package procid
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// Identity names one process for as long as the machine stays up. The start
+// time is field 22 of /proc/<pid>/stat (clock ticks since boot), so a pid
+// recycled for another process yields a different Identity.
+type Identity struct {
+	Host      string `toml:"host,omitempty" json:"host,omitempty"`
+	BootID    string `toml:"boot_id,omitempty" json:"boot_id,omitempty"`
+	PID       int    `toml:"pid,omitzero" json:"pid"`
+	StartTime uint64 `toml:"start_time,omitzero" json:"start_time,omitempty"`
+}
+
+// IsZero reports whether no process was recorded.
+func (id Identity) IsZero() bool { return id.PID == 0 }
+
+// String is for messages: "pid 42 on host".
+func (id Identity) String() string {
+	if id.IsZero() {
+		return "no process"
+	}
+	return fmt.Sprintf("pid %d on %s", id.PID, id.Host)
+}
+
+// Liveness is the answer to "is this process still running?".
+type Liveness int
+
+const (
+	// Unknown: the process belongs to another host or boot, so this machine
+	// cannot tell; callers must not treat it as dead.
+	Unknown Liveness = iota
+	// Alive: a process with that pid and that start time exists and has not
+	// exited.
+	Alive
+	// Dead: no such process on this boot — the pid is gone, is now held by a
+	// process with a different start time, or is a zombie (exited, not yet
+	// reaped by its parent).
+	Dead
+)
+
+func (l Liveness) String() string {
+	switch l {
+	case Alive:
+		return "alive"
+	case Dead:
+		return "dead"
+	default:
+		return "unknown"
+	}
+}
+
+// Stat is what this package reads from /proc/<pid>/stat.
+type Stat struct {
+	State     byte   // field 3: R, S, D, Z, T, ...
+	PGID      int    // field 5
+	StartTime uint64 // field 22
+}
+
+// ErrNoProcess is returned by ReadStat when no process has that pid.
+var ErrNoProcess = errors.New("no such process")
+
+// ReadStat reads /proc/<pid>/stat. The command name (field 2) may contain
+// spaces and parentheses, so fields are counted after the last ')'.
+func ReadStat(pid int) (Stat, error) {
+	if pid <= 0 {
+		return Stat{}, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errESRCH) {
+			return Stat{}, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
+		}
+		return Stat{}, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	return parseStat(b)
+}
+
+func parseStat(b []byte) (Stat, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return Stat{}, fmt.Errorf("malformed /proc stat %q", b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state), so field N is f[N-3].
+	if len(f) < 20 || len(f[0]) != 1 {
+		return Stat{}, fmt.Errorf("malformed /proc stat %q", b)
+	}
+	pgid, err := strconv.Atoi(f[2])
+	if err != nil {
+		return Stat{}, fmt.Errorf("malformed /proc stat pgrp %q: %w", f[2], err)
+	}
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return Stat{}, fmt.Errorf("malformed /proc stat starttime %q: %w", f[19], err)
+	}
+	return Stat{State: f[0][0], PGID: pgid, StartTime: start}, nil
+}
+
+var (
+	bootOnce sync.Once
+	bootID   string
+	bootErr  error
+	hostOnce sync.Once
+	hostName string
+	hostErr  error
+)
+
+// BootID returns this boot's id (/proc/sys/kernel/random/boot_id).
+func BootID() (string, error) {
+	bootOnce.Do(func() {
+		b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+		if err != nil {
+			bootErr = fmt.Errorf("boot id: %w", err)
+			return
+		}
+		bootID = strings.TrimSpace(string(b))
+	})
+	return bootID, bootErr
+}
+
+// Host returns this machine's host name.
+func Host() (string, error) {
+	hostOnce.Do(func() {
+		hostName, hostErr = os.Hostname()
+		if hostErr != nil {
+			hostErr = fmt.Errorf("host name: %w", hostErr)
+		}
+	})
+	return hostName, hostErr
+}
+
+// Of returns the identity of the live process pid on this machine.
+func Of(pid int) (Identity, error) {
+	host, err := Host()
+	if err != nil {
+		return Identity{}, err
+	}
+	boot, err := BootID()
+	if err != nil {
+		return Identity{}, err
+	}
+	st, err := ReadStat(pid)
+	if err != nil {
+		return Identity{}, err
+	}
+	return Identity{Host: host, BootID: boot, PID: pid, StartTime: st.StartTime}, nil
+}
+
+// Self returns the identity of the calling process.
+func Self() (Identity, error) { return Of(os.Getpid()) }
+
+// Local reports whether id was recorded on this host and this boot, the only
+// case in which its liveness can be judged here.
+func Local(id Identity) bool {
+	host, err1 := Host()
+	boot, err2 := BootID()
+	return err1 == nil && err2 == nil && id.Host == host && id.BootID == boot
+}
+
+// Check tells whether the process id is still running. A process on another
+// host or boot is Unknown; an error reading /proc other than "no such
+// process" is returned with Unknown so callers never mistake it for death.
+func Check(id Identity) (Liveness, error) {
+	if id.IsZero() || !Local(id) {
+		return Unknown, nil
+	}
+	st, err := ReadStat(id.PID)
+	if errors.Is(err, ErrNoProcess) {
+		return Dead, nil
+	}
+	if err != nil {
+		return Unknown, err
+	}
+	if st.StartTime != id.StartTime || st.State == 'Z' || st.State == 'X' {
+		return Dead, nil
+	}
+	return Alive, nil
+}

@@ -1,0 +1,108 @@
+// Package statefile holds the two primitives every piece of orch-hooks state
+// is built on: records replaced atomically, and advisory locks held on
+// separate, permanent lock files.
+//
+// A reader of a record never sees a torn write: Replace and Create write a
+// temporary file in the record's directory, fsync it, move it into place
+// with rename (or link, for an exclusive create) and fsync the directory, so
+// a crash at any instant leaves either the old record or the new one.
+//
+// Lock files are never deleted or renamed: locking a file that is later
+// renamed over would lock a dead inode and exclude nobody.
+package statefile
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// TempPrefix starts the name of every temporary file this package writes, so
+// listings can skip them and gc can find the ones a crash left behind.
+const TempPrefix = ".tmp-"
+
+// Mode is the permission of every record: readable by the group and others,
+// never writable by them.
+const Mode fs.FileMode = 0o644
+
+// Replace atomically replaces (or creates) the file at path with data.
+func Replace(path string, data []byte) error {
+	tmp, err := writeTemp(path, data)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	return SyncDir(filepath.Dir(path))
+}
+
+// Create atomically creates the file at path with data, only if no file
+// exists there. It reports created=false, and changes nothing, when one does.
+// Because the content is complete before the name appears, a concurrent
+// reader sees either no file or the whole record.
+func Create(path string, data []byte) (created bool, err error) {
+	tmp, err := writeTemp(path, data)
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := SyncDir(filepath.Dir(path)); err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
+func writeTemp(path string, data []byte) (string, error) {
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return "", fmt.Errorf("temp name for %s: %w", path, err)
+	}
+	dir, base := filepath.Split(path)
+	tmp := filepath.Join(dir, TempPrefix+base+"-"+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, Mode)
+	if err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	return tmp, nil
+}
+
+// SyncDir fsyncs a directory so that renames and links into it are durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// IsTemp reports whether a directory entry name is a temporary file of this
+// package (a write in progress, or one a crash abandoned).
+func IsTemp(name string) bool { return strings.HasPrefix(name, TempPrefix) }
