@@ -158,5 +158,8 @@ func DecodeJob(data []byte) (*Job, error) {
 	if !j.Status.Valid() {
 		return nil, fmt.Errorf("job %s: unknown status %q", j.ID, j.Status)
 	}
+	for i := range j.History {
+		j.History[i].Job = j.ID
+	}
 	return &j, nil
 }

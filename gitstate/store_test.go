@@ -1,0 +1,384 @@
+package gitstate
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// The test binary doubles as a racing claimer (see TestClaimRace).
+func TestMain(m *testing.M) {
+	if os.Getenv("GITSTATE_HELPER") == "claim" {
+		os.Exit(claimHelper())
+	}
+	os.Exit(m.Run())
+}
+
+func newStore(t *testing.T) *Store {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "orch")
+	if err := Init(dir); err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func queued(task, stage string, attempt int) *Job {
+	return &Job{ID: JobID(task, stage, attempt), Task: task, Stage: stage, Branch: task, Target: "main", Attempt: attempt, Status: Queued}
+}
+
+func TestOpenStoreNeedsInit(t *testing.T) {
+	_, err := OpenStore(filepath.Join(t.TempDir(), "orch"))
+	if !errors.Is(err, ErrNotInitialised) {
+		t.Fatalf("OpenStore before Init: %v, want ErrNotInitialised", err)
+	}
+}
+
+func TestCreateIsIdempotent(t *testing.T) {
+	s := newStore(t)
+	j, created, err := s.Create(queued("feat/a", "implement", 1))
+	if err != nil || !created {
+		t.Fatalf("first Create: %v, %v", created, err)
+	}
+	before, _ := os.ReadFile(s.RecordPath(j.ID))
+	again, created, err := s.Create(queued("feat/a", "implement", 1))
+	if err != nil || created {
+		t.Fatalf("second Create: created=%v, %v; want false, nil", created, err)
+	}
+	if again.ID != j.ID || !again.CreatedAt.Equal(j.CreatedAt) {
+		t.Fatalf("second Create returned %+v, want the first job", again)
+	}
+	after, _ := os.ReadFile(s.RecordPath(j.ID))
+	if string(before) != string(after) {
+		t.Fatal("second Create rewrote the record")
+	}
+	evs, _ := s.Events()
+	if len(evs) != 1 {
+		t.Fatalf("%d events, want 1", len(evs))
+	}
+	got, err := s.Get(j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(j, got); diff != "" {
+		t.Fatalf("Get differs from Create (-create +get):\n%s", diff)
+	}
+}
+
+func TestClaimIsCompareAndSwap(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	j, _, _ := s.Create(queued("t", "s", 1))
+	got, won, err := s.Claim(ctx, j.ID, []Status{Queued}, Running, "started", func(j *Job) { j.PGID = 7 })
+	if err != nil || !won || got.Status != Running || got.PGID != 7 || got.StartedAt.IsZero() {
+		t.Fatalf("first claim: %+v, %v, %v", got, won, err)
+	}
+	got, won, err = s.Claim(ctx, j.ID, []Status{Queued}, Running, "again", nil)
+	if err != nil || won || got.Status != Running {
+		t.Fatalf("second claim from queued: won=%v status=%s err=%v; want lost", won, got.Status, err)
+	}
+	got, won, err = s.Claim(ctx, j.ID, []Status{Running}, Failed, "lost", nil)
+	if err != nil || !won || got.Reason != "lost" || got.EndedAt.IsZero() {
+		t.Fatalf("terminal claim: %+v, %v, %v", got, won, err)
+	}
+	// A terminal status never changes, by claim or by update.
+	if _, won, _ := s.Claim(ctx, j.ID, []Status{Running, Failed}, Done, "x", nil); won {
+		t.Fatal("claimed a failed job as done")
+	}
+	if _, err := s.Update(ctx, j.ID, "", func(j *Job) error { j.Reason = "changed"; return nil }); err == nil {
+		t.Fatal("Update rewrote an ended job's record")
+	}
+	final, _ := s.Get(j.ID)
+	if final.Status != Failed || final.Reason != "lost" {
+		t.Fatalf("after refused writes: %s %q", final.Status, final.Reason)
+	}
+	var path []string
+	for _, h := range final.History {
+		path = append(path, fmt.Sprintf("%s>%s", h.From, h.To))
+	}
+	if diff := cmp.Diff([]string{">queued", "queued>running", "running>failed"}, path); diff != "" {
+		t.Fatalf("history (-want +got):\n%s", diff)
+	}
+}
+
+func TestUpdateRefusesNonEdges(t *testing.T) {
+	s := newStore(t)
+	j, _, _ := s.Create(queued("t", "s", 1))
+	_, err := s.Update(context.Background(), j.ID, "", func(j *Job) error { j.Status = Done; return nil })
+	if err == nil {
+		t.Fatal("queued → done was allowed")
+	}
+	if got, _ := s.Get(j.ID); got.Status != Queued {
+		t.Fatalf("status %s after refused update", got.Status)
+	}
+}
+
+func TestActiveSkipsEndedRecords(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	a, _, _ := s.Create(queued("a", "s", 1))
+	b, _, _ := s.Create(queued("b", "s", 1))
+	s.Claim(ctx, b.ID, []Status{Queued}, Cancelled, "x", nil)
+	// Corrupt the ended record: Active must not even read it.
+	os.WriteFile(s.RecordPath(b.ID), []byte("garbage ["), 0o644)
+	l, err := s.Active()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Jobs) != 1 || l.Jobs[0].ID != a.ID || len(l.Unreadable) != 0 {
+		t.Fatalf("Active = %d jobs %v, unreadable %v; want only %s", len(l.Jobs), l.Jobs, l.Unreadable, a.ID)
+	}
+	all, _ := s.All()
+	if len(all.Jobs) != 1 || len(all.Unreadable) != 1 || all.Unreadable[0].Path != s.RecordPath(b.ID) {
+		t.Fatalf("All = %v, unreadable %v", all.Jobs, all.Unreadable)
+	}
+}
+
+func TestUnreadableRecordsAreReportedAndKept(t *testing.T) {
+	s := newStore(t)
+	good, _, _ := s.Create(queued("good", "s", 1))
+	bad, _, _ := s.Create(queued("bad", "s", 1))
+	garbage := []byte("\x00\x01 not toml")
+	os.WriteFile(s.RecordPath(bad.ID), garbage, 0o644)
+	// A directory where a record should be, and an entry that is no job id.
+	os.Mkdir(filepath.Join(s.Dir(), "active", "dir.s.1.deadbeef"), 0o755)
+	os.Mkdir(s.RecordPath("dir.s.1.deadbeef"), 0o755)
+	os.WriteFile(filepath.Join(s.Dir(), "active", ".stray"), nil, 0o644)
+
+	l, err := s.Active()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Jobs) != 1 || l.Jobs[0].ID != good.ID {
+		t.Fatalf("Active jobs = %v, want only %s", l.Jobs, good.ID)
+	}
+	paths := map[string]bool{}
+	for _, u := range l.Unreadable {
+		paths[u.Path] = true
+	}
+	if !paths[s.RecordPath(bad.ID)] || !paths[s.RecordPath("dir.s.1.deadbeef")] || len(paths) != 2 {
+		t.Fatalf("unreadable = %v", l.Unreadable)
+	}
+	if b, _ := os.ReadFile(s.RecordPath(bad.ID)); string(b) != string(garbage) {
+		t.Fatal("the unreadable record was changed")
+	}
+	var ue *UnreadableError
+	if _, err := s.Get(bad.ID); !errors.As(err, &ue) {
+		t.Fatalf("Get(bad) = %v, want *UnreadableError", err)
+	}
+}
+
+func TestMarkerWithoutRecordIsSkipped(t *testing.T) {
+	s := newStore(t)
+	j := queued("t", "s", 1)
+	// A create cut short after the marker, before the record.
+	os.WriteFile(filepath.Join(s.Dir(), "active", j.ID), nil, 0o644)
+	l, _ := s.Active()
+	if len(l.Jobs) != 0 || len(l.Unreadable) != 0 {
+		t.Fatalf("Active = %v %v, want nothing", l.Jobs, l.Unreadable)
+	}
+	if _, created, err := s.Create(j); !created || err != nil {
+		t.Fatalf("Create after a cut-short create: %v %v", created, err)
+	}
+	if l, _ := s.Active(); len(l.Jobs) != 1 {
+		t.Fatalf("Active after completing: %v", l.Jobs)
+	}
+}
+
+func TestRecentFromEventLog(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tick := 0
+	s.Now = func() time.Time { tick++; return base.Add(time.Duration(tick) * time.Second) }
+	var ended []string
+	for i := 0; i < 5; i++ {
+		j, _, _ := s.Create(queued(fmt.Sprintf("t%d", i), "s", 1))
+		s.Claim(ctx, j.ID, []Status{Queued}, Cancelled, "x", nil)
+		ended = append(ended, j.ID)
+	}
+	s.Create(queued("active", "s", 1))
+	got, err := s.Recent(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, j := range got {
+		ids = append(ids, j.ID)
+	}
+	if diff := cmp.Diff([]string{ended[4], ended[3], ended[2]}, ids); diff != "" {
+		t.Fatalf("Recent(3) (-want +got):\n%s", diff)
+	}
+}
+
+func TestEventLogLine(t *testing.T) {
+	s := newStore(t)
+	s.Actor = "tester"
+	j, _, _ := s.Create(queued("t", "s", 1))
+	s.Claim(context.Background(), j.ID, []Status{Queued}, Running, "go", nil)
+	data, _ := os.ReadFile(s.EventsPath())
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d event lines, want 2", len(lines))
+	}
+	for _, key := range []string{`"time":`, `"job":"` + j.ID + `"`, `"actor":"tester"`, `"pid":`, `"host":`, `"from":"queued"`, `"to":"running"`, `"reason":"go"`} {
+		if !strings.Contains(lines[1], key) {
+			t.Errorf("event line %s lacks %s", lines[1], key)
+		}
+	}
+}
+
+// claimHelper is one racing process. For each job id it reads from stdin it
+// tries the claim and prints "won" or "lost"; the parent writes each id to
+// every racer at once, so each round is a fresh race between processes.
+func claimHelper() int {
+	s, err := OpenStore(os.Getenv("GITSTATE_DIR"))
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	s.Actor = "racer"
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		_, won, err := s.Claim(context.Background(), in.Text(), []Status{Queued}, Running, "race", nil)
+		switch {
+		case err != nil:
+			fmt.Println("error", err)
+			return 1
+		case won:
+			fmt.Println("won")
+		default:
+			fmt.Println("lost")
+		}
+	}
+	return 0
+}
+
+// Sixteen processes race to claim the same queued job: exactly one wins, and
+// the event log shows exactly one queued → running for it. Repeated.
+func TestClaimRace(t *testing.T) {
+	const racers = 16
+	rounds := 50
+	if testing.Short() {
+		rounds = 5
+	}
+	s := newStore(t)
+	type racer struct {
+		cmd *exec.Cmd
+		in  io.WriteCloser
+		out *bufio.Reader
+	}
+	var rs []racer
+	for i := 0; i < racers; i++ {
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), "GITSTATE_HELPER=claim", "GITSTATE_DIR="+s.Dir())
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		rs = append(rs, racer{cmd, in, bufio.NewReader(out)})
+	}
+	for round := 0; round < rounds; round++ {
+		j, _, err := s.Create(queued("race", "s", round+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs {
+			io.WriteString(r.in, j.ID+"\n")
+		}
+		wins := 0
+		for i, r := range rs {
+			line, err := r.out.ReadString('\n')
+			if err != nil {
+				t.Fatalf("round %d racer %d: %v", round, i, err)
+			}
+			switch strings.TrimSpace(line) {
+			case "won":
+				wins++
+			case "lost":
+			default:
+				t.Fatalf("round %d racer %d said %q", round, i, line)
+			}
+		}
+		if wins != 1 {
+			t.Fatalf("round %d: %d winners, want exactly 1", round, wins)
+		}
+		got, _ := s.Get(j.ID)
+		if got.Status != Running || len(got.History) != 2 {
+			t.Fatalf("round %d: status %s, history %v", round, got.Status, got.History)
+		}
+	}
+	for _, r := range rs {
+		r.in.Close()
+		if err := r.cmd.Wait(); err != nil {
+			t.Fatalf("racer: %v", err)
+		}
+	}
+	evs, _ := s.Events()
+	claims := map[string]int{}
+	for _, e := range evs {
+		if e.To == Running {
+			claims[e.Job]++
+		}
+	}
+	if len(claims) != rounds {
+		t.Fatalf("%d jobs claimed in the event log, want %d", len(claims), rounds)
+	}
+	for id, n := range claims {
+		if n != 1 {
+			t.Errorf("job %s: %d queued → running events, want 1", id, n)
+		}
+	}
+}
+
+// In-process goroutines race the same way (run under -race).
+func TestClaimRaceGoroutines(t *testing.T) {
+	s := newStore(t)
+	j, _, _ := s.Create(queued("g", "s", 1))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, won, err := s.Claim(context.Background(), j.ID, []Status{Queued}, Running, "g", nil)
+			if err != nil {
+				t.Error(err)
+			}
+			if won {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("%d winners, want 1", wins)
+	}
+}
