@@ -18,8 +18,18 @@ type source struct {
 }
 
 // line returns the 1-based line of the key path (strings are keys, ints are
-// indexes into an array of tables), or 0 when it cannot be found.
+// indexes into an array of tables). A key that is not written (a required
+// key left out) is located at its table's header; 0 means not found.
 func (s source) line(path ...any) int {
+	for n := len(path); n > 0; n-- {
+		if l := s.exactLine(path[:n]...); l > 0 {
+			return l
+		}
+	}
+	return 0
+}
+
+func (s source) exactLine(path ...any) int {
 	want := keyString(path)
 	if len(s.data) == 0 || want == "" {
 		return 0
@@ -64,7 +74,7 @@ func (s source) line(path ...any) int {
 
 // defined reports whether stages[i].key is written in the file.
 func (s source) defined(i int, key string) bool {
-	return s.line("stages", i, key) > 0
+	return s.exactLine("stages", i, key) > 0
 }
 
 func keyString(path []any) string {
