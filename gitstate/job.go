@@ -153,7 +153,8 @@ func DecodeJob(data []byte) (*Job, error) {
 		return nil, err
 	}
 	if err := ValidateJobID(j.ID); err != nil {
-		return nil, err
+		// Reported as a damaged record, not as a bad name the user typed.
+		return nil, fmt.Errorf("record has no valid id: %v", err)
 	}
 	if !j.Status.Valid() {
 		return nil, fmt.Errorf("job %s: unknown status %q", j.ID, j.Status)

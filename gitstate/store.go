@@ -281,44 +281,48 @@ const recentTail = 256 << 10
 
 // Recent returns up to n ended jobs, most recently ended first, found from
 // the tail of the event log so that its cost does not grow with history.
-// Jobs whose records are gone (gc) are skipped.
-func (s *Store) Recent(n int) ([]*Job, error) {
+// Jobs whose records are gone (gc) are skipped; records that cannot be read
+// are reported in the listing's Unreadable.
+func (s *Store) Recent(n int) (Listing, error) {
 	f, err := os.Open(s.EventsPath())
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return Listing{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("recent jobs: %w", err)
+		return Listing{}, fmt.Errorf("recent jobs: %w", err)
 	}
 	defer f.Close()
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
-		return nil, fmt.Errorf("recent jobs: %w", err)
+		return Listing{}, fmt.Errorf("recent jobs: %w", err)
 	}
 	off := max(size-recentTail, 0)
 	buf := make([]byte, size-off)
 	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-		return nil, fmt.Errorf("recent jobs: %w", err)
+		return Listing{}, fmt.Errorf("recent jobs: %w", err)
 	}
 	lines := strings.Split(string(buf), "\n")
 	if off > 0 && len(lines) > 0 {
 		lines = lines[1:] // the first line is probably cut
 	}
 	seen := map[string]bool{}
-	var out []*Job
-	for i := len(lines) - 1; i >= 0 && len(out) < n; i-- {
+	var l Listing
+	for i := len(lines) - 1; i >= 0 && len(l.Jobs)+len(l.Unreadable) < n; i-- {
 		var t Transition
 		if json.Unmarshal([]byte(lines[i]), &t) != nil || !t.To.Terminal() || seen[t.Job] {
 			continue
 		}
 		seen[t.Job] = true
 		j, err := s.Get(t.Job)
-		if err != nil {
-			continue
+		var ue *UnreadableError
+		switch {
+		case errors.As(err, &ue):
+			l.Unreadable = append(l.Unreadable, ue)
+		case err == nil:
+			l.Jobs = append(l.Jobs, j)
 		}
-		out = append(out, j)
 	}
-	return out, nil
+	return l, nil
 }
 
 // Lock takes a job's lock, waiting up to the store's LockTimeout.

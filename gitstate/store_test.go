@@ -218,7 +218,7 @@ func TestRecentFromEventLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ids []string
-	for _, j := range got {
+	for _, j := range got.Jobs {
 		ids = append(ids, j.ID)
 	}
 	if diff := cmp.Diff([]string{ended[4], ended[3], ended[2]}, ids); diff != "" {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -151,9 +152,9 @@ func (c *cli) run(args []string) error {
 			if len(args) < 2 {
 				return usageErrorf("-C needs a directory")
 			}
-			c.dir, args = args[1], args[2:]
+			c.dir, args = joinDir(c.dir, args[1]), args[2:]
 		case strings.HasPrefix(a, "-C="):
-			c.dir, args = strings.TrimPrefix(a, "-C="), args[1:]
+			c.dir, args = joinDir(c.dir, strings.TrimPrefix(a, "-C=")), args[1:]
 		case a == "--config" || a == "-config":
 			if len(args) < 2 {
 				return usageErrorf("--config needs a file")
@@ -214,6 +215,15 @@ func (c *cli) commandUsage(w io.Writer, cmd *command, fs *flag.FlagSet) {
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
 	}
+}
+
+// joinDir applies a -C after earlier ones, as git does: a relative
+// directory is taken relative to the one before.
+func joinDir(prev, next string) string {
+	if prev == "" || filepath.IsAbs(next) {
+		return next
+	}
+	return filepath.Join(prev, next)
 }
 
 // parseInterspersed lets flags stand before or after positional arguments,

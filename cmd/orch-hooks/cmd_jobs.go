@@ -24,7 +24,7 @@ func init() {
 and, when the main worktree has no orch.toml, writes the documented example
 there. Running it again changes nothing.`,
 			setup: setupInit},
-		&command{name: "enqueue", args: "--branch B [--stage S] [--task T] [--attempt N]", summary: "queue a job; print its id (idempotent)",
+		&command{name: "enqueue", args: "--branch B [--stage S] [--task T] [--attempt N] [--target T]", summary: "queue a job; print its id (idempotent)",
 			help: `The job id is derived from (task, stage, attempt): enqueuing the same job
 again prints the same id and creates nothing. The task defaults to the
 branch name, the stage to the first [[stages]] entry of orch.toml, the
@@ -92,6 +92,9 @@ func setupEnqueue(fs *flag.FlagSet, c *cli) func([]string) error {
 		if r.Branch == "" {
 			return usageErrorf("enqueue: --branch is required; e.g. orch-hooks enqueue --branch feat/login")
 		}
+		if r.Attempt < 1 {
+			return usageErrorf("enqueue: --attempt %d: attempts count from 1", r.Attempt)
+		}
 		env, err := c.env()
 		if err != nil {
 			return err
@@ -128,12 +131,13 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		} else {
 			l, err = s.Active()
 			if err == nil {
-				var recent []*gitstate.Job
+				var recent gitstate.Listing
 				recent, err = s.Recent(recentEnded)
 				// Ended jobs are shown after the active ones, oldest first.
-				for i := len(recent) - 1; i >= 0; i-- {
-					l.Jobs = append(l.Jobs, recent[i])
+				for i := len(recent.Jobs) - 1; i >= 0; i-- {
+					l.Jobs = append(l.Jobs, recent.Jobs[i])
 				}
+				l.Unreadable = append(l.Unreadable, recent.Unreadable...)
 			}
 		}
 		if err != nil {
@@ -303,6 +307,9 @@ func setupCancel(fs *flag.FlagSet, c *cli) func([]string) error {
 
 func setupVersion(fs *flag.FlagSet, c *cli) func([]string) error {
 	return func(args []string) error {
+		if err := needArgs("version", args, 0, 0, "no arguments"); err != nil {
+			return err
+		}
 		fmt.Fprintf(c.stdout, "orch-hooks %s\n", version())
 		return nil
 	}
