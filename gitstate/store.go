@@ -1,6 +1,7 @@
 package gitstate
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -276,51 +277,62 @@ func sortJobs(js []*Job) {
 	})
 }
 
-// recentTail is how much of the end of the event log Recent reads.
-const recentTail = 256 << 10
+// recentTail bounds how much of the end of the event log Recent reads.
+const recentTail = 1 << 20
 
 // Recent returns up to n ended jobs, most recently ended first, found from
-// the tail of the event log so that its cost does not grow with history.
-// Jobs whose records are gone (gc) are skipped; records that cannot be read
-// are reported in the listing's Unreadable.
+// the tail of the event log (read backwards, a chunk at a time) so that its
+// cost does not grow with history. Jobs whose records are gone (gc) are
+// skipped; records that cannot be read are reported in Unreadable.
 func (s *Store) Recent(n int) (Listing, error) {
+	var l Listing
 	f, err := os.Open(s.EventsPath())
 	if errors.Is(err, fs.ErrNotExist) {
-		return Listing{}, nil
+		return l, nil
 	}
 	if err != nil {
-		return Listing{}, fmt.Errorf("recent jobs: %w", err)
+		return l, fmt.Errorf("recent jobs: %w", err)
 	}
 	defer f.Close()
-	size, err := f.Seek(0, io.SeekEnd)
+	end, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
-		return Listing{}, fmt.Errorf("recent jobs: %w", err)
-	}
-	off := max(size-recentTail, 0)
-	buf := make([]byte, size-off)
-	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-		return Listing{}, fmt.Errorf("recent jobs: %w", err)
-	}
-	lines := strings.Split(string(buf), "\n")
-	if off > 0 && len(lines) > 0 {
-		lines = lines[1:] // the first line is probably cut
+		return l, fmt.Errorf("recent jobs: %w", err)
 	}
 	seen := map[string]bool{}
-	var l Listing
-	for i := len(lines) - 1; i >= 0 && len(l.Jobs)+len(l.Unreadable) < n; i-- {
-		var t Transition
-		if json.Unmarshal([]byte(lines[i]), &t) != nil || !t.To.Terminal() || seen[t.Job] {
-			continue
+	var carry []byte // the start of a line cut by the previous chunk
+	chunk := int64(16 << 10)
+	for off := end; off > 0 && end-off < recentTail && len(l.Jobs)+len(l.Unreadable) < n; {
+		size := min(chunk, off)
+		off -= size
+		buf := make([]byte, size, size+int64(len(carry)))
+		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+			return l, fmt.Errorf("recent jobs: %w", err)
 		}
-		seen[t.Job] = true
-		j, err := s.Get(t.Job)
-		var ue *UnreadableError
-		switch {
-		case errors.As(err, &ue):
-			l.Unreadable = append(l.Unreadable, ue)
-		case err == nil:
-			l.Jobs = append(l.Jobs, j)
+		buf = append(buf, carry...)
+		// Unless at the start of the file, the first line may be cut.
+		first := 0
+		if off > 0 {
+			first = bytes.IndexByte(buf, '\n') + 1
+			carry = append([]byte(nil), buf[:first]...)
 		}
+		lines := bytes.Split(buf[first:], []byte{'\n'})
+		for i := len(lines) - 1; i >= 0 && len(l.Jobs)+len(l.Unreadable) < n; i-- {
+			var t Transition
+			if len(lines[i]) == 0 || !bytes.Contains(lines[i], []byte(`"to":"`)) || json.Unmarshal(lines[i], &t) != nil ||
+				!t.To.Terminal() || seen[t.Job] {
+				continue
+			}
+			seen[t.Job] = true
+			j, err := s.Get(t.Job)
+			var ue *UnreadableError
+			switch {
+			case errors.As(err, &ue):
+				l.Unreadable = append(l.Unreadable, ue)
+			case err == nil:
+				l.Jobs = append(l.Jobs, j)
+			}
+		}
+		chunk *= 2
 	}
 	return l, nil
 }

@@ -382,3 +382,35 @@ func TestClaimRaceGoroutines(t *testing.T) {
 		t.Fatalf("%d winners, want 1", wins)
 	}
 }
+
+// Recent reads the event log backwards in growing chunks; lines cut at a
+// chunk boundary must still be found, in order.
+func TestRecentAcrossChunks(t *testing.T) {
+	s := newStore(t)
+	var ids []string
+	for i := 0; i < 400; i++ {
+		j := queued(fmt.Sprintf("task-with-a-longish-name-%03d", i), "s", 1)
+		j.Status = Cancelled
+		j.Version = RecordVersion
+		data, _ := encodeJob(j)
+		os.WriteFile(s.RecordPath(j.ID), data, 0o644)
+		// Padding in the reason makes lines of varying length.
+		if err := s.appendEvent(Transition{Job: j.ID, From: Queued, To: Cancelled, Reason: strings.Repeat("x", i%97)}); err != nil {
+			t.Fatal(err)
+		}
+		s.appendEvent(Transition{Job: j.ID, To: Queued})
+		ids = append(ids, j.ID)
+	}
+	got, err := s.Recent(350)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Jobs) != 350 {
+		t.Fatalf("Recent(350) found %d jobs", len(got.Jobs))
+	}
+	for i, j := range got.Jobs {
+		if want := ids[len(ids)-1-i]; j.ID != want {
+			t.Fatalf("Recent[%d] = %s, want %s", i, j.ID, want)
+		}
+	}
+}
