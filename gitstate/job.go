@@ -87,6 +87,9 @@ type Job struct {
 	// PGID; zero until stamped.
 	Command procid.Identity `toml:"command,omitempty"`
 	PGID    int             `toml:"pgid,omitzero"`
+	// Finalizer leads the process group of the finalize step running now
+	// (zero when none has run): a live one means the monitor's work goes on.
+	Finalizer procid.Identity `toml:"finalizer,omitempty"`
 
 	// ExitCode is nil until the command's exit has been recorded.
 	ExitCode *int `toml:"exit_code,omitempty"`

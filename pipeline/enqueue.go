@@ -3,7 +3,6 @@
 package pipeline
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -95,9 +94,3 @@ func stageList(c *config.Config) string {
 	return "stages " + strings.Join(c.StageNames(), ", ")
 }
 
-// Cancel ends a queued job as cancelled. It reports won=false, with the
-// current record, when the job was no longer queued.
-func (e *Env) Cancel(ctx context.Context, id string) (j *gitstate.Job, won bool, err error) {
-	return e.Store.Claim(ctx, id, []gitstate.Status{gitstate.Queued}, gitstate.Cancelled, "cancelled by user",
-		func(j *gitstate.Job) { j.EndedBy = gitstate.EndedByCancel })
-}

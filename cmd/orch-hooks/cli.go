@@ -61,6 +61,8 @@ func exitCode(err error) int {
 		errors.Is(err, gitstate.ErrNotRepository),
 		errors.Is(err, pipeline.ErrUnknownStage):
 		return exitUsage
+	case errors.Is(err, pipeline.ErrWrongStatus):
+		return exitNo
 	default:
 		return exitError
 	}

@@ -300,7 +300,11 @@ func setupCancel(fs *flag.FlagSet, c *cli) func([]string) error {
 		if !won {
 			return withCode(exitNo, fmt.Errorf("job %s is %s, not queued or running: nothing to cancel", j.ID, j.Status))
 		}
-		c.errf("cancelled %s\n", j.ID)
+		if j.History[len(j.History)-1].From == gitstate.Running {
+			c.errf("cancelled %s; its processes were stopped\n", j.ID)
+		} else {
+			c.errf("cancelled %s\n", j.ID)
+		}
 		return nil
 	}
 }

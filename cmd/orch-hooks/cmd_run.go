@@ -1,0 +1,292 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/pipeline"
+)
+
+func init() {
+	commands = append(commands,
+		&command{name: "run", args: "JOB", summary: "run and monitor JOB in the foreground",
+			help: `Claims the queued job, runs its stage command with sh -c in the task's
+worktree (created on demand), records its exit code, runs the stage's
+finalize steps, evaluates the gates, ends the job done or failed and, when
+done, enqueues the next stage. The command's output goes to the job's log
+(orch-hooks logs JOB). Ctrl-C passes TERM to the command; the job then ends
+failed with the command's exit status. Exits 0 when the job ends done, 3
+when it ends failed or was not queued, 1 on an operational error.`,
+			setup: setupRun},
+		&command{name: "dispatch", args: "", summary: "start queued jobs, detached, up to max_concurrency",
+			help: `Starts queued jobs, oldest first, each under a detached monitor (its own
+session: this command may exit, the job goes on), while the jobs running on
+this host are fewer than max_concurrency. Prints the started job ids.`,
+			setup: setupDispatch},
+		&command{name: "logs", args: "JOB [-f]", summary: "the job's output", setup: setupLogs},
+		&command{name: "retry", args: "JOB", summary: "enqueue the next attempt of a failed or cancelled job; print its id", setup: setupRetry},
+		&command{name: "gate", args: "(JOB | --stage S --branch B [--target T]) [--json]", summary: "evaluate a stage's quality gates, read-only",
+			help: `Evaluates every gate of the stage for the branch and prints each result;
+exits 3 when any gate fails. Read-only: no record and no ref changes.
+cmd: gates run in the worktree that has the branch checked out, or, when
+none has, in the current worktree (as in a CI checkout).`,
+			setup: setupGate},
+	)
+}
+
+func setupRun(fs *flag.FlagSet, c *cli) func([]string) error {
+	return func(args []string) error {
+		if err := needArgs("run", args, 1, 1, "one job id"); err != nil {
+			return err
+		}
+		claimed := readyReporter()
+		env, err := c.env()
+		if err != nil {
+			claimed(err)
+			return err
+		}
+		env.Store.Actor = "monitor"
+		res, err := env.Run(c.ctx, args[0], pipeline.RunOptions{Claimed: claimed})
+		if err != nil {
+			return jobLookupError(err)
+		}
+		j := res.Job
+		if j.Status == gitstate.Done {
+			c.errf("%s: done (%s)\n", j.ID, j.Reason)
+			if res.Next != nil {
+				c.errf("next: %s\n", res.Next.ID)
+			}
+			return nil
+		}
+		return withCode(exitNo, fmt.Errorf("%s: %s (%s); output: orch-hooks logs %s", j.ID, j.Status, dash(j.Reason), j.ID))
+	}
+}
+
+// readyReporter returns the callback through which a monitor started by
+// dispatch reports its claim on the inherited descriptor (pipeline.ReadyFDEnv);
+// without one it does nothing.
+func readyReporter() func(error) {
+	fdStr := os.Getenv(pipeline.ReadyFDEnv)
+	os.Unsetenv(pipeline.ReadyFDEnv) // not for the job's command
+	fd, err := strconv.Atoi(fdStr)
+	if err != nil || fd < 3 {
+		return func(error) {}
+	}
+	f := os.NewFile(uintptr(fd), "ready")
+	done := false
+	return func(err error) {
+		if done || f == nil {
+			return
+		}
+		done = true
+		if err != nil {
+			fmt.Fprintf(f, "error: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		} else {
+			fmt.Fprintln(f, "ok")
+		}
+		f.Close()
+	}
+}
+
+func setupDispatch(fs *flag.FlagSet, c *cli) func([]string) error {
+	return func(args []string) error {
+		if err := needArgs("dispatch", args, 0, 0, "no arguments"); err != nil {
+			return err
+		}
+		env, err := c.env()
+		if err != nil {
+			return err
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("dispatch: find own executable: %w", err)
+		}
+		started, err := env.Dispatch(c.ctx, env.StartMonitor(exe, c.passThroughArgs()...))
+		for _, id := range started {
+			fmt.Fprintln(c.stdout, id)
+		}
+		if len(started) == 0 && err == nil {
+			c.errf("nothing to start (no queued job, or max_concurrency = %d reached)\n", env.Config.MaxConcurrency)
+		}
+		return err
+	}
+}
+
+// passThroughArgs are the global flags a detached monitor needs to see the
+// same configuration as this process.
+func (c *cli) passThroughArgs() []string {
+	if c.configFlag == "" {
+		return nil
+	}
+	abs := c.configFlag
+	if wd, err := os.Getwd(); err == nil && !strings.HasPrefix(abs, "/") {
+		abs = wd + "/" + abs
+	}
+	return []string{"--config", abs}
+}
+
+func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
+	follow := fs.Bool("f", false, "follow: keep printing new output until the job has ended")
+	return func(args []string) error {
+		if err := needArgs("logs", args, 1, 1, "one job id"); err != nil {
+			return err
+		}
+		s, err := c.openStore()
+		if err != nil {
+			return err
+		}
+		if _, err := s.Get(args[0]); err != nil {
+			return jobLookupError(err)
+		}
+		f, err := os.Open(s.LogPath(args[0]))
+		if errors.Is(err, os.ErrNotExist) {
+			if !*follow {
+				c.errf("%s has no output yet\n", args[0])
+				return nil
+			}
+		} else if err != nil {
+			return err
+		}
+		for {
+			if f != nil {
+				if _, err := io.Copy(c.stdout, f); err != nil {
+					return err
+				}
+			}
+			if !*follow {
+				break
+			}
+			j, err := s.Get(args[0])
+			if err != nil {
+				return err
+			}
+			if j.Status.Terminal() {
+				if f != nil {
+					io.Copy(c.stdout, f) // what was written before the end
+				}
+				break
+			}
+			select {
+			case <-c.ctx.Done():
+				return nil
+			case <-time.After(200 * time.Millisecond):
+			}
+			if f == nil {
+				f, _ = os.Open(s.LogPath(args[0]))
+			}
+		}
+		if f != nil {
+			f.Close()
+		}
+		return nil
+	}
+}
+
+func setupRetry(fs *flag.FlagSet, c *cli) func([]string) error {
+	return func(args []string) error {
+		if err := needArgs("retry", args, 1, 1, "one job id"); err != nil {
+			return err
+		}
+		env, err := c.env()
+		if err != nil {
+			return err
+		}
+		j, created, err := env.Retry(args[0])
+		if err != nil {
+			return jobLookupError(err)
+		}
+		if !created {
+			c.errf("attempt %d already exists (%s); nothing created\n", j.Attempt, j.Status)
+		}
+		fmt.Fprintln(c.stdout, j.ID)
+		return nil
+	}
+}
+
+func setupGate(fs *flag.FlagSet, c *cli) func([]string) error {
+	stageName := fs.String("stage", "", "stage whose gates to evaluate")
+	branch := fs.String("branch", "", "branch to evaluate")
+	target := fs.String("target", "", "target branch (default: target of orch.toml)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	return func(args []string) error {
+		env, err := c.env()
+		if err != nil {
+			return err
+		}
+		in := pipeline.GateInput{}
+		var j *gitstate.Job
+		switch {
+		case len(args) == 1 && *stageName == "" && *branch == "":
+			if j, err = env.Store.Get(args[0]); err != nil {
+				return jobLookupError(err)
+			}
+			*stageName, *branch, *target = j.Stage, j.Branch, j.Target
+		case len(args) == 0 && *stageName != "" && *branch != "":
+			if err := gitstate.ValidateBranch(*branch); err != nil {
+				return err
+			}
+			if *target == "" {
+				*target = env.Config.Target
+			}
+		default:
+			return usageErrorf("gate: give a job id, or --stage and --branch; run orch-hooks gate --help")
+		}
+		stage, ok := env.Config.Stage(*stageName)
+		if !ok {
+			return fmt.Errorf("%w %q: stages are %s", pipeline.ErrUnknownStage, *stageName, strings.Join(env.Config.StageNames(), ", "))
+		}
+		in.Stage, in.Branch, in.Target = stage, *branch, *target
+		if j == nil {
+			j = &gitstate.Job{Task: *branch, Stage: stage.Name, Branch: *branch, Target: *target, Attempt: 1}
+		}
+		in.Worktree, err = env.FindWorktree(c.ctx, j)
+		if err != nil {
+			return err
+		}
+		if in.Worktree == "" {
+			in.Worktree = env.Repo.Worktree
+		}
+		in.Env = pipeline.JobVars(j, in.Worktree)
+		results := env.EvaluateGates(c.ctx, in)
+		failed := pipeline.FirstFailed(results) != nil
+		if *asJSON {
+			if results == nil {
+				results = []gitstate.GateResult{}
+			}
+			err = writeJSON(c.stdout, map[string]any{
+				"stage": stage.Name, "branch": in.Branch, "target": in.Target, "worktree": in.Worktree,
+				"passed": !failed, "gates": results,
+			})
+		} else {
+			fmt.Fprintf(c.stdout, "gates of stage %s for %s → %s:\n", stage.Name, in.Branch, in.Target)
+			if len(results) == 0 {
+				fmt.Fprintln(c.stdout, "  (the stage has no gates)")
+			}
+			tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+			for _, r := range results {
+				mark := "pass"
+				if !r.Passed {
+					mark = "FAIL"
+				}
+				fmt.Fprintf(tw, "  %s\t%s\t%s\n", mark, r.Name, oneLine(r.Detail))
+			}
+			tw.Flush()
+		}
+		if err != nil {
+			return err
+		}
+		if failed {
+			return withCode(exitNo, fmt.Errorf("gate failed: %s", pipeline.FirstFailed(results).Name))
+		}
+		return nil
+	}
+}
+

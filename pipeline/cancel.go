@@ -1,0 +1,63 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/procid"
+)
+
+// Cancel ends a queued or running job as cancelled. The claim comes first;
+// only the winner, and only for a job that was running, stops its processes:
+// TERM to the command's process group (and a running finalize step's), then
+// KILL after a grace. won is false, with the current record, when the job
+// had already ended.
+func (e *Env) Cancel(ctx context.Context, id string) (j *gitstate.Job, won bool, err error) {
+	j, won, err = e.Store.Claim(ctx, id, []gitstate.Status{gitstate.Queued, gitstate.Running}, gitstate.Cancelled, "cancelled by user",
+		func(j *gitstate.Job) { j.EndedBy = gitstate.EndedByCancel })
+	if err != nil || !won {
+		return j, won, err
+	}
+	if last := j.History[len(j.History)-1]; last.From == gitstate.Running {
+		if err := StopGroups(j, killGrace); err != nil {
+			return j, true, fmt.Errorf("job %s cancelled, but stopping its processes: %w", id, err)
+		}
+	}
+	return j, true, nil
+}
+
+// StopGroups stops the process groups of a job that has been claimed
+// terminal by the caller: TERM, then KILL to whatever is left after grace.
+// Groups are confirmed by identity first, so a recycled group id is never
+// signalled. It returns once every group is gone (or was never ours).
+func StopGroups(j *gitstate.Job, grace time.Duration) error {
+	leaders := []procid.Identity{j.Command, j.Finalizer}
+	for _, l := range leaders {
+		if _, err := procid.SignalGroup(l, syscall.SIGTERM); err != nil {
+			return err
+		}
+	}
+	deadline := time.Now().Add(grace)
+	for _, l := range leaders {
+		for {
+			alive, err := procid.GroupLiveness(l)
+			if err != nil {
+				return err
+			}
+			if alive != procid.Alive {
+				break
+			}
+			if time.Now().After(deadline) {
+				if _, err := procid.SignalGroup(l, syscall.SIGKILL); err != nil {
+					return err
+				}
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // polling a process we do not own: no wait(2) for it
+		}
+	}
+	return nil
+}

@@ -1,0 +1,146 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/orch-hooks/orch-hooks/config"
+	"github.com/orch-hooks/orch-hooks/crashpoint"
+	"github.com/orch-hooks/orch-hooks/gitstate"
+)
+
+// Ending says who is ending a running job and, for an ending decided before
+// any gate is looked at, why it fails.
+type Ending struct {
+	// EndedBy is recorded as the job's ended_by (gitstate.EndedBy*).
+	EndedBy string
+	// Failure, when set, fails the job with this reason without evaluating
+	// gates: "lost", "timeout", a finalize step that failed.
+	Failure string
+}
+
+// Result is the outcome of Finalize.
+type Result struct {
+	// Job is the record after the attempt: ended by this call if Won, else
+	// as the winner (or nobody yet) left it.
+	Job *gitstate.Job
+	// Won reports whether this call claimed the terminal status.
+	Won bool
+	// Next is the job this one advanced to, when it did.
+	Next *gitstate.Job
+}
+
+// Finalize ends a running job: the one code path shared by the monitor and
+// the reaper. It evaluates the stage's gates read-only, chooses done or
+// failed, claims that status atomically — the claim writes next_job in the
+// same write — and only if the claim was won, advances to the next stage.
+// A loser (the job was no longer running) performs no side effect at all.
+func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, error) {
+	j, err := e.Store.Get(id)
+	if err != nil {
+		return Result{}, err
+	}
+	if j.Status != gitstate.Running {
+		return Result{Job: j}, nil
+	}
+	status, reason, gates := gitstate.Failed, end.Failure, []gitstate.GateResult(nil)
+	stage, stageOK := e.Config.Stage(j.Stage)
+	switch {
+	case reason != "":
+	case !stageOK:
+		reason = fmt.Sprintf("stage %q is not defined in orch.toml", j.Stage)
+	case j.ExitCode == nil:
+		return Result{Job: j}, fmt.Errorf("job %s: no exit code recorded, so there is nothing to finalize yet", id)
+	case *j.ExitCode != 0:
+		reason = "exit code " + strconv.Itoa(*j.ExitCode)
+	default:
+		wt, _ := e.FindWorktree(ctx, j)
+		gates = e.EvaluateGates(ctx, GateInput{Stage: stage, Branch: j.Branch, Target: j.Target, Worktree: wt, Env: JobVars(j, wt)})
+		if f := FirstFailed(gates); f != nil {
+			reason = fmt.Sprintf("gate %s failed: %s", f.Name, f.Detail)
+		} else {
+			status, reason = gitstate.Done, "exit code 0"
+			if len(gates) > 0 {
+				reason += ", every gate passed"
+			}
+		}
+	}
+	var next string
+	if status == gitstate.Done && stage.Next != "" {
+		next = gitstate.JobID(j.Task, stage.Next, j.Attempt)
+	}
+	j, won, err := e.Store.Claim(ctx, id, []gitstate.Status{gitstate.Running}, status, reason, func(j *gitstate.Job) {
+		j.EndedBy = end.EndedBy
+		j.NextJob = next
+		if gates != nil {
+			j.Gates = gates
+		}
+	})
+	if err != nil || !won {
+		return Result{Job: j}, err
+	}
+	crashpoint.Hit("finalize.claimed")
+	res := Result{Job: j, Won: true}
+	if next != "" {
+		res.Next, err = e.Advance(ctx, j)
+	}
+	return res, err
+}
+
+// Advance enqueues the job that done job j advanced to (j.NextJob). It is
+// idempotent — the next job's id is derived and created exclusively — so the
+// reaper's repair and a re-run after a crash can never make a second one.
+func (e *Env) Advance(ctx context.Context, j *gitstate.Job) (*gitstate.Job, error) {
+	if j.Status != gitstate.Done || j.NextJob == "" {
+		return nil, nil
+	}
+	stage, ok := e.Config.Stage(j.Stage)
+	if !ok || stage.Next == "" {
+		return nil, fmt.Errorf("job %s: advance to %s: stage %q no longer has a next stage in orch.toml", j.ID, j.NextJob, j.Stage)
+	}
+	if want := gitstate.JobID(j.Task, stage.Next, j.Attempt); want != j.NextJob {
+		return nil, fmt.Errorf("job %s: advance: next_job %s does not match stage %q of orch.toml (would be %s)", j.ID, j.NextJob, stage.Next, want)
+	}
+	next, _, err := e.Store.Create(&gitstate.Job{
+		ID: j.NextJob, Task: j.Task, Stage: stage.Next, Branch: j.Branch, Target: j.Target,
+		Attempt: j.Attempt, Status: gitstate.Queued,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("job %s: advance to %s: %w", j.ID, j.NextJob, err)
+	}
+	return next, nil
+}
+
+// NeedsAdvance reports whether done job j names a next job that does not
+// exist: its advancer died between the terminal claim and the enqueue.
+func (e *Env) NeedsAdvance(j *gitstate.Job) bool {
+	if j.Status != gitstate.Done || j.NextJob == "" {
+		return false
+	}
+	_, err := e.Store.Get(j.NextJob)
+	return errors.Is(err, gitstate.ErrNotFound)
+}
+
+// JobVars are the ORCH_* variables a stage command and its cmd: gates see.
+func JobVars(j *gitstate.Job, worktree string) map[string]string {
+	return map[string]string{
+		"ORCH_JOB_ID":   j.ID,
+		"ORCH_TASK":     j.Task,
+		"ORCH_STAGE":    j.Stage,
+		"ORCH_BRANCH":   j.Branch,
+		"ORCH_TARGET":   j.Target,
+		"ORCH_ATTEMPT":  strconv.Itoa(j.Attempt),
+		"ORCH_WORKTREE": worktree,
+	}
+}
+
+// stageOf returns the job's stage or a clear error.
+func (e *Env) stageOf(j *gitstate.Job) (config.Stage, error) {
+	s, ok := e.Config.Stage(j.Stage)
+	if !ok {
+		return s, fmt.Errorf("%w %q: job %s names a stage %s does not define (%s)", ErrUnknownStage, j.Stage, j.ID, e.configName(), stageList(e.Config))
+	}
+	return s, nil
+}

@@ -1,0 +1,228 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/orch-hooks/orch-hooks/config"
+	"github.com/orch-hooks/orch-hooks/crashpoint"
+	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/procid"
+)
+
+// ErrWrongStatus is wrapped by every refusal that comes from a job's status
+// (running what is not queued, retrying what did not fail, cancelling what
+// has ended): a definite "no", not a malfunction.
+var ErrWrongStatus = errors.New("wrong status")
+
+// ErrNotQueued is returned (wrapped) by Run for a job another process has
+// already claimed, or that has ended.
+var ErrNotQueued = fmt.Errorf("job is not queued (%w)", ErrWrongStatus)
+
+// RunOptions tune Run.
+type RunOptions struct {
+	// Claimed, if set, is called once the claim queued → running has been
+	// decided: with nil after winning it, with the error otherwise. Dispatch
+	// uses it to count the job as running before starting another.
+	Claimed func(error)
+	// Log receives the monitor's own messages (the job's log by default).
+	Log io.Writer
+}
+
+// Run runs job id in the calling process, which becomes its monitor:
+//
+//  1. claim queued → running, writing this process's identity in the same
+//     write;
+//  2. prepare the task's worktree and start the stage command with sh -c in
+//     its own process group, output appended to the job's log; stamp the
+//     command's identity and process group at once;
+//  3. when the command exits, record exit_code and finished_at first (only
+//     while the job is still running);
+//  4. run the stage's finalize steps, each with its timeout;
+//  5. Finalize: gates, claim the terminal status, advance if won.
+//
+// A crash at any point leaves a record the reaper can judge. SIGINT or
+// SIGTERM to the monitor is passed on to the command's process group as
+// TERM; the job then ends with the command's exit status.
+func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, error) {
+	// Once claimed, the job is seen through to a recorded end even if the
+	// caller is interrupted.
+	ctx = context.WithoutCancel(ctx)
+	claimed := opts.Claimed
+	if claimed == nil {
+		claimed = func(error) {}
+	}
+	self, err := procid.Self()
+	if err != nil {
+		claimed(err)
+		return Result{}, err
+	}
+	j, won, err := e.Store.Claim(ctx, id, []gitstate.Status{gitstate.Queued}, gitstate.Running, "started by monitor", func(j *gitstate.Job) {
+		j.Monitor = self
+	})
+	if err == nil && !won {
+		err = fmt.Errorf("job %s is %s: %w; only a queued job can be run (orch-hooks retry %s makes a new attempt)", id, j.Status, ErrNotQueued, id)
+	}
+	claimed(err)
+	if err != nil {
+		return Result{Job: j}, err
+	}
+	crashpoint.Hit("run.claimed")
+
+	logf, err := os.OpenFile(e.Store.LogPath(id), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return e.Finalize(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor, Failure: fmt.Sprintf("open log: %v", err)})
+	}
+	defer logf.Close()
+	mlog := opts.Log
+	if mlog == nil {
+		mlog = logf
+	}
+	say := func(format string, args ...any) {
+		fmt.Fprintf(mlog, "== orch-hooks %s: "+format+"\n", append([]any{time.Now().UTC().Format(time.RFC3339)}, args...)...)
+	}
+	fail := func(reason string) (Result, error) {
+		say("%s", reason)
+		return e.Finalize(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor, Failure: reason})
+	}
+
+	stage, err := e.stageOf(j)
+	if err != nil {
+		return fail(err.Error())
+	}
+	if stage.Kind == config.KindMerge {
+		return fail("merge finalization is not available yet in this version of orch-hooks")
+	}
+	wt, err := e.EnsureWorktree(ctx, j)
+	if err != nil {
+		return fail(err.Error())
+	}
+	say("job %s stage %s attempt %d in %s: %s", j.ID, j.Stage, j.Attempt, wt, stage.Run)
+
+	// The command must not die with the monitor's context: a monitor that is
+	// told to stop passes TERM on and keeps watching.
+	cmd := shellCmd(context.Background(), wt, stage.Run, mergeEnv(os.Environ(), JobVars(j, wt)), logf)
+	if err := cmd.Start(); err != nil {
+		return fail(fmt.Sprintf("start %q: %v", stage.Run, err))
+	}
+	stopForwarding := forwardSignals(cmd.Process.Pid)
+	defer stopForwarding()
+	// The child cannot be reaped before Wait, so its /proc entry is there
+	// even if it has exited already.
+	cmdID, err := procid.Of(cmd.Process.Pid)
+	if err == nil {
+		_, err = e.whileRunning(ctx, id, self, "", func(j *gitstate.Job) {
+			j.Command, j.PGID = cmdID, cmd.Process.Pid
+		})
+	}
+	if err != nil {
+		// Cancelled between the claim and now, or the record is gone: the
+		// command must not outlive its job.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		say("command stopped: %v", err)
+		return Result{Job: j}, err
+	}
+	crashpoint.Hit("run.stamped")
+
+	code, detail, _ := exitStatus(cmd.Wait())
+	say("command ended: %s", detail)
+	now := time.Now().UTC()
+	if _, err := e.whileRunning(ctx, id, self, "", func(j *gitstate.Job) {
+		j.ExitCode, j.FinishedAt = &code, now
+	}); err != nil {
+		say("exit code not recorded: %v", err)
+		return e.Finalize(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor})
+	}
+	crashpoint.Hit("run.exit_recorded")
+
+	if code == 0 {
+		for i, step := range stage.Finalize {
+			if reason := e.finalizeStep(ctx, id, self, j, wt, step, stage.FinalizeTimeout(), logf, say); reason != "" {
+				return fail(reason)
+			}
+			crashpoint.Hit(fmt.Sprintf("run.finalize_step.%d", i))
+		}
+	}
+	res, err := e.Finalize(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor})
+	if err == nil {
+		say("job %s: %s (%s)", id, res.Job.Status, res.Job.Reason)
+		if res.Next != nil {
+			say("advanced to %s", res.Next.ID)
+		}
+	}
+	return res, err
+}
+
+// finalizeStep runs one finalize step and returns a failure reason, or "".
+func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity, j *gitstate.Job, wt, step string,
+	timeout time.Duration, log io.Writer, say func(string, ...any)) string {
+	say("finalize: %s", step)
+	sctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := shellCmd(sctx, wt, step, mergeEnv(os.Environ(), JobVars(j, wt)), log)
+	if err := cmd.Start(); err != nil {
+		return fmt.Sprintf("finalize step %q: %v", step, err)
+	}
+	if fid, err := procid.Of(cmd.Process.Pid); err == nil {
+		if _, err := e.whileRunning(ctx, id, self, "", func(j *gitstate.Job) { j.Finalizer = fid }); err != nil {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			cmd.Wait()
+			return fmt.Sprintf("finalize step %q stopped: %v", step, err)
+		}
+	}
+	crashpoint.Hit("run.finalize_started")
+	code, detail, _ := exitStatus(cmd.Wait())
+	switch {
+	case sctx.Err() == context.DeadlineExceeded:
+		return fmt.Sprintf("finalize step %q timed out after %s", step, timeout)
+	case code != 0:
+		return fmt.Sprintf("finalize step %q failed: %s", step, detail)
+	}
+	return ""
+}
+
+// errNotOurs is why a monitor's guarded write was declined.
+var errNotOurs = errors.New("job is no longer running under this monitor")
+
+// whileRunning applies fn to the record only while the job is still running
+// under this monitor: a cancelled, reaped or re-claimed job is never
+// written by a monitor that lost it.
+func (e *Env) whileRunning(ctx context.Context, id string, self procid.Identity, reason string, fn func(*gitstate.Job)) (*gitstate.Job, error) {
+	j, err := e.Store.Update(ctx, id, reason, func(j *gitstate.Job) error {
+		if j.Status != gitstate.Running || j.Monitor != self {
+			return gitstate.ErrSkip
+		}
+		fn(j)
+		return nil
+	})
+	if errors.Is(err, gitstate.ErrSkip) {
+		return j, fmt.Errorf("job %s is %s: %w", id, j.Status, errNotOurs)
+	}
+	return j, err
+}
+
+// forwardSignals passes SIGINT and SIGTERM received by the monitor on to the
+// command's process group as SIGTERM.
+func forwardSignals(pgid int) (stop func()) {
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-ch:
+				syscall.Kill(-pgid, syscall.SIGTERM)
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { signal.Stop(ch); close(done) }
+}

@@ -1,0 +1,142 @@
+package pipeline
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/statefile"
+)
+
+// WorktreePath is where the worktree of task goes: a directory under the
+// configured worktrees dir, named after the task plus a hash so that tasks
+// whose names differ only in unsafe bytes never share one.
+func (e *Env) WorktreePath(task string) string {
+	base := e.Config.Worktrees
+	if !filepath.IsAbs(base) {
+		top := e.Repo.MainWorktree
+		if top == "" {
+			top = e.Repo.CommonDir
+		}
+		base = filepath.Join(top, base)
+	}
+	sum := sha256.Sum256([]byte(task))
+	name := strings.NewReplacer("/", "-", " ", "-").Replace(task)
+	if len(name) > 60 {
+		name = name[:60]
+	}
+	return filepath.Join(base, name+"-"+hex.EncodeToString(sum[:4]))
+}
+
+// worktreeOf returns the worktree that has branch checked out, or "".
+func (e *Env) worktreeOf(ctx context.Context, branch string) (string, error) {
+	out, err := gitstate.Git(ctx, e.gitDir(), "worktree", "list", "--porcelain")
+	if err != nil {
+		return "", err
+	}
+	var path string
+	for _, line := range strings.Split(out, "\n") {
+		switch {
+		case strings.HasPrefix(line, "worktree "):
+			path = strings.TrimPrefix(line, "worktree ")
+		case line == "branch refs/heads/"+branch:
+			if _, err := os.Stat(path); err == nil {
+				return path, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// gitDir is where git commands about the repository as a whole run.
+func (e *Env) gitDir() string {
+	if e.Repo.MainWorktree != "" {
+		return e.Repo.MainWorktree
+	}
+	return e.Repo.CommonDir
+}
+
+// FindWorktree returns the worktree in which the job's branch is checked
+// out, or "" if there is none.
+func (e *Env) FindWorktree(ctx context.Context, j *gitstate.Job) (string, error) {
+	return e.worktreeOf(ctx, j.Branch)
+}
+
+// EnsureWorktree returns a worktree with the job's branch checked out:
+// the one that already has it (a later stage of the same task, or the
+// user's own checkout), or a new linked worktree at WorktreePath, with the
+// branch created from the target when it does not exist yet.
+func (e *Env) EnsureWorktree(ctx context.Context, j *gitstate.Job) (string, error) {
+	unlock, err := statefile.Lock(ctx, e.Store.LockPath("worktrees"))
+	if err != nil {
+		return "", fmt.Errorf("worktree for %s: %w", j.Branch, err)
+	}
+	defer unlock()
+	if wt, err := e.worktreeOf(ctx, j.Branch); err != nil || wt != "" {
+		return wt, err
+	}
+	path := e.WorktreePath(j.Task)
+	if _, err := os.Stat(path); err == nil {
+		return "", fmt.Errorf("worktree for %s: %s exists but does not have the branch checked out; move it away or run git worktree prune", j.Branch, path)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return "", fmt.Errorf("worktree for %s: %w", j.Branch, err)
+	}
+	e.excludeWorktrees()
+	ref := "refs/heads/" + j.Branch
+	if _, err := gitstate.Git(ctx, e.gitDir(), "rev-parse", "--verify", "--quiet", ref+"^{commit}"); err == nil {
+		_, err = gitstate.Git(ctx, e.gitDir(), "worktree", "add", "--quiet", path, j.Branch)
+		if err != nil {
+			return "", fmt.Errorf("worktree for %s: %w", j.Branch, err)
+		}
+		return path, nil
+	}
+	if _, err := gitstate.Git(ctx, e.gitDir(), "rev-parse", "--verify", "--quiet", "refs/heads/"+j.Target+"^{commit}"); err != nil {
+		return "", fmt.Errorf("worktree for %s: neither the branch nor the target branch %q exists; create one of them first", j.Branch, j.Target)
+	}
+	if _, err := gitstate.Git(ctx, e.gitDir(), "worktree", "add", "--quiet", "-b", j.Branch, path, "refs/heads/"+j.Target); err != nil {
+		return "", fmt.Errorf("worktree for %s: %w", j.Branch, err)
+	}
+	return path, nil
+}
+
+// excludeWorktrees keeps job worktrees inside the main worktree out of its
+// `git status`, by listing their directory in .git/info/exclude once.
+func (e *Env) excludeWorktrees() {
+	if e.Repo.MainWorktree == "" || filepath.IsAbs(e.Config.Worktrees) {
+		return
+	}
+	rel := filepath.ToSlash(filepath.Clean(e.Config.Worktrees))
+	if strings.HasPrefix(rel, "../") {
+		return
+	}
+	pattern := "/" + rel + "/"
+	path := filepath.Join(e.Repo.CommonDir, "info", "exclude")
+	if f, err := os.Open(path); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if strings.TrimSpace(sc.Text()) == pattern {
+				f.Close()
+				return
+			}
+		}
+		f.Close()
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	os.MkdirAll(filepath.Dir(path), 0o755)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "\n# orch-hooks job worktrees\n%s\n", pattern)
+}
