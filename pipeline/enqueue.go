@@ -93,4 +93,3 @@ func stageList(c *config.Config) string {
 	}
 	return "stages " + strings.Join(c.StageNames(), ", ")
 }
-

@@ -289,4 +289,3 @@ func setupGate(fs *flag.FlagSet, c *cli) func([]string) error {
 		return nil
 	}
 }
-
