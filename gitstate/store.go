@@ -20,11 +20,13 @@ import (
 
 // Layout of the state dir. Job records live in jobs/; active/ holds an empty
 // marker per queued or running job, so finding the active jobs costs the
-// same however many jobs have ended. Lock files live apart in locks/ because
-// they are permanent.
+// same however many jobs have ended; advance/ holds one per done job whose
+// next job may not have been enqueued yet, for the same reason. Lock files
+// live apart in locks/ because they are permanent.
 const (
 	jobsDir    = "jobs"
 	activeDir  = "active"
+	advanceDir = "advance"
 	locksDir   = "locks"
 	logsDir    = "logs"
 	eventsFile = "events.jsonl"
@@ -66,7 +68,7 @@ type Store struct {
 
 // Init creates the state dir and its subdirectories. It is idempotent.
 func Init(stateDir string) error {
-	for _, d := range []string{"", jobsDir, activeDir, locksDir, logsDir} {
+	for _, d := range []string{"", jobsDir, activeDir, advanceDir, locksDir, logsDir} {
 		if err := os.MkdirAll(filepath.Join(stateDir, d), 0o755); err != nil {
 			return fmt.Errorf("init state dir: %w", err)
 		}
@@ -153,12 +155,71 @@ func (s *Store) Create(j *Job) (stored *Job, created bool, err error) {
 	return j, true, nil
 }
 
-func (s *Store) touchActive(id string) error {
-	f, err := os.OpenFile(s.activePath(id), os.O_WRONLY|os.O_CREATE, statefile.Mode)
+func (s *Store) touchActive(id string) error { return s.touch(activeDir, id) }
+
+// touch creates an empty marker file dir/id.
+func (s *Store) touch(dir, id string) error {
+	path := filepath.Join(s.dir, dir, id)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, statefile.Mode)
+	if errors.Is(err, fs.ErrNotExist) {
+		// A state dir made by an older version may lack the directory.
+		if err = os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
+			f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE, statefile.Mode)
+		}
+	}
 	if err != nil {
-		return fmt.Errorf("job %s: mark active: %w", id, err)
+		return fmt.Errorf("job %s: mark %s: %w", id, dir, err)
 	}
 	return f.Close()
+}
+
+// PendingAdvances lists the done jobs that name a next job and have not
+// been marked advanced (ClearAdvance): each either has its next job already,
+// or lost it to a crash between the terminal claim and the enqueue. The cost
+// depends on those jobs only, never on the number of ended jobs.
+func (s *Store) PendingAdvances() (Listing, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, advanceDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return Listing{}, nil
+	}
+	if err != nil {
+		return Listing{}, fmt.Errorf("list pending advances: %w", err)
+	}
+	var l Listing
+	for _, e := range ents {
+		id := e.Name()
+		if ValidateJobID(id) != nil {
+			continue
+		}
+		j, err := s.Get(id)
+		var ue *UnreadableError
+		switch {
+		case errors.As(err, &ue):
+			l.Unreadable = append(l.Unreadable, ue)
+		case err != nil:
+			// The record is gone (gc): nothing left to advance.
+			os.Remove(filepath.Join(s.dir, advanceDir, id))
+		case j.Status != Done || j.NextJob == "":
+			// The marker is written before the record: a crash between the
+			// two leaves a marker for a job that did not end done.
+			if j.Status.Terminal() {
+				os.Remove(filepath.Join(s.dir, advanceDir, id))
+			}
+		default:
+			l.Jobs = append(l.Jobs, j)
+		}
+	}
+	sortJobs(l.Jobs)
+	return l, nil
+}
+
+// ClearAdvance records that job id's next job exists.
+func (s *Store) ClearAdvance(id string) error {
+	err := os.Remove(filepath.Join(s.dir, advanceDir, id))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("job %s: clear advance marker: %w", id, err)
+	}
+	return nil
 }
 
 // Get reads one job record. A missing record wraps ErrNotFound; a record
@@ -397,6 +458,13 @@ func (s *Store) Update(ctx context.Context, id string, reason string, fn func(j 
 	data, err := encodeJob(next)
 	if err != nil {
 		return cur, err
+	}
+	if next.Status.Terminal() && next.NextJob != "" {
+		// Before the record: a crash after the terminal write must leave
+		// the pending advance findable without reading every ended job.
+		if err := s.touch(advanceDir, id); err != nil {
+			return cur, err
+		}
 	}
 	if err := statefile.Replace(s.RecordPath(id), data); err != nil {
 		return cur, fmt.Errorf("job %s: %w", id, err)

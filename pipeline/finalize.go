@@ -19,6 +19,10 @@ type Ending struct {
 	// Failure, when set, fails the job with this reason without evaluating
 	// gates: "lost", "timeout", a finalize step that failed.
 	Failure string
+	// OnlyIf, when set, is checked against the current record inside the
+	// claim, next to "still running": the reaper uses it to claim only the
+	// state it judged (for example, no exit code recorded yet).
+	OnlyIf func(j *gitstate.Job) bool
 }
 
 // Result is the outcome of Finalize.
@@ -71,14 +75,20 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 	if status == gitstate.Done && stage.Next != "" {
 		next = gitstate.JobID(j.Task, stage.Next, j.Attempt)
 	}
-	j, won, err := e.Store.Claim(ctx, id, []gitstate.Status{gitstate.Running}, status, reason, func(j *gitstate.Job) {
-		j.EndedBy = end.EndedBy
-		j.NextJob = next
+	j, err = e.Store.Update(ctx, id, reason, func(j *gitstate.Job) error {
+		if j.Status != gitstate.Running || (end.OnlyIf != nil && !end.OnlyIf(j)) {
+			return gitstate.ErrSkip
+		}
+		j.Status, j.Reason, j.EndedBy, j.NextJob = status, reason, end.EndedBy, next
 		if gates != nil {
 			j.Gates = gates
 		}
+		return nil
 	})
-	if err != nil || !won {
+	if errors.Is(err, gitstate.ErrSkip) {
+		return Result{Job: j}, nil
+	}
+	if err != nil {
 		return Result{Job: j}, err
 	}
 	crashpoint.Hit("finalize.claimed")
@@ -93,24 +103,31 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 // idempotent — the next job's id is derived and created exclusively — so the
 // reaper's repair and a re-run after a crash can never make a second one.
 func (e *Env) Advance(ctx context.Context, j *gitstate.Job) (*gitstate.Job, error) {
+	next, _, err := e.RepairAdvance(ctx, j)
+	return next, err
+}
+
+// RepairAdvance is Advance that also reports whether this call created the
+// next job (false: it existed already, made by a racing advancer).
+func (e *Env) RepairAdvance(ctx context.Context, j *gitstate.Job) (next *gitstate.Job, created bool, err error) {
 	if j.Status != gitstate.Done || j.NextJob == "" {
-		return nil, nil
+		return nil, false, nil
 	}
 	stage, ok := e.Config.Stage(j.Stage)
 	if !ok || stage.Next == "" {
-		return nil, fmt.Errorf("job %s: advance to %s: stage %q no longer has a next stage in orch.toml", j.ID, j.NextJob, j.Stage)
+		return nil, false, fmt.Errorf("job %s: advance to %s: stage %q no longer has a next stage in orch.toml", j.ID, j.NextJob, j.Stage)
 	}
 	if want := gitstate.JobID(j.Task, stage.Next, j.Attempt); want != j.NextJob {
-		return nil, fmt.Errorf("job %s: advance: next_job %s does not match stage %q of orch.toml (would be %s)", j.ID, j.NextJob, stage.Next, want)
+		return nil, false, fmt.Errorf("job %s: advance: next_job %s does not match stage %q of orch.toml (would be %s)", j.ID, j.NextJob, stage.Next, want)
 	}
-	next, _, err := e.Store.Create(&gitstate.Job{
+	next, created, err = e.Store.Create(&gitstate.Job{
 		ID: j.NextJob, Task: j.Task, Stage: stage.Next, Branch: j.Branch, Target: j.Target,
 		Attempt: j.Attempt, Status: gitstate.Queued,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("job %s: advance to %s: %w", j.ID, j.NextJob, err)
+		return nil, false, fmt.Errorf("job %s: advance to %s: %w", j.ID, j.NextJob, err)
 	}
-	return next, nil
+	return next, created, e.Store.ClearAdvance(j.ID)
 }
 
 // NeedsAdvance reports whether done job j names a next job that does not

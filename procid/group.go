@@ -15,6 +15,30 @@ import (
 //   - otherwise the group is alive if any non-zombie process still has it as
 //     its process group (the leader died, its children live on).
 func GroupLiveness(leader Identity) (Liveness, error) {
+	return groupLiveness(leader, groupMembers)
+}
+
+// GroupTable answers group liveness questions from one scan of /proc, for
+// callers that ask about many groups at once (a reaper pass). The scan is
+// made on the first question that needs it.
+type GroupTable struct {
+	scanned bool
+	members map[int]int // pgid → live, non-zombie processes
+	err     error
+}
+
+// GroupLiveness is GroupLiveness answered from the table.
+func (t *GroupTable) GroupLiveness(leader Identity) (Liveness, error) {
+	return groupLiveness(leader, func(pgid int) (int, error) {
+		if !t.scanned {
+			t.scanned = true
+			t.members, t.err = scanGroups()
+		}
+		return t.members[pgid], t.err
+	})
+}
+
+func groupLiveness(leader Identity, members func(pgid int) (int, error)) (Liveness, error) {
 	if leader.IsZero() || !Local(leader) {
 		return Unknown, nil
 	}
@@ -25,11 +49,11 @@ func GroupLiveness(leader Identity) (Liveness, error) {
 	case err == nil && st.StartTime != leader.StartTime:
 		return Dead, nil
 	}
-	members, err := groupMembers(leader.PID)
+	n, err := members(leader.PID)
 	if err != nil {
 		return Unknown, err
 	}
-	if members > 0 {
+	if n > 0 {
 		return Alive, nil
 	}
 	return Dead, nil
@@ -37,16 +61,22 @@ func GroupLiveness(leader Identity) (Liveness, error) {
 
 // groupMembers counts live, non-zombie processes in process group pgid.
 func groupMembers(pgid int) (int, error) {
+	m, err := scanGroups()
+	return m[pgid], err
+}
+
+// scanGroups counts the live, non-zombie processes of every process group.
+func scanGroups() (map[int]int, error) {
 	d, err := os.Open("/proc")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer d.Close()
 	names, err := d.Readdirnames(-1)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := 0
+	m := map[int]int{}
 	for _, name := range names {
 		pid, err := strconv.Atoi(name)
 		if err != nil {
@@ -56,11 +86,11 @@ func groupMembers(pgid int) (int, error) {
 		if err != nil {
 			continue // exited while we looked
 		}
-		if st.PGID == pgid && st.State != 'Z' && st.State != 'X' {
-			n++
+		if st.State != 'Z' && st.State != 'X' {
+			m[st.PGID]++
 		}
 	}
-	return n, nil
+	return m, nil
 }
 
 // SignalGroup sends sig to the process group led by leader, only if that

@@ -15,6 +15,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/reaper"
 )
 
 func init() {
@@ -143,21 +144,39 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return err
 		}
+		var last *reaper.Snapshot
+		rs, rerr := reaper.LoadState(s.Dir())
+		if rerr == nil {
+			last = rs.LastPass
+		}
 		if *asJSON {
 			jobs := []jobJSON{}
 			for _, j := range l.Jobs {
 				jobs = append(jobs, toJobJSON(j))
 			}
+			unreadable := toUnreadableJSON(l.Unreadable)
+			if rerr != nil {
+				unreadable = append(unreadable, unreadableJSON{Path: filepath.Join(s.Dir(), "reaper.toml"), Error: rerr.Error()})
+			}
 			return writeJSON(c.stdout, map[string]any{
 				"jobs":       jobs,
 				"leases":     []any{},
-				"reaper":     nil,
-				"unreadable": toUnreadableJSON(l.Unreadable),
+				"reaper":     last,
+				"unreadable": unreadable,
 			})
 		}
 		c.printJobTable(l.Jobs)
 		for _, u := range l.Unreadable {
 			fmt.Fprintf(c.stdout, "unreadable: %s: %v\n", u.Path, u.Err)
+		}
+		switch {
+		case rerr != nil:
+			fmt.Fprintf(c.stdout, "unreadable: %v\n", rerr)
+		case last != nil:
+			fmt.Fprintf(c.stdout, "last reaper pass %s ago: %s\n", age(time.Now(), last.At), passSummary(last))
+			for _, e := range last.Errors {
+				fmt.Fprintf(c.stdout, "  error: %s\n", passErrorString(e))
+			}
 		}
 		return nil
 	}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+
+	"github.com/orch-hooks/orch-hooks/reaper"
+)
+
+func init() {
+	commands = append(commands,
+		&command{name: "reap", args: "[--dry-run] [--json]", summary: "one reaper pass; print what it did (or would do)",
+			help: `Judges every running job by the three tiers of liveness (dead processes
+on dead_ticks observations; exit code recorded but never finalized; running
+past max_running_s), ends the dead ones through the shared finalize path,
+enqueues next jobs a crash lost, and reclaims stale merge leases. Prints one
+line per action and a summary on stderr; --json prints the pass snapshot on
+stdout. --dry-run writes nothing at all. ORCH_REAPER_ENABLED=0 makes it a
+no-op that says so.`,
+			setup: setupReap},
+	)
+}
+
+func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
+	dry := fs.Bool("dry-run", false, "judge and report, write nothing")
+	asJSON := fs.Bool("json", false, "print the pass snapshot as JSON")
+	return func(args []string) error {
+		if err := needArgs("reap", args, 0, 0, "no arguments"); err != nil {
+			return err
+		}
+		env, err := c.env()
+		if err != nil {
+			return err
+		}
+		env.Store.Actor = "reaper"
+		snap, err := reaper.RunOnce(c.ctx, env, reaper.Options{DryRun: *dry})
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return writeJSON(c.stdout, snap)
+		}
+		if snap.Disabled {
+			c.errf("reaper disabled (reaper.enabled = false or ORCH_REAPER_ENABLED=0): nothing done\n")
+			return nil
+		}
+		for _, a := range snap.Actions {
+			what := a.Job
+			if a.Lease != "" {
+				what = "lease " + a.Lease
+			}
+			c.errf("%s: %s: %s\n", what, a.Tier, a.Outcome)
+		}
+		for _, e := range snap.Errors {
+			c.errf("error: %s\n", passErrorString(e))
+		}
+		c.errf("%s\n", passSummary(snap))
+		return nil
+	}
+}
+
+func passErrorString(e reaper.PassError) string {
+	switch {
+	case e.Job != "":
+		return e.Job + ": " + e.Message
+	case e.Lease != "":
+		return "lease " + e.Lease + ": " + e.Message
+	case e.Path != "":
+		return e.Path + ": " + e.Message
+	}
+	return e.Message
+}
+
+func passSummary(s *reaper.Snapshot) string {
+	prefix := "pass"
+	if s.DryRun {
+		prefix = "dry run"
+	}
+	return fmt.Sprintf("%s: %d running scanned, reaped %d dead / %d exit-code / %d max-running, %d observed, %d repaired, %d leases reclaimed, %d errors, %d ms",
+		prefix, s.Scanned, s.Tier1, s.Tier2, s.Tier3, s.Observed, s.Repaired, s.LeasesReclaimed, len(s.Errors), s.DurationMS)
+}

@@ -1,0 +1,235 @@
+// Package reaper ends jobs whose processes are gone. One pass (RunOnce)
+// judges every running job by three tiers of liveness, repairs advances lost
+// to a crash, and reclaims stale merge leases. Any number of passes may run
+// at once: correctness comes from the per-job claims, and the reaper's only
+// write to a job record is the terminal flip, made by the shared finalize.
+package reaper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/procid"
+)
+
+// Tier names, as actions and ended_by report them.
+const (
+	TierDead       = "dead"
+	TierExitCode   = "exit_code"
+	TierMaxRunning = "max_running"
+	TierRepair     = "repair"
+	TierLease      = "lease"
+)
+
+// ReasonLost and ReasonTimeout are the reasons of tier-1 and tier-3 reaps.
+const (
+	ReasonLost    = "lost"
+	ReasonTimeout = "timeout"
+)
+
+// StopGraceDefault is how long a timed-out job's process group has between
+// TERM and KILL.
+const StopGraceDefault = 5 * time.Second
+
+// LeaseReclaimer reclaims stale merge leases; the lease package provides it.
+type LeaseReclaimer interface {
+	// ReclaimStale deletes every stale lease record (or, dry, reports what
+	// it would delete) and returns the targets, with an error per target
+	// that could not be judged.
+	ReclaimStale(ctx context.Context, dryRun bool) (reclaimed []string, errs map[string]error)
+}
+
+// Options tune one pass.
+type Options struct {
+	// DryRun judges everything and writes nothing at all: no claim, no
+	// streak, no snapshot.
+	DryRun bool
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+	// Leases, when set and lease reclaim is enabled, is called once per pass.
+	Leases LeaseReclaimer
+	// StopGrace overrides StopGraceDefault.
+	StopGrace time.Duration
+}
+
+// RunOnce makes one reaper pass over the jobs of env and returns its
+// snapshot, which (unless dry) is also saved as the last pass. Errors on one
+// job or lease are recorded in the snapshot and the pass goes on; the error
+// returned is for the pass as a whole (the store cannot be listed).
+func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, error) {
+	now := time.Now
+	if opts.Now != nil {
+		now = opts.Now
+	}
+	start := now()
+	snap := &Snapshot{At: start.UTC(), DryRun: opts.DryRun, Actions: []Action{}, Errors: []PassError{}}
+	cfg := env.Config.Reaper
+	if !cfg.Enabled {
+		snap.Disabled = true
+		return snap, nil
+	}
+	l, err := env.Store.Active()
+	if err != nil {
+		return snap, err
+	}
+	for _, u := range l.Unreadable {
+		snap.Errors = append(snap.Errors, PassError{Path: u.Path, Message: u.Err.Error()})
+	}
+	var running []*gitstate.Job
+	for _, j := range l.Jobs {
+		if j.Status == gitstate.Running {
+			running = append(running, j)
+		}
+	}
+	snap.Scanned = len(running)
+
+	// Judge every job and count dead observations under the state lock, so
+	// that concurrent passes count one observation per interval between
+	// them; act afterwards, outside the lock.
+	table := &procid.GroupTable{}
+	verdicts := make([]verdict, len(running))
+	judgeAll := func(st *State) error {
+		alive := map[string]bool{}
+		for i, j := range running {
+			alive[j.ID] = true
+			verdicts[i] = judge(j, st, cfg, start, table, !opts.DryRun)
+		}
+		for id := range st.Streaks {
+			if !alive[id] {
+				delete(st.Streaks, id)
+			}
+		}
+		return nil
+	}
+	if opts.DryRun {
+		st, err := LoadState(env.Store.Dir())
+		if err != nil {
+			snap.Errors = append(snap.Errors, PassError{Message: err.Error()})
+			st = &State{Streaks: map[string]Streak{}}
+		}
+		judgeAll(st)
+	} else if err := updateState(ctx, env.Store.Dir(), judgeAll); err != nil {
+		snap.Errors = append(snap.Errors, PassError{Message: err.Error()})
+		if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			return snap, err
+		}
+	}
+
+	for i, j := range running {
+		v := verdicts[i]
+		if v.err != nil {
+			snap.Errors = append(snap.Errors, PassError{Job: j.ID, Message: v.err.Error()})
+		}
+		if v.observed {
+			snap.Observed++
+		}
+		if v.tier == "" {
+			if v.note != "" {
+				snap.Actions = append(snap.Actions, Action{Job: j.ID, Tier: TierDead, Outcome: v.note})
+			}
+			continue
+		}
+		act := Action{Job: j.ID, Tier: v.tier}
+		if opts.DryRun {
+			act.Outcome = "would end: " + v.why
+			snap.Actions = append(snap.Actions, act)
+			continue
+		}
+		res, err := env.Finalize(ctx, j.ID, v.ending)
+		switch {
+		case err != nil:
+			snap.Errors = append(snap.Errors, PassError{Job: j.ID, Message: err.Error()})
+			continue
+		case !res.Won:
+			// Someone else ended it first: nothing to do, nothing done.
+			continue
+		}
+		act.Outcome = fmt.Sprintf("%s (%s)", res.Job.Status, res.Job.Reason)
+		if res.Next != nil {
+			act.Outcome += ", advanced to " + res.Next.ID
+		}
+		switch v.tier {
+		case TierDead:
+			snap.Tier1++
+		case TierExitCode:
+			snap.Tier2++
+		case TierMaxRunning:
+			snap.Tier3++
+			grace := opts.StopGrace
+			if grace == 0 {
+				grace = StopGraceDefault
+			}
+			if err := pipeline.StopGroups(res.Job, grace); err != nil {
+				snap.Errors = append(snap.Errors, PassError{Job: j.ID, Message: "stop processes: " + err.Error()})
+			}
+		}
+		snap.Actions = append(snap.Actions, act)
+	}
+
+	repair(ctx, env, opts, snap)
+	if opts.Leases != nil && env.Config.Lease.ReclaimEnabled {
+		reclaimed, errs := opts.Leases.ReclaimStale(ctx, opts.DryRun)
+		for _, t := range reclaimed {
+			out := "reclaimed"
+			if opts.DryRun {
+				out = "would reclaim"
+			}
+			snap.Actions = append(snap.Actions, Action{Lease: t, Tier: TierLease, Outcome: out})
+		}
+		if !opts.DryRun {
+			snap.LeasesReclaimed = len(reclaimed)
+		}
+		for t, err := range errs {
+			snap.Errors = append(snap.Errors, PassError{Lease: t, Message: err.Error()})
+		}
+	}
+
+	snap.DurationMS = max(now().Sub(start).Milliseconds(), 0)
+	if !opts.DryRun {
+		if err := updateState(ctx, env.Store.Dir(), func(st *State) error {
+			st.LastPass = snap
+			return nil
+		}); err != nil {
+			snap.Errors = append(snap.Errors, PassError{Message: err.Error()})
+		}
+	}
+	return snap, nil
+}
+
+// repair advances done jobs whose next job a crash lost.
+func repair(ctx context.Context, env *pipeline.Env, opts Options, snap *Snapshot) {
+	l, err := env.Store.PendingAdvances()
+	if err != nil {
+		snap.Errors = append(snap.Errors, PassError{Message: err.Error()})
+		return
+	}
+	for _, u := range l.Unreadable {
+		snap.Errors = append(snap.Errors, PassError{Path: u.Path, Message: u.Err.Error()})
+	}
+	for _, j := range l.Jobs {
+		if !env.NeedsAdvance(j) {
+			if !opts.DryRun {
+				env.Store.ClearAdvance(j.ID)
+			}
+			continue
+		}
+		if opts.DryRun {
+			snap.Actions = append(snap.Actions, Action{Job: j.ID, Tier: TierRepair, Outcome: "would enqueue " + j.NextJob})
+			continue
+		}
+		next, created, err := env.RepairAdvance(ctx, j)
+		if err != nil {
+			snap.Errors = append(snap.Errors, PassError{Job: j.ID, Message: err.Error()})
+			continue
+		}
+		if !created {
+			continue // a racing pass or the original advancer made it
+		}
+		snap.Repaired++
+		snap.Actions = append(snap.Actions, Action{Job: j.ID, Tier: TierRepair, Outcome: "enqueued " + next.ID})
+	}
+}

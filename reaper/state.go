@@ -1,0 +1,125 @@
+package reaper
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/orch-hooks/orch-hooks/statefile"
+)
+
+// stateFile is the reaper's own record in the state dir; its lock guards
+// every read-modify-write of it.
+const (
+	stateFile = "reaper.toml"
+	stateLock = "reaper-state"
+)
+
+// State is what the reaper keeps between passes: the streak of dead
+// observations of each running job, and the snapshot of the last pass.
+type State struct {
+	Version  int               `toml:"version"`
+	Streaks  map[string]Streak `toml:"streaks,omitempty"`
+	LastPass *Snapshot         `toml:"last_pass,omitempty"`
+}
+
+// Streak counts consecutive passes that found every process of a job dead.
+type Streak struct {
+	Count int       `toml:"count"`
+	Last  time.Time `toml:"last"` // when the last observation was counted
+}
+
+// Snapshot is the report of one pass, kept as the last pass and shown by
+// status.
+type Snapshot struct {
+	At              time.Time   `toml:"at" json:"at"`
+	DurationMS      int64       `toml:"duration_ms" json:"duration_ms"`
+	DryRun          bool        `toml:"dry_run" json:"dry_run"`
+	Disabled        bool        `toml:"disabled" json:"disabled"`
+	Scanned         int         `toml:"scanned" json:"scanned"`
+	Tier1           int         `toml:"tier1" json:"tier1"`
+	Tier2           int         `toml:"tier2" json:"tier2"`
+	Tier3           int         `toml:"tier3" json:"tier3"`
+	Observed        int         `toml:"observed" json:"observed"`
+	Repaired        int         `toml:"repaired" json:"repaired"`
+	LeasesReclaimed int         `toml:"leases_reclaimed" json:"leases_reclaimed"`
+	Actions         []Action    `toml:"actions,omitempty" json:"actions"`
+	Errors          []PassError `toml:"errors,omitempty" json:"errors"`
+}
+
+// Action is one thing a pass did (or, dry, would do).
+type Action struct {
+	Job     string `toml:"job,omitempty" json:"job,omitempty"`
+	Lease   string `toml:"lease,omitempty" json:"lease,omitempty"`
+	Tier    string `toml:"tier" json:"tier"`
+	Outcome string `toml:"outcome" json:"outcome"`
+}
+
+// PassError is an error on one unit of a pass; the pass went on.
+type PassError struct {
+	Job     string `toml:"job,omitempty" json:"job,omitempty"`
+	Lease   string `toml:"lease,omitempty" json:"lease,omitempty"`
+	Path    string `toml:"path,omitempty" json:"path,omitempty"`
+	Message string `toml:"message" json:"message"`
+}
+
+func statePath(stateDir string) string { return filepath.Join(stateDir, stateFile) }
+
+// LoadState reads the reaper's state. A missing file is an empty state; a
+// file that cannot be parsed is an error naming it (it is left in place).
+func LoadState(stateDir string) (*State, error) {
+	st := &State{Version: 1, Streaks: map[string]Streak{}}
+	data, err := os.ReadFile(statePath(stateDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reaper state: %w", err)
+	}
+	if _, err := toml.Decode(string(data), st); err != nil {
+		return nil, fmt.Errorf("reaper state %s: %w", statePath(stateDir), err)
+	}
+	if st.Streaks == nil {
+		st.Streaks = map[string]Streak{}
+	}
+	return st, nil
+}
+
+// updateState applies fn to the state under its lock and writes it back
+// atomically. An unreadable state file is moved aside (kept, with a
+// .corrupt-<time> suffix, and reported) and a fresh state started: streaks
+// restart, which only delays a tier-1 reap.
+func updateState(ctx context.Context, stateDir string, fn func(*State) error) error {
+	unlock, err := statefile.Lock(ctx, filepath.Join(stateDir, "locks", stateLock+".lock"))
+	if err != nil {
+		return fmt.Errorf("reaper state: %w", err)
+	}
+	defer unlock()
+	st, loadErr := LoadState(stateDir)
+	if loadErr != nil {
+		aside := fmt.Sprintf("%s.corrupt-%d", statePath(stateDir), time.Now().UnixNano())
+		if err := os.Rename(statePath(stateDir), aside); err != nil {
+			return fmt.Errorf("%v; moving it aside: %w", loadErr, err)
+		}
+		loadErr = fmt.Errorf("%v (moved to %s, state restarted)", loadErr, aside)
+		st = &State{Version: 1, Streaks: map[string]Streak{}}
+	}
+	if err := fn(st); err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(st); err != nil {
+		return fmt.Errorf("reaper state: %w", err)
+	}
+	if err := statefile.Replace(statePath(stateDir), buf.Bytes()); err != nil {
+		return fmt.Errorf("reaper state: %w", err)
+	}
+	return loadErr
+}
