@@ -48,11 +48,21 @@ func Git(ctx context.Context, dir string, args ...string) (string, error) {
 	return strings.TrimRight(string(out), "\n"), err
 }
 
+// GitEnvOut is Git with extra environment variables and optional stdin.
+func GitEnvOut(ctx context.Context, dir string, env []string, stdin []byte, args ...string) (string, error) {
+	out, err := gitBytes(ctx, dir, env, stdin, args...)
+	return strings.TrimRight(string(out), "\n"), err
+}
+
 // GitBytes is Git with optional stdin and raw output.
 func GitBytes(ctx context.Context, dir string, stdin []byte, args ...string) ([]byte, error) {
+	return gitBytes(ctx, dir, nil, stdin, args...)
+}
+
+func gitBytes(ctx context.Context, dir string, env []string, stdin []byte, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, "git", args...)
 	cmd.Dir = dir
-	cmd.Env = GitEnv()
+	cmd.Env = append(GitEnv(), env...)
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}

@@ -91,6 +91,11 @@ type Job struct {
 	// (zero when none has run): a live one means the monitor's work goes on.
 	Finalizer procid.Identity `toml:"finalizer,omitempty"`
 
+	// MergeAuthor signs a merge stage's merge commit, with StartedAt as its
+	// date; both are fixed by the claim, so a rebuilt merge commit has the
+	// same id.
+	MergeAuthor Signature `toml:"merge_author,omitempty"`
+
 	// ExitCode is nil until the command's exit has been recorded.
 	ExitCode *int `toml:"exit_code,omitempty"`
 
@@ -106,6 +111,12 @@ type Job struct {
 	// carries the same entries for all jobs; a crash between the record write
 	// and the log append can lose a log line but never a history entry.
 	History []Transition `toml:"history,omitempty"`
+}
+
+// Signature is a git identity.
+type Signature struct {
+	Name  string `toml:"name,omitempty"`
+	Email string `toml:"email,omitempty"`
 }
 
 // GateResult is the outcome of one quality gate check.

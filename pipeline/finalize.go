@@ -57,8 +57,14 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 		reason = fmt.Sprintf("stage %q is not defined in orch.toml", j.Stage)
 	case j.ExitCode == nil:
 		return Result{Job: j}, fmt.Errorf("job %s: no exit code recorded, so there is nothing to finalize yet", id)
+	case *j.ExitCode != 0 && stage.Kind == config.KindMerge:
+		reason = fmt.Sprintf("merge exit code %d (3: conflict, not a fast-forward or lease busy; see orch-hooks logs %s)", *j.ExitCode, j.ID)
 	case *j.ExitCode != 0:
 		reason = "exit code " + strconv.Itoa(*j.ExitCode)
+	case stage.Kind == config.KindMerge:
+		// A merge stage's gates were checked before the merge, which they
+		// describe; the recorded exit code is the outcome.
+		status, reason = gitstate.Done, "merged"
 	default:
 		wt, _ := e.FindWorktree(ctx, j)
 		gates = e.EvaluateGates(ctx, GateInput{Stage: stage, Branch: j.Branch, Target: j.Target, Worktree: wt, Env: JobVars(j, wt)})

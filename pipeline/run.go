@@ -13,6 +13,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/merge"
 	"github.com/orch-hooks/orch-hooks/procid"
 )
 
@@ -63,8 +64,17 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 		claimed(err)
 		return Result{}, err
 	}
+	// A merge stage's commit identity is fixed by the claim (with the start
+	// time as its date), so a merge rebuilt after a crash is the same commit.
+	var author gitstate.Signature
+	if cur, err := e.Store.Get(id); err == nil {
+		if st, ok := e.Config.Stage(cur.Stage); ok && st.Kind == config.KindMerge {
+			author.Name, author.Email = merge.Identity(ctx, e.Repo)
+		}
+	}
 	j, won, err := e.Store.Claim(ctx, id, []gitstate.Status{gitstate.Queued}, gitstate.Running, "started by monitor", func(j *gitstate.Job) {
 		j.Monitor = self
+		j.MergeAuthor = author
 	})
 	if err == nil && !won {
 		err = fmt.Errorf("job %s is %s: %w; only a queued job can be run (orch-hooks retry %s makes a new attempt)", id, j.Status, ErrNotQueued, id)
@@ -97,7 +107,7 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 		return fail(err.Error())
 	}
 	if stage.Kind == config.KindMerge {
-		return fail("merge finalization is not available yet in this version of orch-hooks")
+		return e.runMerge(ctx, j, self, stage, say)
 	}
 	wt, err := e.EnsureWorktree(ctx, j)
 	if err != nil {

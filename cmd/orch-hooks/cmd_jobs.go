@@ -14,6 +14,7 @@ import (
 	orchhooks "github.com/orch-hooks/orch-hooks"
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/reaper"
 )
@@ -144,6 +145,13 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return err
 		}
+		leases, badLeases, err := lease.Open(s.Dir()).List()
+		if err != nil {
+			return err
+		}
+		for _, u := range badLeases {
+			l.Unreadable = append(l.Unreadable, u)
+		}
 		var last *reaper.Snapshot
 		rs, rerr := reaper.LoadState(s.Dir())
 		if rerr == nil {
@@ -158,14 +166,23 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 			if rerr != nil {
 				unreadable = append(unreadable, unreadableJSON{Path: filepath.Join(s.Dir(), "reaper.toml"), Error: rerr.Error()})
 			}
+			now := time.Now()
+			leasesJSON := []leaseJSON{}
+			for _, l := range leases {
+				leasesJSON = append(leasesJSON, toLeaseJSON(l, now))
+			}
 			return writeJSON(c.stdout, map[string]any{
 				"jobs":       jobs,
-				"leases":     []any{},
+				"leases":     leasesJSON,
 				"reaper":     last,
 				"unreadable": unreadable,
 			})
 		}
 		c.printJobTable(l.Jobs)
+		if len(leases) > 0 {
+			fmt.Fprintln(c.stdout)
+			c.printLeaseTable(leases, time.Now())
+		}
 		for _, u := range l.Unreadable {
 			fmt.Fprintf(c.stdout, "unreadable: %s: %v\n", u.Path, u.Err)
 		}

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 
+	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/reaper"
 )
 
@@ -33,7 +34,7 @@ func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
 			return err
 		}
 		env.Store.Actor = "reaper"
-		snap, err := reaper.RunOnce(c.ctx, env, reaper.Options{DryRun: *dry})
+		snap, err := reaper.RunOnce(c.ctx, env, reaper.Options{DryRun: *dry, Leases: lease.Open(env.Repo.StateDir())})
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,422 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/lease"
+	"github.com/orch-hooks/orch-hooks/merge"
+	"github.com/orch-hooks/orch-hooks/procid"
+)
+
+func init() {
+	commands = append(commands,
+		&command{name: "lease", args: "(acquire | release | run | status) [flags]", summary: "merge leases: acquire, release, run a command under one, status",
+			help: `  lease acquire --target T [--ttl D] [--wait D] [--holder NAME] [--pid PID]
+        take the target's lease and print its fencing token. The lease is
+        owned by the calling process (this command's parent) unless --pid
+        names another: when the owner dies, the lease is stale.
+  lease release --target T --token N
+        release it; a token that is no longer current exits 3, lease untouched.
+  lease renew --target T --token N
+        extend it by its ttl from now.
+  lease run --target T [--ttl D] [--wait D] [--holder NAME] -- COMMAND [ARGS...]
+        hold the lease for COMMAND's lifetime (ORCH_LEASE_TOKEN and
+        ORCH_LEASE_TARGET in its environment), renewing it, and release it
+        when COMMAND ends, whatever its exit status (which is passed on).
+  lease status [--json]
+        the leases held now.
+A lease busy past --wait exits 3.`,
+			setup: setupLease},
+		&command{name: "merge", args: "(JOB | --branch B) [--into T] [--ff-only] [--check] [--remote R] [--token N] [--wait D] [--json]",
+			summary: "merge a branch into the target, once, under the target's lease",
+			help: `Reads the graph first: already merged (nothing written), fast-forward, or a
+real merge computed with git merge-tree (no worktree touched) and committed
+with an Orch-Job trailer for a job. The target moves by compare-and-swap,
+fencing-checked against the lease token. A worktree that has the target
+checked out is brought along when clean and the merge is refused (exit 1)
+when it has local changes. --check decides and reports without writing (a
+CI pre-merge step). --remote R fetches first and pushes the result with
+--force-with-lease. Without --token the merge takes the target's lease,
+waiting up to --wait (default 10m). Exit 3: conflict, not a fast-forward
+with --ff-only, stale token, lease busy.`,
+			setup: setupMerge},
+	)
+}
+
+// leaseJSON is the stable --json shape of a lease.
+type leaseJSON struct {
+	Target     string  `json:"target"`
+	Holder     string  `json:"holder"`
+	PID        int     `json:"pid"`
+	Host       string  `json:"host"`
+	Token      uint64  `json:"token"`
+	AcquiredAt string  `json:"acquired_at"`
+	RenewedAt  string  `json:"renewed_at"`
+	TTLS       float64 `json:"ttl_s"`
+	Stale      bool    `json:"stale"`
+}
+
+func toLeaseJSON(l *lease.Lease, now time.Time) leaseJSON {
+	stale, _ := lease.Stale(l, now)
+	return leaseJSON{Target: l.Target, Holder: l.Holder, PID: l.Owner.PID, Host: l.Owner.Host, Token: l.Token,
+		AcquiredAt: *rfc3339(l.AcquiredAt), RenewedAt: *rfc3339(l.RenewedAt), TTLS: l.TTL().Seconds(), Stale: stale}
+}
+
+func setupLease(fs *flag.FlagSet, c *cli) func([]string) error {
+	target := fs.String("target", "", "target branch")
+	ttl := fs.Duration("ttl", 0, "time to live without renewal (default: lease.ttl_s of orch.toml)")
+	wait := fs.Duration("wait", 0, "how long to wait for a held lease (default 0: fail at once)")
+	holder := fs.String("holder", "", "holder name shown in status (default: user@host)")
+	pid := fs.Int("pid", 0, "owning process (acquire; default: the calling process)")
+	tokenStr := fs.String("token", "", "fencing token (release, renew)")
+	asJSON := fs.Bool("json", false, "print JSON (status)")
+	return func(args []string) error {
+		if len(args) == 0 {
+			return usageErrorf("lease: give a subcommand: acquire, release, renew, run or status; run orch-hooks lease --help")
+		}
+		r, err := c.openRepo()
+		if err != nil {
+			return err
+		}
+		if _, err := c.openStore(); err != nil {
+			return err
+		}
+		mgr := lease.Open(r.StateDir())
+		sub, rest := args[0], args[1:]
+		needTarget := func() error {
+			if *target == "" {
+				return usageErrorf("lease %s: --target is required", sub)
+			}
+			return gitstate.ValidateBranch(*target)
+		}
+		token := func() (uint64, error) {
+			n, err := strconv.ParseUint(*tokenStr, 10, 64)
+			if err != nil || n == 0 {
+				return 0, usageErrorf("lease %s: --token %q is not a token (a positive whole number printed by lease acquire)", sub, *tokenStr)
+			}
+			return n, nil
+		}
+		request := func(owner procid.Identity) (lease.Request, error) {
+			d := *ttl
+			if d == 0 {
+				cfg, err := c.loadConfig()
+				if err != nil {
+					return lease.Request{}, err
+				}
+				d = cfg.Lease.TTL()
+			}
+			if d <= 0 {
+				return lease.Request{}, usageErrorf("lease %s: --ttl must be positive", sub)
+			}
+			h := *holder
+			if h == "" {
+				h = defaultHolder()
+			}
+			return lease.Request{Holder: h, Owner: owner, TTL: d}, nil
+		}
+		switch sub {
+		case "acquire":
+			if err := needArgs("lease acquire", rest, 0, 0, "no arguments"); err != nil {
+				return err
+			}
+			if err := needTarget(); err != nil {
+				return err
+			}
+			ownerPID := *pid
+			if ownerPID == 0 {
+				ownerPID = os.Getppid()
+			}
+			owner, err := procid.Of(ownerPID)
+			if err != nil {
+				return usageErrorf("lease acquire: --pid %d: %v", ownerPID, err)
+			}
+			req, err := request(owner)
+			if err != nil {
+				return err
+			}
+			l, err := acquire(c.ctx, mgr, *target, req, *wait)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.stdout, l.Token)
+			return nil
+		case "release", "renew":
+			if err := needArgs("lease "+sub, rest, 0, 0, "no arguments"); err != nil {
+				return err
+			}
+			if err := needTarget(); err != nil {
+				return err
+			}
+			n, err := token()
+			if err != nil {
+				return err
+			}
+			if sub == "release" {
+				err = mgr.Release(c.ctx, *target, n)
+			} else {
+				_, err = mgr.Renew(c.ctx, *target, n)
+			}
+			if errors.Is(err, lease.ErrStaleToken) {
+				return withCode(exitNo, err)
+			}
+			return err
+		case "run":
+			if err := needTarget(); err != nil {
+				return err
+			}
+			if len(rest) == 0 {
+				return usageErrorf("lease run: give the command after --, e.g. orch-hooks lease run --target main -- make deploy")
+			}
+			self, err := procid.Self()
+			if err != nil {
+				return err
+			}
+			req, err := request(self)
+			if err != nil {
+				return err
+			}
+			return leaseRun(c, mgr, *target, req, *wait, rest)
+		case "status":
+			if err := needArgs("lease status", rest, 0, 0, "no arguments"); err != nil {
+				return err
+			}
+			return c.printLeases(mgr, *asJSON)
+		}
+		return usageErrorf("lease: unknown subcommand %q; use acquire, release, renew, run or status", sub)
+	}
+}
+
+func defaultHolder() string {
+	host, _ := procid.Host()
+	user := os.Getenv("USER")
+	if user == "" {
+		user = "user"
+	}
+	return user + "@" + host
+}
+
+// acquire takes a lease, waiting up to wait; busy past it is exit 3.
+func acquire(ctx context.Context, mgr *lease.Manager, target string, req lease.Request, wait time.Duration) (*lease.Lease, error) {
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	l, err := mgr.Acquire(wctx, target, req)
+	if errors.Is(err, lease.ErrBusy) {
+		return nil, withCode(exitNo, fmt.Errorf("%w; waited %s (--wait)", err, wait))
+	}
+	return l, err
+}
+
+// leaseRun holds the lease while the command runs, renewing it at a third
+// of its TTL, and releases it when the command ends.
+func leaseRun(c *cli, mgr *lease.Manager, target string, req lease.Request, wait time.Duration, argv []string) error {
+	l, err := acquire(c.ctx, mgr, target, req, wait)
+	if err != nil {
+		return err
+	}
+	release := context.WithoutCancel(c.ctx)
+	defer mgr.Release(release, target, l.Token)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.stdout, c.stderr
+	cmd.Env = append(os.Environ(), "ORCH_LEASE_TOKEN="+strconv.FormatUint(l.Token, 10), "ORCH_LEASE_TARGET="+target)
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("lease run: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	tick := time.NewTicker(max(req.TTL/3, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			code, _, ok := exitStatusOf(err)
+			if !ok {
+				return fmt.Errorf("lease run: %w", err)
+			}
+			if code != 0 {
+				return &codeError{code, fmt.Errorf("lease run: %s exited %d", argv[0], code)}
+			}
+			return nil
+		case <-tick.C:
+			if _, err := mgr.Renew(release, target, l.Token); err != nil {
+				c.errf("orch-hooks: warning: renewing the lease: %v\n", err)
+			}
+		case <-c.ctx.Done():
+			// Interrupted: the command got the same signal from the
+			// terminal; wait for it so the lease is released after it.
+		}
+	}
+}
+
+func exitStatusOf(err error) (int, string, bool) {
+	if err == nil {
+		return 0, "", true
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), ee.Error(), true
+	}
+	return -1, err.Error(), false
+}
+
+func (c *cli) printLeases(mgr *lease.Manager, asJSON bool) error {
+	leases, bad, err := mgr.List()
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	if asJSON {
+		out := []leaseJSON{}
+		for _, l := range leases {
+			out = append(out, toLeaseJSON(l, now))
+		}
+		return writeJSON(c.stdout, map[string]any{"leases": out, "unreadable": toUnreadableJSON(bad)})
+	}
+	if len(leases) == 0 {
+		fmt.Fprintln(c.stdout, "no leases held")
+	}
+	c.printLeaseTable(leases, now)
+	for _, u := range bad {
+		fmt.Fprintf(c.stdout, "unreadable: %s: %v\n", u.Path, u.Err)
+	}
+	return nil
+}
+
+func (c *cli) printLeaseTable(leases []*lease.Lease, now time.Time) {
+	if len(leases) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TARGET\tHOLDER\tPID\tTOKEN\tAGE\tTTL\tSTATE")
+	for _, l := range leases {
+		state := "held"
+		if stale, why := lease.Stale(l, now); stale {
+			state = "stale: " + why
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", l.Target, l.Holder, l.Owner.PID, l.Token, age(now, l.AcquiredAt), l.TTL(), state)
+	}
+	tw.Flush()
+}
+
+func setupMerge(fs *flag.FlagSet, c *cli) func([]string) error {
+	var req merge.Request
+	fs.StringVar(&req.Branch, "branch", "", "branch to merge")
+	fs.StringVar(&req.Target, "into", "", "target branch (default: the job's target, or target of orch.toml)")
+	fs.BoolVar(&req.FFOnly, "ff-only", false, "refuse (exit 3) unless the target can be fast-forwarded")
+	fs.BoolVar(&req.Check, "check", false, "report what the merge would do; write nothing")
+	fs.StringVar(&req.Remote, "remote", "", "fetch from and push to this remote")
+	tokenStr := fs.String("token", "", "fencing token of a lease already held on the target")
+	fs.DurationVar(&req.Wait, "wait", merge.WaitDefault, "how long to wait for the target's lease")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	return func(args []string) error {
+		r, err := c.openRepo()
+		if err != nil {
+			return err
+		}
+		switch {
+		case len(args) == 1 && req.Branch == "":
+			env, err := c.env()
+			if err != nil {
+				return err
+			}
+			j, err := env.Store.Get(args[0])
+			if err != nil {
+				return jobLookupError(err)
+			}
+			req.Branch, req.Job = j.Branch, j.ID
+			if req.Target == "" {
+				req.Target = j.Target
+			}
+			req.Author = merge.Signature{Name: j.MergeAuthor.Name, Email: j.MergeAuthor.Email, When: j.StartedAt}
+		case len(args) == 0 && req.Branch != "":
+			if req.Target == "" {
+				cfg, err := c.loadConfig()
+				if err != nil {
+					return err
+				}
+				req.Target = cfg.Target
+			}
+		default:
+			return usageErrorf("merge: give a job id or --branch B; run orch-hooks merge --help")
+		}
+		if *tokenStr != "" {
+			if req.Token, err = strconv.ParseUint(*tokenStr, 10, 64); err != nil || req.Token == 0 {
+				return usageErrorf("merge: --token %q is not a token (a positive whole number printed by lease acquire)", *tokenStr)
+			}
+		}
+		if !req.Check {
+			if _, err := c.openStore(); err != nil {
+				return err
+			}
+		}
+		res, err := merge.New(r).Merge(c.ctx, req)
+		if res != nil {
+			if *asJSON {
+				writeJSON(c.stdout, res)
+			} else {
+				c.printMerge(res, req.Check)
+			}
+		}
+		return mergeError(err)
+	}
+}
+
+func mergeError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, merge.ErrConflict), errors.Is(err, merge.ErrNotFastForward),
+		errors.Is(err, lease.ErrStaleToken), errors.Is(err, lease.ErrBusy):
+		return withCode(exitNo, err)
+	}
+	return err
+}
+
+func (c *cli) printMerge(res *merge.Result, check bool) {
+	verb := map[merge.Kind]string{
+		merge.AlreadyMerged: "already merged: nothing to do",
+		merge.FastForward:   "fast-forward",
+		merge.Merged:        "merge",
+		merge.Conflict:      "conflict",
+	}[res.Kind]
+	if check {
+		fmt.Fprintf(c.stdout, "%s into %s: %s\n", res.Branch, res.Target, verb)
+		for _, p := range res.Conflicts {
+			fmt.Fprintf(c.stdout, "  conflict: %s\n", p)
+		}
+		return
+	}
+	switch res.Kind {
+	case merge.AlreadyMerged:
+		c.errf("%s is already merged into %s (%s): nothing written\n", res.Branch, res.Target, short(res.OldTarget))
+	case merge.FastForward:
+		c.errf("%s fast-forwarded %s → %s\n", res.Target, short(res.OldTarget), short(res.NewTarget))
+	case merge.Merged:
+		c.errf("%s merged into %s: %s → %s (merge commit)\n", res.Branch, res.Target, short(res.OldTarget), short(res.NewTarget))
+	case merge.Conflict:
+		for _, p := range res.Conflicts {
+			c.errf("conflict: %s\n", p)
+		}
+	}
+	if res.Pushed {
+		c.errf("pushed %s\n", res.Target)
+	}
+	if res.Worktree != "" {
+		c.errf("updated the worktree %s\n", res.Worktree)
+	}
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

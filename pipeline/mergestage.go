@@ -1,0 +1,69 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/orch-hooks/orch-hooks/config"
+	"github.com/orch-hooks/orch-hooks/crashpoint"
+	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/lease"
+	"github.com/orch-hooks/orch-hooks/merge"
+	"github.com/orch-hooks/orch-hooks/procid"
+)
+
+// Exit codes a merge stage records as the job's exit code.
+const (
+	MergeExitOK       = 0
+	MergeExitError    = 1
+	MergeExitRejected = 3 // conflict, not a fast-forward
+)
+
+// runMerge is the body of a merge stage: its gates are checked first (they
+// describe the branch before the merge; after it, commits_ahead could not
+// pass), then merge finalization runs under the target's lease, and its
+// outcome is recorded as the exit code for the shared finalize.
+func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identity, stage config.Stage, say func(string, ...any)) (Result, error) {
+	fail := func(reason string) (Result, error) {
+		say("%s", reason)
+		return e.Finalize(ctx, j.ID, Ending{EndedBy: gitstate.EndedByMonitor, Failure: reason})
+	}
+	wt, _ := e.FindWorktree(ctx, j)
+	gates := e.EvaluateGates(ctx, GateInput{Stage: stage, Branch: j.Branch, Target: j.Target, Worktree: wt, Env: JobVars(j, wt)})
+	if _, err := e.whileRunning(ctx, j.ID, self, "", func(r *gitstate.Job) { r.Gates = gates }); err != nil {
+		return Result{Job: j}, err
+	}
+	if f := FirstFailed(gates); f != nil {
+		return fail(fmt.Sprintf("gate %s failed: %s", f.Name, f.Detail))
+	}
+	say("merge %s into %s", j.Branch, j.Target)
+	m := merge.New(e.Repo)
+	res, err := m.Merge(ctx, merge.Request{
+		Branch: j.Branch, Target: j.Target, Job: j.ID, Holder: "job " + j.ID,
+		TTL:    e.Config.Lease.TTL(),
+		Author: merge.Signature{Name: j.MergeAuthor.Name, Email: j.MergeAuthor.Email, When: j.StartedAt},
+	})
+	code := MergeExitOK
+	switch {
+	case errors.Is(err, merge.ErrConflict), errors.Is(err, merge.ErrNotFastForward),
+		errors.Is(err, lease.ErrBusy), errors.Is(err, lease.ErrStaleToken):
+		code = MergeExitRejected
+		say("merge refused: %v", err)
+	case err != nil:
+		code = MergeExitError
+		say("merge failed: %v", err)
+	default:
+		say("merge: %s, %s is at %s", res.Kind, j.Target, res.NewTarget)
+	}
+	now := time.Now().UTC()
+	if _, err := e.whileRunning(ctx, j.ID, self, "", func(r *gitstate.Job) {
+		r.ExitCode, r.FinishedAt = &code, now
+	}); err != nil {
+		say("exit code not recorded: %v", err)
+		return e.Finalize(ctx, j.ID, Ending{EndedBy: gitstate.EndedByMonitor})
+	}
+	crashpoint.Hit("run.exit_recorded")
+	return e.Finalize(ctx, j.ID, Ending{EndedBy: gitstate.EndedByMonitor})
+}
