@@ -522,4 +522,3 @@ func short(id string) string {
 	}
 	return id
 }
-
