@@ -40,6 +40,12 @@ next = "review"
 name = "review"
 run = "echo reviewing $ORCH_BRANCH"
 gates = ["cmd:test -s \"$(echo $ORCH_TASK | tr / -).txt\"", "mergeable"]
+next = "merge"
+
+[[stages]]
+name = "merge"
+kind = "merge"      # merge finalization under the target's lease
+gates = ["mergeable"]
 `
 
 const agentSh = `#!/bin/sh
@@ -150,7 +156,7 @@ func (d *demo) run() error {
 	}
 	fmt.Fprintf(d.out, "\norch.toml:\n%s", indent(orchToml))
 
-	d.say("1. A task runs through both stages: implement (agent.sh commits), then review (gated by a cmd: check).")
+	d.say("1. A task runs through implement (agent.sh commits) and review (gated by a cmd: check); its merge job waits in the queue.")
 	if _, err := d.must("init"); err != nil {
 		return err
 	}
@@ -158,14 +164,8 @@ func (d *demo) run() error {
 	if err != nil {
 		return err
 	}
-	if _, err := d.must("run", id); err != nil {
-		return err
-	}
-	next, err := d.nextOf(id)
+	loginMerge, err := d.runChain(id, "merge")
 	if err != nil {
-		return err
-	}
-	if _, err := d.must("run", next); err != nil {
 		return err
 	}
 	if _, err := d.must("status"); err != nil {
@@ -195,42 +195,59 @@ func (d *demo) run() error {
 		return err
 	}
 
-	d.say("4. The failed job is retried as attempt 2, which runs through both stages.")
+	d.say("4. The failed job is retried as attempt 2, which runs through implement and review.")
 	retry, err := d.must("retry", crash)
 	if err != nil {
 		return err
 	}
-	if _, err := d.must("run", retry); err != nil {
-		return err
-	}
-	if next, err = d.nextOf(retry); err != nil {
-		return err
-	}
-	if _, err := d.must("run", next); err != nil {
+	crashMerge, err := d.runChain(retry, "merge")
+	if err != nil {
 		return err
 	}
 
-	d.say("Every job, and the branches the agents committed to:")
+	d.say("5. Both merge jobs run, one at a time under main's lease: a fast-forward, then a real merge commit.")
+	for _, id := range []string{loginMerge, crashMerge} {
+		if _, err := d.runChain(id, ""); err != nil {
+			return err
+		}
+	}
+
+	d.say("6. Merging again changes nothing: merge finalization reads the graph first.")
+	if _, err := d.must("merge", "--branch", "feat/crash"); err != nil {
+		return err
+	}
+
+	d.say("Every job, and main with both tasks merged once:")
 	if _, err := d.must("status", "--all"); err != nil {
 		return err
 	}
-	if _, err := d.sh(nil, "git", "log", "--graph", "--oneline", "--all"); err != nil {
+	if _, err := d.sh(nil, "git", "log", "--graph", "--oneline", "main"); err != nil {
 		return err
 	}
 	fmt.Fprintf(d.out, "\nThe repository is left in %s; its state is in %s.\n", d.dir, filepath.Join(d.dir, ".git", "orch"))
 	return nil
 }
 
-// nextOf reads the id of the job that id advanced to.
-func (d *demo) nextOf(id string) (string, error) {
-	j, err := d.record(id)
-	if err != nil {
-		return "", err
+// runChain runs job id and then every job it advances to, in turn, up to
+// a job of stage stopAt, which it returns without running.
+func (d *demo) runChain(id, stopAt string) (string, error) {
+	for id != "" {
+		j, err := d.record(id)
+		if err != nil {
+			return "", err
+		}
+		if j.Stage == stopAt {
+			return id, nil
+		}
+		if _, err := d.must("run", id); err != nil {
+			return "", err
+		}
+		if j, err = d.record(id); err != nil {
+			return "", err
+		}
+		id = j.NextJob
 	}
-	if j.NextJob == "" {
-		return "", fmt.Errorf("job %s did not advance (%s: %s)", id, j.Status, j.Reason)
-	}
-	return j.NextJob, nil
+	return "", nil
 }
 
 func (d *demo) record(id string) (*gitstate.Job, error) {
