@@ -32,6 +32,8 @@ const (
 	MaxRunningSDefault      = 14400
 	LeaseTTLSDefault        = 900
 	FinalizeTimeoutSDefault = 120
+	HookBudgetMSDefault     = 200
+	GCOlderThanSDefault     = 7 * 24 * 3600
 )
 
 // Stage kinds.
@@ -59,8 +61,29 @@ type Config struct {
 	Worktrees      string  `toml:"worktrees"`
 	Reaper         Reaper  `toml:"reaper"`
 	Lease          Lease   `toml:"lease"`
+	Hooks          Hooks   `toml:"hooks"`
+	GC             GC      `toml:"gc"`
 	Stages         []Stage `toml:"stages"`
 }
+
+// Hooks holds the settings of what installed git hooks do.
+type Hooks struct {
+	// BudgetMS bounds the reaper pass a hook makes; work that needs longer
+	// (gates with commands) is handed to a background pass.
+	BudgetMS int `toml:"budget_ms"`
+}
+
+// Budget is BudgetMS as a duration.
+func (h Hooks) Budget() time.Duration { return time.Duration(h.BudgetMS) * time.Millisecond }
+
+// GC holds the settings of gc.
+type GC struct {
+	// OlderThanS: jobs ended longer ago than this are removed by gc.
+	OlderThanS int `toml:"older_than_s"`
+}
+
+// OlderThan is OlderThanS as a duration.
+func (g GC) OlderThan() time.Duration { return time.Duration(g.OlderThanS) * time.Second }
 
 // Reaper holds the reaper's settings.
 type Reaper struct {
@@ -119,6 +142,8 @@ func Default() *Config {
 			MaxRunningS:    MaxRunningSDefault,
 		},
 		Lease: Lease{ReclaimEnabled: true, TTLS: LeaseTTLSDefault},
+		Hooks: Hooks{BudgetMS: HookBudgetMSDefault},
+		GC:    GC{OlderThanS: GCOlderThanSDefault},
 	}
 }
 
@@ -254,6 +279,7 @@ func applyEnv(c *Config) (envSet, error) {
 		{"ORCH_REAPER_MAX_RUNNING_S", "reaper.max_running_s", &c.Reaper.MaxRunningS},
 		{"ORCH_REAPER_FINALIZE_GRACE_S", "reaper.finalize_grace_s", &c.Reaper.FinalizeGraceS},
 		{"ORCH_LEASE_TTL_S", "lease.ttl_s", &c.Lease.TTLS},
+		{"ORCH_HOOKS_BUDGET_MS", "hooks.budget_ms", &c.Hooks.BudgetMS},
 	}
 	for _, o := range ints {
 		v, ok := os.LookupEnv(o.env)
@@ -328,6 +354,8 @@ func validate(c *Config, src source, env envSet) error {
 		atLeast(c.Reaper.FinalizeGraceS, 0, "reaper", "finalize_grace_s"),
 		atLeast(c.Reaper.MaxRunningS, 1, "reaper", "max_running_s"),
 		atLeast(c.Lease.TTLS, 1, "lease", "ttl_s"),
+		atLeast(c.Hooks.BudgetMS, 1, "hooks", "budget_ms"),
+		atLeast(c.GC.OlderThanS, 0, "gc", "older_than_s"),
 	} {
 		if chk != nil {
 			return chk

@@ -22,7 +22,7 @@ func write(t *testing.T, content string) string {
 }
 
 func clearEnv(t *testing.T) {
-	for _, k := range []string{"ORCH_REAPER_ENABLED", "ORCH_REAPER_INTERVAL_S", "ORCH_REAPER_DEAD_TICKS",
+	for _, k := range []string{"ORCH_HOOKS_BUDGET_MS", "ORCH_REAPER_ENABLED", "ORCH_REAPER_INTERVAL_S", "ORCH_REAPER_DEAD_TICKS",
 		"ORCH_REAPER_MAX_RUNNING_S", "ORCH_REAPER_FINALIZE_GRACE_S", "ORCH_LEASE_RECLAIM_ENABLED", "ORCH_LEASE_TTL_S"} {
 		t.Setenv(k, "")
 	}

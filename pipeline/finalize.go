@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/crashpoint"
@@ -144,6 +145,20 @@ func (e *Env) NeedsAdvance(j *gitstate.Job) bool {
 	}
 	_, err := e.Store.Get(j.NextJob)
 	return errors.Is(err, gitstate.ErrNotFound)
+}
+
+// HasCommandGates reports whether finalizing j would run a cmd: gate.
+func (e *Env) HasCommandGates(j *gitstate.Job) bool {
+	st, ok := e.Config.Stage(j.Stage)
+	if !ok || st.Kind == config.KindMerge {
+		return false
+	}
+	for _, g := range st.Gates {
+		if strings.HasPrefix(g, config.GateCmdPrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // JobVars are the ORCH_* variables a stage command and its cmd: gates see.

@@ -54,6 +54,11 @@ type Options struct {
 	Leases LeaseReclaimer
 	// StopGrace overrides StopGraceDefault.
 	StopGrace time.Duration
+	// DeferSlow leaves alone the tier-2 jobs whose finalize would run a
+	// command gate (which may take minutes), counting them in
+	// Snapshot.Deferred, for a caller with a small time budget (a git hook)
+	// to hand to a background pass.
+	DeferSlow bool
 }
 
 // RunOnce makes one reaper pass over the jobs of env and returns its
@@ -120,6 +125,11 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 	}
 
 	for i, j := range running {
+		if ctx.Err() != nil {
+			// Out of budget: the rest is left for the next pass.
+			snap.Deferred += len(running) - i
+			break
+		}
 		v := verdicts[i]
 		if v.err != nil {
 			snap.Errors = append(snap.Errors, PassError{Job: j.ID, Message: v.err.Error()})
@@ -129,8 +139,12 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		}
 		if v.tier == "" {
 			if v.note != "" {
-				snap.Actions = append(snap.Actions, Action{Job: j.ID, Tier: TierDead, Outcome: v.note})
+				snap.Actions = append(snap.Actions, Action{Job: j.ID, Tier: TierDead, Outcome: v.note, Observation: true})
 			}
+			continue
+		}
+		if v.tier == TierExitCode && opts.DeferSlow && env.HasCommandGates(j) {
+			snap.Deferred++
 			continue
 		}
 		act := Action{Job: j.ID, Tier: v.tier}
@@ -170,8 +184,10 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		snap.Actions = append(snap.Actions, act)
 	}
 
-	repair(ctx, env, opts, snap)
-	if opts.Leases != nil && env.Config.Lease.ReclaimEnabled {
+	if ctx.Err() == nil {
+		repair(ctx, env, opts, snap)
+	}
+	if opts.Leases != nil && env.Config.Lease.ReclaimEnabled && ctx.Err() == nil {
 		reclaimed, errs := opts.Leases.ReclaimStale(ctx, opts.DryRun)
 		for _, t := range reclaimed {
 			out := "reclaimed"
@@ -190,7 +206,8 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 
 	snap.DurationMS = max(now().Sub(start).Milliseconds(), 0)
 	if !opts.DryRun {
-		if err := updateState(ctx, env.Store.Dir(), func(st *State) error {
+		// Saved even when the budget ran out: the snapshot says so.
+		if err := updateState(context.WithoutCancel(ctx), env.Store.Dir(), func(st *State) error {
 			st.LastPass = snap
 			return nil
 		}); err != nil {

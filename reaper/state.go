@@ -49,17 +49,20 @@ type Snapshot struct {
 	Tier3           int         `toml:"tier3" json:"tier3"`
 	Observed        int         `toml:"observed" json:"observed"`
 	Repaired        int         `toml:"repaired" json:"repaired"`
+	Deferred        int         `toml:"deferred" json:"deferred"`
 	LeasesReclaimed int         `toml:"leases_reclaimed" json:"leases_reclaimed"`
 	Actions         []Action    `toml:"actions,omitempty" json:"actions"`
 	Errors          []PassError `toml:"errors,omitempty" json:"errors"`
 }
 
-// Action is one thing a pass did (or, dry, would do).
+// Action is one thing a pass did (or, dry, would do). An observation only
+// counted towards a tier-1 streak; it changed no job.
 type Action struct {
-	Job     string `toml:"job,omitempty" json:"job,omitempty"`
-	Lease   string `toml:"lease,omitempty" json:"lease,omitempty"`
-	Tier    string `toml:"tier" json:"tier"`
-	Outcome string `toml:"outcome" json:"outcome"`
+	Job         string `toml:"job,omitempty" json:"job,omitempty"`
+	Lease       string `toml:"lease,omitempty" json:"lease,omitempty"`
+	Tier        string `toml:"tier" json:"tier"`
+	Outcome     string `toml:"outcome" json:"outcome"`
+	Observation bool   `toml:"observation,omitempty" json:"observation,omitempty"`
 }
 
 // PassError is an error on one unit of a pass; the pass went on.

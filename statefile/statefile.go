@@ -31,8 +31,12 @@ const TempPrefix = ".tmp-"
 const Mode fs.FileMode = 0o644
 
 // Replace atomically replaces (or creates) the file at path with data.
-func Replace(path string, data []byte) error {
-	tmp, err := writeTemp(path, data)
+func Replace(path string, data []byte) error { return ReplaceMode(path, data, Mode) }
+
+// ReplaceMode is Replace with the file's permission bits: the file has them
+// from the instant it appears under its name.
+func ReplaceMode(path string, data []byte, mode fs.FileMode) error {
+	tmp, err := writeTemp(path, data, mode)
 	if err != nil {
 		return err
 	}
@@ -48,7 +52,7 @@ func Replace(path string, data []byte) error {
 // Because the content is complete before the name appears, a concurrent
 // reader sees either no file or the whole record.
 func Create(path string, data []byte) (created bool, err error) {
-	tmp, err := writeTemp(path, data)
+	tmp, err := writeTemp(path, data, Mode)
 	if err != nil {
 		return false, err
 	}
@@ -65,18 +69,22 @@ func Create(path string, data []byte) (created bool, err error) {
 	return true, nil
 }
 
-func writeTemp(path string, data []byte) (string, error) {
+func writeTemp(path string, data []byte, mode fs.FileMode) (string, error) {
 	var rnd [6]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return "", fmt.Errorf("temp name for %s: %w", path, err)
 	}
 	dir, base := filepath.Split(path)
 	tmp := filepath.Join(dir, TempPrefix+base+"-"+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, Mode)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
-	_, err = f.Write(data)
+	// The umask may have taken bits away; the caller asked for these.
+	err = f.Chmod(mode)
+	if err == nil {
+		_, err = f.Write(data)
+	}
 	if err == nil {
 		err = f.Sync()
 	}

@@ -4,8 +4,10 @@ import (
 	"flag"
 	"fmt"
 
+	"github.com/orch-hooks/orch-hooks/hooks"
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/reaper"
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 func init() {
@@ -34,6 +36,11 @@ func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
 			return err
 		}
 		env.Store.Actor = "reaper"
+		// Hold the pass lock when free so hooks skip meanwhile; never wait
+		// for it: correctness comes from the per-job claims.
+		if unlock, err := statefile.TryLock(env.Store.LockPath(hooks.PassLock)); err == nil {
+			defer unlock()
+		}
 		snap, err := reaper.RunOnce(c.ctx, env, reaper.Options{DryRun: *dry, Leases: lease.Open(env.Repo.StateDir())})
 		if err != nil {
 			return err
@@ -77,6 +84,10 @@ func passSummary(s *reaper.Snapshot) string {
 	if s.DryRun {
 		prefix = "dry run"
 	}
-	return fmt.Sprintf("%s: %d running scanned, reaped %d dead / %d exit-code / %d max-running, %d observed, %d repaired, %d leases reclaimed, %d errors, %d ms",
-		prefix, s.Scanned, s.Tier1, s.Tier2, s.Tier3, s.Observed, s.Repaired, s.LeasesReclaimed, len(s.Errors), s.DurationMS)
+	deferred := ""
+	if s.Deferred > 0 {
+		deferred = fmt.Sprintf(", %d deferred", s.Deferred)
+	}
+	return fmt.Sprintf("%s: %d running scanned, reaped %d dead / %d exit-code / %d max-running, %d observed, %d repaired, %d leases reclaimed%s, %d errors, %d ms",
+		prefix, s.Scanned, s.Tier1, s.Tier2, s.Tier3, s.Observed, s.Repaired, s.LeasesReclaimed, deferred, len(s.Errors), s.DurationMS)
 }

@@ -1,0 +1,86 @@
+package hooks
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+
+	"github.com/orch-hooks/orch-hooks/lease"
+	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/reaper"
+	"github.com/orch-hooks/orch-hooks/statefile"
+)
+
+// PassLock is the name of the lock a hook's pass takes without waiting: when
+// another pass holds it, the hook skips its own.
+const PassLock = "pass"
+
+// Run is what an installed hook does: a reaper pass within the configured
+// budget, skipped at once when another pass is running. It prints nothing
+// unless it acted, one line per action, each prefixed "orch-hooks: ". Work
+// that needs longer than the budget is handed to a detached `exe reap`. A
+// hook never fails the git command, so Run reports errors only to the pass
+// snapshot and returns nothing.
+func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
+	unlock, err := statefile.TryLock(env.Store.LockPath(PassLock))
+	if err != nil {
+		return // another pass is running (or the lock is unusable): skip
+	}
+	defer unlock()
+	budget := env.Config.Hooks.Budget()
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	env.Store.Actor = "hook"
+	snap, err := reaper.RunOnce(ctx, env, reaper.Options{
+		DeferSlow: true,
+		StopGrace: budget / 2,
+		Leases:    lease.Open(env.Store.Dir()),
+	})
+	if err != nil || snap == nil {
+		return
+	}
+	for _, a := range snap.Actions {
+		if a.Observation {
+			continue
+		}
+		what := a.Job
+		if a.Lease != "" {
+			what = "lease " + a.Lease
+		}
+		fmt.Fprintf(out, "orch-hooks: %s: %s: %s\n", what, a.Tier, a.Outcome)
+	}
+	if snap.Deferred > 0 && exe != "" {
+		if err := background(exe, env); err == nil {
+			fmt.Fprintf(out, "orch-hooks: %d job(s) need a longer reaper pass: started orch-hooks reap in the background\n", snap.Deferred)
+		}
+	}
+}
+
+// background starts `exe reap` detached, in its own session, its output
+// appended to logs/reaper.log.
+func background(exe string, env *pipeline.Env) error {
+	logf, err := os.OpenFile(env.Store.LogPath("reaper"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, "reap")
+	cmd.Dir = env.Store.Dir()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if env.Config.Path != "" {
+		cmd.Args = append([]string{exe, "--config", env.Config.Path}, "reap")
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	return cmd.Process.Release()
+}
+
+// Disabled reports whether ORCH_HOOKS=0 turns hook runs off (every git
+// process orch-hooks starts has it, so hooks never recurse).
+func Disabled() bool { return os.Getenv("ORCH_HOOKS") == "0" }
+
