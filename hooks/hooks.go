@@ -73,7 +73,7 @@ exit $status
 `)
 }
 
-// shellQuote quotes s for sh: single quotes, with ' written as '\''.
+// shellQuote quotes s for sh: single quotes, with ' written as '\”.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -83,4 +83,3 @@ func background(exe string, env *pipeline.Env) error {
 // Disabled reports whether ORCH_HOOKS=0 turns hook runs off (every git
 // process orch-hooks starts has it, so hooks never recurse).
 func Disabled() bool { return os.Getenv("ORCH_HOOKS") == "0" }
-
