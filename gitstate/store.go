@@ -564,3 +564,100 @@ func (s *Store) Events() ([]Transition, error) {
 	}
 	return out, nil
 }
+
+// TailEvents returns the last n events of the log (fewer when the log is
+// shorter), oldest first, reading only its end.
+func (s *Store) TailEvents(n int) ([]Transition, error) {
+	f, err := os.Open(s.EventsPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read event log: %w", err)
+	}
+	defer f.Close()
+	end, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, fmt.Errorf("read event log: %w", err)
+	}
+	off := max(end-int64(n)*1024, 0)
+	buf := make([]byte, end-off)
+	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("read event log: %w", err)
+	}
+	var out []Transition
+	for _, line := range bytes.Split(buf, []byte{'\n'}) {
+		var t Transition
+		if len(line) > 0 && json.Unmarshal(line, &t) == nil && t.Job != "" {
+			out = append(out, t)
+		}
+	}
+	if len(out) > n {
+		out = out[len(out)-n:]
+	}
+	return out, nil
+}
+
+// EventsFrom returns the events appended to the log at or after byte offset
+// off, and the offset to read from next time. A line still being written is
+// left for the next call.
+func (s *Store) EventsFrom(off int64) ([]Transition, int64, error) {
+	f, err := os.Open(s.EventsPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, off, fmt.Errorf("read event log: %w", err)
+	}
+	defer f.Close()
+	end, err := f.Seek(0, io.SeekEnd)
+	if err != nil || end <= off {
+		return nil, min(off, end), err
+	}
+	buf := make([]byte, end-off)
+	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+		return nil, off, fmt.Errorf("read event log: %w", err)
+	}
+	last := bytes.LastIndexByte(buf, '\n')
+	if last < 0 {
+		return nil, off, nil
+	}
+	var out []Transition
+	for _, line := range bytes.Split(buf[:last], []byte{'\n'}) {
+		var t Transition
+		if len(line) > 0 && json.Unmarshal(line, &t) == nil {
+			out = append(out, t)
+		}
+	}
+	return out, off + int64(last) + 1, nil
+}
+
+// EventsEnd is the current size of the event log: EventsFrom(EventsEnd())
+// returns only what is appended afterwards.
+func (s *Store) EventsEnd() int64 {
+	fi, err := os.Stat(s.EventsPath())
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// Remove deletes an ended job's record, log, lock file and markers: gc's
+// only write to the store. Active jobs are refused. The lock file of an
+// ended job can go because no writer will ever take it again: an ended
+// record never changes.
+func (s *Store) Remove(id string) error {
+	j, err := s.Get(id)
+	if err != nil {
+		return err
+	}
+	if !j.Status.Terminal() {
+		return fmt.Errorf("job %s is %s: only an ended job can be removed", id, j.Status)
+	}
+	for _, p := range []string{s.RecordPath(id), s.LogPath(id), filepath.Join(s.dir, advanceDir, id), s.activePath(id), s.LockPath("job-" + id)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("job %s: remove: %w", id, err)
+		}
+	}
+	return statefile.SyncDir(filepath.Join(s.dir, jobsDir))
+}

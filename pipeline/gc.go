@@ -1,0 +1,118 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/statefile"
+)
+
+// GCReport is what GC removed (or, dry, would remove) and kept.
+type GCReport struct {
+	Jobs      []string `json:"jobs"`       // records (and logs, locks) removed
+	Worktrees []string `json:"worktrees"`  // linked worktrees removed
+	KeptDirty []string `json:"kept_dirty"` // worktrees with uncommitted changes, kept with their jobs
+	Temps     []string `json:"temps"`      // temporary files crashes left behind
+	Bytes     int64    `json:"bytes"`      // bytes of records and logs freed
+	DryRun    bool     `json:"dry_run"`
+}
+
+// tempAge is how old a temporary file must be before gc takes it for one a
+// crash abandoned (a live write lasts milliseconds).
+const tempAge = time.Hour
+
+// GC removes the records, logs and lock files of jobs that ended more than
+// olderThan ago, and the worktrees of tasks all of whose jobs are removed.
+// A worktree with uncommitted changes is kept, with its task's records so
+// the next gc sees it again, unless force. Only worktrees under the
+// configured worktrees dir are ever removed; branches are never touched.
+// Unreadable records are never removed.
+func (e *Env) GC(ctx context.Context, olderThan time.Duration, dryRun, force bool) (GCReport, error) {
+	rep := GCReport{DryRun: dryRun, Jobs: []string{}, Worktrees: []string{}, KeptDirty: []string{}, Temps: []string{}}
+	l, err := e.Store.All()
+	if err != nil {
+		return rep, err
+	}
+	now := time.Now()
+	old := func(j *gitstate.Job) bool {
+		if !j.Status.Terminal() || j.EndedAt.IsZero() {
+			return false
+		}
+		age := now.Sub(j.EndedAt)
+		return age >= 0 && age >= olderThan
+	}
+	byTask := map[string][]*gitstate.Job{}
+	for _, j := range l.Jobs {
+		byTask[j.Task] = append(byTask[j.Task], j)
+	}
+	for task, jobs := range byTask {
+		all := true
+		for _, j := range jobs {
+			all = all && old(j)
+		}
+		if all {
+			wt := e.WorktreePath(task)
+			if _, err := os.Stat(wt); err == nil {
+				dirty, err := gitstate.Git(ctx, wt, "status", "--porcelain")
+				if err != nil {
+					return rep, fmt.Errorf("gc: worktree %s: %w", wt, err)
+				}
+				if dirty != "" && !force {
+					rep.KeptDirty = append(rep.KeptDirty, wt)
+					continue // keep the task's records too
+				}
+				if !dryRun {
+					args := []string{"worktree", "remove", wt}
+					if force {
+						args = []string{"worktree", "remove", "--force", wt}
+					}
+					if _, err := gitstate.Git(ctx, e.gitDir(), args...); err != nil {
+						return rep, fmt.Errorf("gc: %w", err)
+					}
+				}
+				rep.Worktrees = append(rep.Worktrees, wt)
+			}
+		}
+		for _, j := range jobs {
+			if !old(j) {
+				continue
+			}
+			for _, p := range []string{e.Store.RecordPath(j.ID), e.Store.LogPath(j.ID)} {
+				if fi, err := os.Stat(p); err == nil {
+					rep.Bytes += fi.Size()
+				}
+			}
+			if !dryRun {
+				if err := e.Store.Remove(j.ID); err != nil {
+					return rep, err
+				}
+			}
+			rep.Jobs = append(rep.Jobs, j.ID)
+		}
+	}
+	for _, dir := range []string{filepath.Join(e.Store.Dir(), "jobs"), filepath.Join(e.Store.Dir(), "leases"), e.Store.Dir()} {
+		ents, _ := os.ReadDir(dir)
+		for _, ent := range ents {
+			if !statefile.IsTemp(ent.Name()) {
+				continue
+			}
+			fi, err := ent.Info()
+			if err != nil || now.Sub(fi.ModTime()) < tempAge {
+				continue
+			}
+			p := filepath.Join(dir, ent.Name())
+			if !dryRun {
+				os.Remove(p)
+			}
+			rep.Temps = append(rep.Temps, p)
+		}
+	}
+	if !dryRun && len(rep.Worktrees) > 0 {
+		gitstate.Git(ctx, e.gitDir(), "worktree", "prune")
+	}
+	return rep, nil
+}
