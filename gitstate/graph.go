@@ -5,6 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/go-git/go-billy/v5/osfs"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/cache"
+	commitgraphfmt "github.com/go-git/go-git/v5/plumbing/format/commitgraph/v2"
+	"github.com/go-git/go-git/v5/plumbing/object/commitgraph"
+	"github.com/go-git/go-git/v5/storage/filesystem"
 )
 
 // ResolveCommit returns the commit id rev names, or an error naming rev when
@@ -23,9 +30,30 @@ func (r *Repo) ResolveCommit(ctx context.Context, rev string) (string, error) {
 }
 
 // IsAncestor reports whether commit a is an ancestor of commit b (a commit
-// is its own ancestor). It asks git merge-base --is-ancestor, whose walk is
-// bounded by generation numbers when the repository has a commit-graph.
+// is its own ancestor); a and b are full commit ids (ResolveCommit).
+//
+// With a commit-graph file it walks in process from b, never below a's
+// generation number: a commit whose generation is lower than a's cannot
+// have a as an ancestor, so a "no" costs the commits between the two
+// generations, not the whole history (go-git's Commit.IsAncestor walks
+// everything on a "no"). Commits newer than the graph are read as objects.
+// Without a commit-graph it asks git merge-base --is-ancestor.
 func (r *Repo) IsAncestor(ctx context.Context, a, b string) (bool, error) {
+	if a == b {
+		return true, nil
+	}
+	if nodes := r.graphNodes(); nodes != nil {
+		ok, err := walkAncestor(nodes, plumbing.NewHash(a), plumbing.NewHash(b))
+		if err == nil {
+			return ok, nil
+		}
+		// A damaged or unreadable graph: git knows best.
+	}
+	return r.isAncestorGit(ctx, a, b)
+}
+
+// isAncestorGit asks git merge-base --is-ancestor.
+func (r *Repo) isAncestorGit(ctx context.Context, a, b string) (bool, error) {
 	_, err := Git(ctx, r.CommonDir, "merge-base", "--is-ancestor", a, b)
 	if err == nil {
 		return true, nil
@@ -35,4 +63,58 @@ func (r *Repo) IsAncestor(ctx context.Context, a, b string) (bool, error) {
 		return false, nil
 	}
 	return false, err
+}
+
+// graphNodes opens, once per Repo, the commit-graph of the repository and
+// the object storage behind it; nil when there is no commit-graph. go-git's
+// storage is opened on the common dir directly: git.Open refuses
+// repositories with extensions.worktreeConfig, the storage does not care.
+func (r *Repo) graphNodes() commitgraph.CommitNodeIndex {
+	r.graphOnce.Do(func() {
+		fs := osfs.New(r.CommonDir)
+		idx, err := commitgraphfmt.OpenChainOrFileIndex(fs)
+		if err != nil {
+			return
+		}
+		st := filesystem.NewStorage(fs, cache.NewObjectLRUDefault())
+		r.graph = commitgraph.NewGraphCommitNodeIndex(idx, st)
+	})
+	return r.graph
+}
+
+// walkAncestor searches b's ancestry for a, skipping every commit whose
+// generation is below a's. Generation numbers only grow from parent to
+// child, and commits outside the graph count as infinitely high, so the
+// pruning never skips a path to a.
+func walkAncestor(nodes commitgraph.CommitNodeIndex, a, b plumbing.Hash) (bool, error) {
+	na, err := nodes.Get(a)
+	if err != nil {
+		return false, err
+	}
+	nb, err := nodes.Get(b)
+	if err != nil {
+		return false, err
+	}
+	genA := na.Generation()
+	seen := map[plumbing.Hash]bool{b: true}
+	stack := []commitgraph.CommitNode{nb}
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if n.ID() == a {
+			return true, nil
+		}
+		for i := 0; i < n.NumParents(); i++ {
+			p, err := n.ParentNode(i)
+			if err != nil {
+				return false, err
+			}
+			if seen[p.ID()] || p.Generation() < genA {
+				continue
+			}
+			seen[p.ID()] = true
+			stack = append(stack, p)
+		}
+	}
+	return false, nil
 }

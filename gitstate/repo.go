@@ -10,6 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+
+	"github.com/go-git/go-git/v5/plumbing/object/commitgraph"
 )
 
 // ErrNotRepository is returned (wrapped) by Open outside a git repository.
@@ -29,6 +32,9 @@ type Repo struct {
 	// MainWorktree is the top of the main worktree (empty for a bare
 	// repository): where orch.toml and job worktrees live.
 	MainWorktree string
+
+	graphOnce sync.Once
+	graph     commitgraph.CommitNodeIndex // nil: no commit-graph
 }
 
 // StateDirName is the directory under the common git dir that holds all
