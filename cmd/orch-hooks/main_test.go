@@ -2,13 +2,17 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/rogpeppe/go-internal/testscript"
 )
 
@@ -43,6 +47,10 @@ func TestScripts(t *testing.T) {
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"exitcode": cmdExitCode,
 			"capture":  cmdCapture,
+			// Polling for a file, a status or a process, never fixed sleeps.
+			"waitfile":   cmdWaitFile,
+			"waitstatus": cmdWaitStatus,
+			"pidgone":    cmdPIDGone,
 		},
 	})
 }
@@ -145,4 +153,115 @@ func cmdCapture(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("capture %s: stdout is empty", args[0])
 	}
 	ts.Setenv(args[0], v)
+}
+
+// waitPoll and waitLimit pace the wait* commands: they poll, they never
+// sleep a fixed time in the hope that something has happened.
+const (
+	waitPoll  = 10 * time.Millisecond
+	waitLimit = 30 * time.Second
+)
+
+// pollUntil calls ok every waitPoll until it returns true or waitLimit has
+// passed; it reports whether ok returned true.
+func pollUntil(ok func() bool) bool {
+	deadline := time.Now().Add(waitLimit)
+	for {
+		if ok() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(waitPoll)
+	}
+}
+
+// cmdWaitFile runs "waitfile PATH": it waits until PATH exists.
+func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitfile PATH")
+	}
+	path := ts.MkAbs(args[0])
+	if !pollUntil(func() bool { _, err := os.Stat(path); return err == nil }) {
+		ts.Fatalf("waitfile: %s did not appear within %s", path, waitLimit)
+	}
+}
+
+// cmdWaitStatus runs "waitstatus JOB STATUS": it waits until the record of
+// JOB (.git/orch/jobs/JOB.toml under the current directory) has STATUS.
+// For running it also waits until the process doing the job's current work
+// is stamped — the command, or once the command's exit is recorded, the
+// finalize step — so that whoever stops the job can find it; for an ended
+// status, until the job's monitor and its process groups are gone, so that
+// nothing the job started outlives the script.
+func cmdWaitStatus(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: waitstatus JOB STATUS")
+	}
+	path := ts.MkAbs(filepath.Join(".git", "orch", "jobs", args[0]+".toml"))
+	want := gitstate.Status(args[1])
+	var last string
+	ok := pollUntil(func() bool {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		j, err := gitstate.DecodeJob(data)
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		last = "status " + string(j.Status)
+		switch {
+		case j.Status != want:
+			return false
+		case want == gitstate.Running && j.Command.IsZero():
+			last += ", command not stamped yet"
+			return false
+		case want == gitstate.Running && j.ExitCode != nil && j.Finalizer.IsZero():
+			last += ", exit code recorded, finalize step not stamped yet"
+			return false
+		case want.Terminal():
+			if l, _ := procid.Check(j.Monitor); l == procid.Alive {
+				last += fmt.Sprintf(", monitor %d still alive", j.Monitor.PID)
+				return false
+			}
+			for _, g := range []procid.Identity{j.Command, j.Finalizer} {
+				if l, _ := procid.GroupLiveness(g); l == procid.Alive {
+					last += fmt.Sprintf(", process group %d still alive", g.PID)
+					return false
+				}
+			}
+		}
+		return true
+	})
+	if !ok {
+		ts.Fatalf("waitstatus %s %s: gave up after %s (%s)", args[0], want, waitLimit, last)
+	}
+}
+
+// cmdPIDGone runs "pidgone FILE": the process whose pid FILE holds has
+// exited (no /proc entry, or a zombie). "! pidgone FILE": it is running.
+// It looks once; it does not wait.
+func cmdPIDGone(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 1 {
+		ts.Fatalf("usage: [!] pidgone FILE")
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(ts.ReadFile(args[0])))
+	if err != nil {
+		ts.Fatalf("pidgone: %s: %v", args[0], err)
+	}
+	st, err := procid.ReadStat(pid)
+	gone := errors.Is(err, procid.ErrNoProcess) || (err == nil && (st.State == 'Z' || st.State == 'X'))
+	if err != nil && !gone {
+		ts.Fatalf("pidgone: %v", err)
+	}
+	switch {
+	case gone && neg:
+		ts.Fatalf("process %d has exited, want it running", pid)
+	case !gone && !neg:
+		ts.Fatalf("process %d is still running (state %c)", pid, st.State)
+	}
 }
