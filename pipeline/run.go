@@ -143,6 +143,11 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 
 	code, detail, _ := exitStatus(cmd.Wait())
 	say("command ended: %s", detail)
+	// What the command left running in its process group (a `sleep &`)
+	// ends with it: a job's processes are over when its command is.
+	if left, _ := procid.SignalGroup(cmdID, syscall.SIGTERM); left {
+		say("stopped what the command left running in its process group")
+	}
 	now := time.Now().UTC()
 	if _, err := e.whileRunning(ctx, id, self, "", func(j *gitstate.Job) {
 		j.ExitCode, j.FinishedAt = &code, now
@@ -180,7 +185,8 @@ func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity,
 	if err := cmd.Start(); err != nil {
 		return fmt.Sprintf("finalize step %q: %v", step, err)
 	}
-	if fid, err := procid.Of(cmd.Process.Pid); err == nil {
+	fid, err := procid.Of(cmd.Process.Pid)
+	if err == nil {
 		if _, err := e.whileRunning(ctx, id, self, "", func(j *gitstate.Job) { j.Finalizer = fid }); err != nil {
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			cmd.Wait()
@@ -189,6 +195,9 @@ func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity,
 	}
 	crashpoint.Hit("run.finalize_started")
 	code, detail, _ := exitStatus(cmd.Wait())
+	if !fid.IsZero() {
+		procid.SignalGroup(fid, syscall.SIGTERM) // leftovers end with the step
+	}
 	switch {
 	case sctx.Err() == context.DeadlineExceeded:
 		return fmt.Sprintf("finalize step %q timed out after %s", step, timeout)
@@ -198,8 +207,9 @@ func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity,
 	return ""
 }
 
-// errNotOurs is why a monitor's guarded write was declined.
-var errNotOurs = errors.New("job is no longer running under this monitor")
+// errNotOurs is why a monitor's guarded write was declined: the job was
+// ended by someone else (cancel, the reaper) while the monitor worked.
+var errNotOurs = fmt.Errorf("job is no longer running under this monitor (%w)", ErrWrongStatus)
 
 // whileRunning applies fn to the record only while the job is still running
 // under this monitor: a cancelled, reaped or re-claimed job is never

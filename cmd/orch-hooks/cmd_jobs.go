@@ -336,10 +336,13 @@ func setupCancel(fs *flag.FlagSet, c *cli) func([]string) error {
 		if !won {
 			return withCode(exitNo, fmt.Errorf("job %s is %s, not queued or running: nothing to cancel", j.ID, j.Status))
 		}
-		if j.History[len(j.History)-1].From == gitstate.Running {
-			c.errf("cancelled %s; its processes were stopped\n", j.ID)
-		} else {
+		switch {
+		case j.History[len(j.History)-1].From != gitstate.Running:
 			c.errf("cancelled %s\n", j.ID)
+		case j.Command.IsZero():
+			c.errf("cancelled %s; its command had not started yet: the monitor stops it\n", j.ID)
+		default:
+			c.errf("cancelled %s; its processes were stopped\n", j.ID)
 		}
 		return nil
 	}
