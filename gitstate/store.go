@@ -64,6 +64,9 @@ type Store struct {
 	Now func() time.Time
 	// LockTimeout bounds each wait for a job's lock.
 	LockTimeout time.Duration
+	// ReadOnly stops listings from removing the markers a crash left behind
+	// (a dry run writes nothing at all).
+	ReadOnly bool
 }
 
 // Init creates the state dir and its subdirectories. It is idempotent.
@@ -198,11 +201,13 @@ func (s *Store) PendingAdvances() (Listing, error) {
 			l.Unreadable = append(l.Unreadable, ue)
 		case err != nil:
 			// The record is gone (gc): nothing left to advance.
-			os.Remove(filepath.Join(s.dir, advanceDir, id))
+			if !s.ReadOnly {
+				os.Remove(filepath.Join(s.dir, advanceDir, id))
+			}
 		case j.Status != Done || j.NextJob == "":
 			// The marker is written before the record: a crash between the
 			// two leaves a marker for a job that did not end done.
-			if j.Status.Terminal() {
+			if j.Status.Terminal() && !s.ReadOnly {
 				os.Remove(filepath.Join(s.dir, advanceDir, id))
 			}
 		default:
@@ -283,7 +288,9 @@ func (s *Store) Active() (Listing, error) {
 				l.Unreadable = append(l.Unreadable, &UnreadableError{Path: s.RecordPath(id), Err: err})
 			}
 		case j.Status.Terminal():
-			os.Remove(s.activePath(id))
+			if !s.ReadOnly {
+				os.Remove(s.activePath(id))
+			}
 		default:
 			l.Jobs = append(l.Jobs, j)
 		}

@@ -67,7 +67,10 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 		// describe; the recorded exit code is the outcome.
 		status, reason = gitstate.Done, "merged"
 	default:
-		wt, _ := e.FindWorktree(ctx, j)
+		var wt string
+		if needsWorktree(stage) {
+			wt, _ = e.FindWorktree(ctx, j)
+		}
 		gates = e.EvaluateGates(ctx, GateInput{Stage: stage, Branch: j.Branch, Target: j.Target, Worktree: wt, Env: JobVars(j, wt)})
 		if f := FirstFailed(gates); f != nil {
 			reason = fmt.Sprintf("gate %s failed: %s", f.Name, f.Detail)
@@ -145,6 +148,17 @@ func (e *Env) NeedsAdvance(j *gitstate.Job) bool {
 	}
 	_, err := e.Store.Get(j.NextJob)
 	return errors.Is(err, gitstate.ErrNotFound)
+}
+
+// needsWorktree reports whether any gate of the stage looks at the task's
+// worktree, which costs a git process to find.
+func needsWorktree(st config.Stage) bool {
+	for _, g := range st.Gates {
+		if g == config.GateCleanWorktree || strings.HasPrefix(g, config.GateCmdPrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // HasCommandGates reports whether finalizing j would run a cmd: gate.

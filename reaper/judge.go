@@ -89,6 +89,10 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, now time.Time, groups 
 	}
 	if v.observed {
 		v.note = fmt.Sprintf("%s: observation %d of %d", why, s.Count, cfg.DeadTicks)
+		if !count {
+			v.note = fmt.Sprintf("would count observation %d of %d: %s", s.Count, cfg.DeadTicks, why)
+			v.observed = false
+		}
 	}
 	return v
 }

@@ -55,11 +55,10 @@ func TestMain(m *testing.M) {
 
 // passResult is what a helper prints for each pass.
 type passResult struct {
-	PID   int               `json:"pid"`
-	Round string            `json:"round"`
-	Snap  *reaper.Snapshot  `json:"snap"`
-	Err   string            `json:"err,omitempty"`
-	Extra map[string]string `json:"extra,omitempty"`
+	PID   int              `json:"pid"`
+	Round string           `json:"round"`
+	Snap  *reaper.Snapshot `json:"snap"`
+	Err   string           `json:"err,omitempty"`
 }
 
 func passHelper() int {
@@ -127,6 +126,7 @@ type fixture struct {
 	env      *pipeline.Env
 	cfg      *config.Config
 	storeNow time.Time
+	dead     procid.Identity // a process that has exited, made on first use
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -240,7 +240,10 @@ func (f *fixture) state() *reaper.State {
 // the next job and leaves the pending-advance marker) and the enqueue.
 func (f *fixture) doneWithLostAdvance(task string) (done *gitstate.Job, nextID string) {
 	f.t.Helper()
-	j := f.running(task, "build", func(j *gitstate.Job) { j.Monitor = deadProc(f.t) })
+	if f.dead.IsZero() {
+		f.dead = deadProc(f.t)
+	}
+	j := f.running(task, "build", func(j *gitstate.Job) { j.Monitor = f.dead })
 	nextID = gitstate.JobID(task, "review", 1)
 	done, won, err := f.store().Claim(context.Background(), j.ID, []gitstate.Status{gitstate.Running}, gitstate.Done, "exit code 0",
 		func(j *gitstate.Job) {

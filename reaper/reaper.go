@@ -73,6 +73,10 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 	start := now()
 	snap := &Snapshot{At: start.UTC(), DryRun: opts.DryRun, Actions: []Action{}, Errors: []PassError{}}
 	cfg := env.Config.Reaper
+	if opts.DryRun && !env.Store.ReadOnly {
+		env.Store.ReadOnly = true
+		defer func() { env.Store.ReadOnly = false }()
+	}
 	if !cfg.Enabled {
 		snap.Disabled = true
 		return snap, nil

@@ -92,6 +92,15 @@ func LoadState(stateDir string) (*State, error) {
 	if st.Streaks == nil {
 		st.Streaks = map[string]Streak{}
 	}
+	if p := st.LastPass; p != nil {
+		// Empty lists are not written; read them back as empty, not null.
+		if p.Actions == nil {
+			p.Actions = []Action{}
+		}
+		if p.Errors == nil {
+			p.Errors = []PassError{}
+		}
+	}
 	return st, nil
 }
 

@@ -38,8 +38,10 @@ func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
 		env.Store.Actor = "reaper"
 		// Hold the pass lock when free so hooks skip meanwhile; never wait
 		// for it: correctness comes from the per-job claims.
-		if unlock, err := statefile.TryLock(env.Store.LockPath(hooks.PassLock)); err == nil {
-			defer unlock()
+		if !*dry {
+			if unlock, err := statefile.TryLock(env.Store.LockPath(hooks.PassLock)); err == nil {
+				defer unlock()
+			}
 		}
 		snap, err := reaper.RunOnce(c.ctx, env, reaper.Options{DryRun: *dry, Leases: lease.Open(env.Repo.StateDir())})
 		if err != nil {
