@@ -118,3 +118,33 @@ func walkAncestor(nodes commitgraph.CommitNodeIndex, a, b plumbing.Hash) (bool, 
 	}
 	return false, nil
 }
+
+// MergeTree computes the merge of theirs into ours with git merge-tree
+// --write-tree, touching no worktree and no ref (it writes tree and blob
+// objects). It returns the merged tree, or, on a conflict, the conflicting
+// paths as named (-z: no quoting of unusual bytes) with an empty tree. Both
+// sides must be resolved commits (ResolveCommit): on git 2.39 an unknown
+// ref exits 1 like a conflict.
+func (r *Repo) MergeTree(ctx context.Context, ours, theirs string) (tree string, conflicts []string, err error) {
+	out, err := GitBytes(ctx, r.CommonDir, nil, "merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", ours, theirs)
+	var ge *GitError
+	conflict := errors.As(err, &ge) && ge.ExitCode == 1
+	if err != nil && !conflict {
+		return "", nil, err
+	}
+	fields := strings.Split(string(out), "\x00")
+	if !conflict {
+		return strings.TrimSpace(fields[0]), nil, nil
+	}
+	seen := map[string]bool{}
+	for _, p := range fields[1:] {
+		if p != "" && !seen[p] {
+			seen[p] = true
+			conflicts = append(conflicts, p)
+		}
+	}
+	if len(conflicts) == 0 {
+		conflicts = []string{"(git named no path)"}
+	}
+	return "", conflicts, nil
+}

@@ -218,21 +218,18 @@ func (m *Merger) decide(ctx context.Context, req Request) (*Result, error) {
 		res.Kind = Merged
 		return res, fmt.Errorf("merge %s into %s: %w (--ff-only); rebase the branch on %s or drop --ff-only", req.Branch, req.Target, ErrNotFastForward, req.Target)
 	}
-	out, err := gitstate.Git(ctx, m.Repo.CommonDir, "merge-tree", "--write-tree", "--name-only", "--no-messages", t, b)
-	var ge *gitstate.GitError
-	if errors.As(err, &ge) && ge.ExitCode == 1 {
-		lines := strings.Split(out, "\n")
-		res.Kind, res.Conflicts = Conflict, dedupe(lines[1:])
-		return res, fmt.Errorf("merge %s into %s: %w in %s", req.Branch, req.Target, ErrConflict, strings.Join(res.Conflicts, ", "))
-	}
+	tree, conflicts, err := m.Repo.MergeTree(ctx, t, b)
 	if err != nil {
 		return nil, err
+	}
+	if len(conflicts) > 0 {
+		res.Kind, res.Conflicts = Conflict, conflicts
+		return res, fmt.Errorf("merge %s into %s: %w in %s", req.Branch, req.Target, ErrConflict, strings.Join(res.Conflicts, ", "))
 	}
 	res.Kind = Merged
 	if req.Check {
 		return res, nil
 	}
-	tree := strings.SplitN(out, "\n", 2)[0]
 	commit, err := m.commitTree(ctx, req, tree, t, b)
 	if err != nil {
 		return nil, err
@@ -240,18 +237,6 @@ func (m *Merger) decide(ctx context.Context, req Request) (*Result, error) {
 	crashpoint.Hit("merge.commit_tree")
 	res.Commit, res.NewTarget = commit, commit
 	return res, nil
-}
-
-func dedupe(paths []string) []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, p := range paths {
-		if p != "" && !seen[p] {
-			seen[p] = true
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // commitTree makes the merge commit with parents t and b.
@@ -329,12 +314,13 @@ func (m *Merger) write(ctx context.Context, req Request, token uint64, res *Resu
 func (m *Merger) push(ctx context.Context, req Request, token uint64, res *Result) (bool, error) {
 	var rejected bool
 	err := m.Leases.WithToken(ctx, req.Target, token, func() error {
-		_, err := gitstate.Git(ctx, m.Repo.CommonDir, "push", "--quiet", "--porcelain",
+		out, err := gitstate.Git(ctx, m.Repo.CommonDir, "push", "--porcelain",
 			"--force-with-lease=refs/heads/"+req.Target+":"+res.OldTarget, "--end-of-options",
 			req.Remote, res.NewTarget+":refs/heads/"+req.Target)
+		// --porcelain reports each ref on stdout; "!" marks a rejection
+		// (stale info: the remote's target moved since the fetch).
 		var ge *gitstate.GitError
-		if errors.As(err, &ge) && (strings.Contains(ge.Stderr, "stale info") || strings.Contains(ge.Stderr, "rejected") ||
-			strings.Contains(ge.Stderr, "fetch first")) {
+		if errors.As(err, &ge) && pushRejected(out) {
 			rejected = true
 			return nil
 		}
@@ -379,6 +365,12 @@ func (m *Merger) updateLocal(ctx context.Context, target string, token uint64, o
 			return false, fmt.Errorf("merge into %s: %w: %s has uncommitted changes (%s); commit or stash them, then run the merge again",
 				target, ErrDirtyWorktree, wt, firstLines(st, 3))
 		}
+		// An untracked file where the new commit has one would stop the
+		// worktree update after the ref moved: find out before.
+		if _, err := gitstate.Git(ctx, wt, "read-tree", "-m", "-u", "-n", old, new); err != nil {
+			return false, fmt.Errorf("merge into %s: %w: %s could not be brought to the new commit (%v); move the files in the way, then run the merge again",
+				target, ErrDirtyWorktree, wt, err)
+		}
 	}
 	var moved bool
 	err = m.Leases.WithToken(ctx, target, token, func() error {
@@ -412,6 +404,17 @@ func (m *Merger) updateLocal(ctx context.Context, target string, token uint64, o
 		}
 	}
 	return false, nil
+}
+
+// pushRejected reports whether git push --porcelain output shows the ref
+// update rejected ("!" flag), as opposed to a push that failed otherwise.
+func pushRejected(porcelain string) bool {
+	for _, line := range strings.Split(porcelain, "\n") {
+		if strings.HasPrefix(line, "!\t") {
+			return true
+		}
+	}
+	return false
 }
 
 func firstLines(s string, n int) string {

@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -127,21 +126,10 @@ func (e *Env) verifyRefs(ctx context.Context, refs ...string) error {
 }
 
 // Conflicts returns the paths that conflict when merging theirs into ours,
-// computed by git merge-tree without touching any worktree or ref.
+// computed without touching any worktree or ref.
 func (e *Env) Conflicts(ctx context.Context, ours, theirs string) ([]string, error) {
-	out, err := gitstate.Git(ctx, e.gitDir(), "merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs)
-	var ge *gitstate.GitError
-	if errors.As(err, &ge) && ge.ExitCode == 1 {
-		lines := strings.Split(out, "\n")
-		if len(lines) > 1 {
-			return lines[1:], nil
-		}
-		return []string{"(unknown paths)"}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return nil, nil
+	_, conflicts, err := e.Repo.MergeTree(ctx, ours, theirs)
+	return conflicts, err
 }
 
 func lastLines(s string, n int) string {
