@@ -46,13 +46,23 @@ func (e *Env) GC(ctx context.Context, olderThan time.Duration, dryRun, force boo
 		return age >= 0 && age >= olderThan
 	}
 	byTask := map[string][]*gitstate.Job{}
+	activeBranch := map[string]bool{}
 	for _, j := range l.Jobs {
 		byTask[j.Task] = append(byTask[j.Task], j)
+		if !j.Status.Terminal() {
+			activeBranch[j.Branch] = true
+		}
 	}
+	// A done job whose next job a crash lost is the reaper's only way to
+	// repair the advance: it stays until the next job exists.
+	collectable := func(j *gitstate.Job) bool { return old(j) && !e.NeedsAdvance(j) }
 	for task, jobs := range byTask {
 		all := true
 		for _, j := range jobs {
-			all = all && old(j)
+			all = all && collectable(j)
+			// Another task's active job may run in this worktree (two tasks
+			// on one branch share the checkout).
+			all = all && !activeBranch[j.Branch]
 		}
 		if all {
 			wt := e.WorktreePath(task)
@@ -78,7 +88,7 @@ func (e *Env) GC(ctx context.Context, olderThan time.Duration, dryRun, force boo
 			}
 		}
 		for _, j := range jobs {
-			if !old(j) {
+			if !collectable(j) {
 				continue
 			}
 			for _, p := range []string{e.Store.RecordPath(j.ID), e.Store.LogPath(j.ID)} {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,6 +52,8 @@ func TestScripts(t *testing.T) {
 			"waitfile":   cmdWaitFile,
 			"waitstatus": cmdWaitStatus,
 			"pidgone":    cmdPIDGone,
+			// Makes a zombie job for real (hooks_*, watch_* scripts).
+			"killjob": cmdKillJob,
 		},
 	})
 }
@@ -263,5 +266,44 @@ func cmdPIDGone(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("process %d has exited, want it running", pid)
 	case !gone && !neg:
 		ts.Fatalf("process %d is still running (state %c)", pid, st.State)
+	}
+}
+
+// cmdKillJob runs "killjob JOB": it SIGKILLs the monitor of running JOB
+// (.git/orch/jobs/JOB.toml under the current directory) and the process
+// groups of its command and finalize step, each confirmed by identity
+// first, and waits until all of them are dead: the job is left running
+// with nothing behind it, as after an OOM kill or a reboot.
+func cmdKillJob(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: killjob JOB")
+	}
+	data, err := os.ReadFile(ts.MkAbs(filepath.Join(".git", "orch", "jobs", args[0]+".toml")))
+	ts.Check(err)
+	j, err := gitstate.DecodeJob(data)
+	ts.Check(err)
+	if j.Status != gitstate.Running {
+		ts.Fatalf("killjob: %s is %s, not running", j.ID, j.Status)
+	}
+	if l, _ := procid.Check(j.Monitor); l == procid.Alive {
+		ts.Check(syscall.Kill(j.Monitor.PID, syscall.SIGKILL))
+	}
+	for _, g := range []procid.Identity{j.Command, j.Finalizer} {
+		_, err := procid.SignalGroup(g, syscall.SIGKILL)
+		ts.Check(err)
+	}
+	ok := pollUntil(func() bool {
+		if l, _ := procid.Check(j.Monitor); l == procid.Alive {
+			return false
+		}
+		for _, g := range []procid.Identity{j.Command, j.Finalizer} {
+			if l, _ := procid.GroupLiveness(g); l == procid.Alive {
+				return false
+			}
+		}
+		return true
+	})
+	if !ok {
+		ts.Fatalf("killjob %s: processes still alive after %s", j.ID, waitLimit)
 	}
 }

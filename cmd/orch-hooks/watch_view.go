@@ -124,20 +124,23 @@ func render(f frame, width, height int, color bool) []string {
 		eventLines = append(eventLines, "  "+st.dim+e.At.Local().Format("15:04:05")+st.reset+" "+eventLine(e))
 	}
 
-	// Fit: always the header, running, queued and the tail; then as many
-	// ended jobs and events as there is room for.
-	room := height - len(out) - len(tail)
-	if room < len(endedLines)+len(eventLines) {
-		// Events get what is left after ended jobs, newest kept.
-		keepEnded := min(len(endedLines), max(room/2, min(room, 2)))
-		keepEvents := max(room-keepEnded, 0)
-		endedLines = endedLines[:max(keepEnded, 0)]
-		if keepEvents < len(eventLines) {
-			if keepEvents <= 2 {
-				eventLines = nil
-			} else {
-				eventLines = append(eventLines[:2], eventLines[len(eventLines)-(keepEvents-2):]...)
-			}
+	// Fit: always the header, running, queued and the tail; then ended
+	// jobs; events get what room is left (newest kept), so they shrink
+	// first.
+	room := max(height-len(out)-len(tail), 0)
+	if len(endedLines) > room {
+		endedLines = endedLines[:room]
+		if room >= 3 {
+			hidden := len(ended) - (room - 3)
+			endedLines[room-1] = st.dim + fmt.Sprintf("  ... %d more: orch-hooks status", hidden) + st.reset
+		}
+	}
+	keepEvents := room - len(endedLines)
+	if keepEvents < len(eventLines) {
+		if keepEvents <= 2 {
+			eventLines = nil
+		} else {
+			eventLines = append(eventLines[:2], eventLines[len(eventLines)-(keepEvents-2):]...)
 		}
 	}
 	out = append(out, endedLines...)
