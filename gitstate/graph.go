@@ -18,6 +18,14 @@ import (
 // it names no commit. Merges resolve both sides first: on git 2.39,
 // merge-tree exits 1 for an unknown ref just as it does for a conflict.
 func (r *Repo) ResolveCommit(ctx context.Context, rev string) (string, error) {
+	// A branch or remote-tracking ref is read from the files: no process.
+	// Branches point at commits (git refuses anything else under
+	// refs/heads); anything unusual goes to git.
+	if strings.HasPrefix(rev, "refs/heads/") || strings.HasPrefix(rev, "refs/remotes/") {
+		if id, ok, err := r.readRef(rev); err == nil && ok {
+			return id, nil
+		}
+	}
 	out, err := Git(ctx, r.CommonDir, "rev-parse", "--verify", "--quiet", "--end-of-options", rev+"^{commit}")
 	if err != nil {
 		var ge *GitError
@@ -50,6 +58,50 @@ func (r *Repo) IsAncestor(ctx context.Context, a, b string) (bool, error) {
 		// A damaged or unreadable graph: git knows best.
 	}
 	return r.isAncestorGit(ctx, a, b)
+}
+
+// Relation is how a branch stands to a target.
+type Relation int
+
+const (
+	// Contained: the branch is an ancestor of the target (or equal).
+	Contained Relation = iota
+	// Behind: the target is an ancestor of the branch: a fast-forward.
+	Behind
+	// Diverged: neither contains the other: a real merge.
+	Diverged
+)
+
+// Relate tells how branch commit b stands to target commit t: in process
+// over the commit-graph when there is one, else with a single git
+// merge-base (the merge base is b when b is contained, t when the target is
+// behind).
+func (r *Repo) Relate(ctx context.Context, t, b string) (Relation, error) {
+	if t == b {
+		return Contained, nil
+	}
+	if r.graphNodes() == nil {
+		base, err := Git(ctx, r.CommonDir, "merge-base", "--end-of-options", t, b)
+		var ge *GitError
+		switch {
+		case errors.As(err, &ge) && ge.ExitCode == 1:
+			return Diverged, nil // no common ancestor at all
+		case err != nil:
+			return 0, err
+		case base == b:
+			return Contained, nil
+		case base == t:
+			return Behind, nil
+		}
+		return Diverged, nil
+	}
+	if ok, err := r.IsAncestor(ctx, b, t); err != nil || ok {
+		return Contained, err
+	}
+	if ok, err := r.IsAncestor(ctx, t, b); err != nil || ok {
+		return Behind, err
+	}
+	return Diverged, nil
 }
 
 // isAncestorGit asks git merge-base --is-ancestor.

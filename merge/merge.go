@@ -202,15 +202,14 @@ func (m *Merger) decide(ctx context.Context, req Request) (*Result, error) {
 		return nil, fmt.Errorf("merge: target %s", err)
 	}
 	res := &Result{Branch: req.Branch, Target: req.Target, BranchTip: b, OldTarget: t, NewTarget: t}
-	if ok, err := m.Repo.IsAncestor(ctx, b, t); err != nil {
+	rel, err := m.Repo.Relate(ctx, t, b)
+	switch {
+	case err != nil:
 		return nil, err
-	} else if ok {
+	case rel == gitstate.Contained:
 		res.Kind = AlreadyMerged
 		return res, nil
-	}
-	if ok, err := m.Repo.IsAncestor(ctx, t, b); err != nil {
-		return nil, err
-	} else if ok {
+	case rel == gitstate.Behind:
 		res.Kind, res.NewTarget = FastForward, b
 		return res, nil
 	}
@@ -427,23 +426,7 @@ func firstLines(s string, n int) string {
 
 // worktreeOf returns the worktree that has branch checked out, or "".
 func (m *Merger) worktreeOf(ctx context.Context, branch string) (string, error) {
-	out, err := gitstate.Git(ctx, m.Repo.CommonDir, "worktree", "list", "--porcelain")
-	if err != nil {
-		return "", err
-	}
-	var path string
-	bare := false
-	for _, line := range strings.Split(out, "\n") {
-		switch {
-		case strings.HasPrefix(line, "worktree "):
-			path, bare = strings.TrimPrefix(line, "worktree "), false
-		case line == "bare":
-			bare = true
-		case line == "branch refs/heads/"+branch && !bare:
-			return path, nil
-		}
-	}
-	return "", nil
+	return m.Repo.WorktreeOf(branch)
 }
 
 // pending records a worktree sync owed after a ref update, so that a crash

@@ -38,22 +38,7 @@ func (e *Env) WorktreePath(task string) string {
 
 // worktreeOf returns the worktree that has branch checked out, or "".
 func (e *Env) worktreeOf(ctx context.Context, branch string) (string, error) {
-	out, err := gitstate.Git(ctx, e.gitDir(), "worktree", "list", "--porcelain")
-	if err != nil {
-		return "", err
-	}
-	var path string
-	for _, line := range strings.Split(out, "\n") {
-		switch {
-		case strings.HasPrefix(line, "worktree "):
-			path = strings.TrimPrefix(line, "worktree ")
-		case line == "branch refs/heads/"+branch:
-			if _, err := os.Stat(path); err == nil {
-				return path, nil
-			}
-		}
-	}
-	return "", nil
+	return e.Repo.WorktreeOf(branch)
 }
 
 // gitDir is where git commands about the repository as a whole run.
