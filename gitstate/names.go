@@ -136,3 +136,15 @@ func slug(s string) string {
 	}
 	return out
 }
+
+// RefFileName maps a branch name to a single file name component: '/' is
+// not allowed in one, so it is written %2F, and '%' itself %25. Distinct
+// branches get distinct names.
+func RefFileName(branch string) string {
+	return strings.NewReplacer("%", "%25", "/", "%2F").Replace(branch)
+}
+
+// RefFromFileName inverts RefFileName.
+func RefFromFileName(name string) string {
+	return strings.NewReplacer("%2F", "/", "%25", "%").Replace(name)
+}

@@ -1,12 +1,9 @@
 package gitstate
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -345,66 +342,6 @@ func sortJobs(js []*Job) {
 	})
 }
 
-// recentTail bounds how much of the end of the event log Recent reads.
-const recentTail = 1 << 20
-
-// Recent returns up to n ended jobs, most recently ended first, found from
-// the tail of the event log (read backwards, a chunk at a time) so that its
-// cost does not grow with history. Jobs whose records are gone (gc) are
-// skipped; records that cannot be read are reported in Unreadable.
-func (s *Store) Recent(n int) (Listing, error) {
-	var l Listing
-	f, err := os.Open(s.EventsPath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return l, nil
-	}
-	if err != nil {
-		return l, fmt.Errorf("recent jobs: %w", err)
-	}
-	defer f.Close()
-	end, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return l, fmt.Errorf("recent jobs: %w", err)
-	}
-	seen := map[string]bool{}
-	var carry []byte // the start of a line cut by the previous chunk
-	chunk := int64(16 << 10)
-	for off := end; off > 0 && end-off < recentTail && len(l.Jobs)+len(l.Unreadable) < n; {
-		size := min(chunk, off)
-		off -= size
-		buf := make([]byte, size, size+int64(len(carry)))
-		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-			return l, fmt.Errorf("recent jobs: %w", err)
-		}
-		buf = append(buf, carry...)
-		// Unless at the start of the file, the first line may be cut.
-		first := 0
-		if off > 0 {
-			first = bytes.IndexByte(buf, '\n') + 1
-			carry = append([]byte(nil), buf[:first]...)
-		}
-		lines := bytes.Split(buf[first:], []byte{'\n'})
-		for i := len(lines) - 1; i >= 0 && len(l.Jobs)+len(l.Unreadable) < n; i-- {
-			var t Transition
-			if len(lines[i]) == 0 || !bytes.Contains(lines[i], []byte(`"to":"`)) || json.Unmarshal(lines[i], &t) != nil ||
-				!t.To.Terminal() || seen[t.Job] {
-				continue
-			}
-			seen[t.Job] = true
-			j, err := s.Get(t.Job)
-			var ue *UnreadableError
-			switch {
-			case errors.As(err, &ue):
-				l.Unreadable = append(l.Unreadable, ue)
-			case err == nil:
-				l.Jobs = append(l.Jobs, j)
-			}
-		}
-		chunk *= 2
-	}
-	return l, nil
-}
-
 // Lock takes a job's lock, waiting up to the store's LockTimeout.
 func (s *Store) Lock(ctx context.Context, id string) (unlock func(), err error) {
 	ctx, cancel := context.WithTimeout(ctx, s.LockTimeout)
@@ -519,134 +456,6 @@ func (s *Store) Claim(ctx context.Context, id string, from []Status, to Status, 
 func (s *Store) transition(id string, from, to Status, reason string) Transition {
 	host, _ := procid.Host()
 	return Transition{At: s.now(), Job: id, Actor: s.Actor, PID: os.Getpid(), Host: host, From: from, To: to, Reason: reason}
-}
-
-// logEvent appends one line to the event log. The record is already durable,
-// so a failure here is reported on stderr and does not fail the transition:
-// the job's own history still holds it.
-func (s *Store) logEvent(t Transition) {
-	if err := s.appendEvent(t); err != nil {
-		fmt.Fprintf(os.Stderr, "orch-hooks: warning: event log: %v\n", err)
-	}
-}
-
-func (s *Store) appendEvent(t Transition) error {
-	line, err := json.Marshal(t)
-	if err != nil {
-		return err
-	}
-	line = append(line, '\n')
-	f, err := os.OpenFile(s.EventsPath(), os.O_WRONLY|os.O_APPEND|os.O_CREATE, statefile.Mode)
-	if err != nil {
-		return err
-	}
-	// One write call: O_APPEND places each line whole at the end even when
-	// processes append at once.
-	_, err = f.Write(line)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// Events reads the whole event log; lines that do not parse are skipped.
-func (s *Store) Events() ([]Transition, error) {
-	data, err := os.ReadFile(s.EventsPath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read event log: %w", err)
-	}
-	var out []Transition
-	for _, line := range strings.Split(string(data), "\n") {
-		var t Transition
-		if line == "" || json.Unmarshal([]byte(line), &t) != nil {
-			continue
-		}
-		out = append(out, t)
-	}
-	return out, nil
-}
-
-// TailEvents returns the last n events of the log (fewer when the log is
-// shorter), oldest first, reading only its end.
-func (s *Store) TailEvents(n int) ([]Transition, error) {
-	f, err := os.Open(s.EventsPath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read event log: %w", err)
-	}
-	defer f.Close()
-	end, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return nil, fmt.Errorf("read event log: %w", err)
-	}
-	off := max(end-int64(n)*1024, 0)
-	buf := make([]byte, end-off)
-	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-		return nil, fmt.Errorf("read event log: %w", err)
-	}
-	var out []Transition
-	for _, line := range bytes.Split(buf, []byte{'\n'}) {
-		var t Transition
-		if len(line) > 0 && json.Unmarshal(line, &t) == nil && t.Job != "" {
-			out = append(out, t)
-		}
-	}
-	if len(out) > n {
-		out = out[len(out)-n:]
-	}
-	return out, nil
-}
-
-// EventsFrom returns the events appended to the log at or after byte offset
-// off, and the offset to read from next time. A line still being written is
-// left for the next call.
-func (s *Store) EventsFrom(off int64) ([]Transition, int64, error) {
-	f, err := os.Open(s.EventsPath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, 0, nil
-	}
-	if err != nil {
-		return nil, off, fmt.Errorf("read event log: %w", err)
-	}
-	defer f.Close()
-	end, err := f.Seek(0, io.SeekEnd)
-	if err != nil || end <= off {
-		return nil, min(off, end), err
-	}
-	buf := make([]byte, end-off)
-	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-		return nil, off, fmt.Errorf("read event log: %w", err)
-	}
-	last := bytes.LastIndexByte(buf, '\n')
-	if last < 0 {
-		return nil, off, nil
-	}
-	var out []Transition
-	for _, line := range bytes.Split(buf[:last], []byte{'\n'}) {
-		var t Transition
-		if len(line) > 0 && json.Unmarshal(line, &t) == nil {
-			out = append(out, t)
-		}
-	}
-	return out, off + int64(last) + 1, nil
-}
-
-// EventsEnd is the current size of the event log: EventsFrom(EventsEnd())
-// returns only what is appended afterwards.
-func (s *Store) EventsEnd() int64 {
-	fi, err := os.Stat(s.EventsPath())
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
 }
 
 // Remove deletes an ended job's record, log, lock file and markers: gc's

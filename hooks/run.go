@@ -46,11 +46,7 @@ func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
 		if a.Observation {
 			continue
 		}
-		what := a.Job
-		if a.Lease != "" {
-			what = "lease " + a.Lease
-		}
-		fmt.Fprintf(out, "orch-hooks: %s: %s: %s\n", what, a.Tier, a.Outcome)
+		fmt.Fprintf(out, "orch-hooks: %s\n", a)
 	}
 	if snap.Deferred > 0 && exe != "" {
 		if err := background(exe, env); err == nil {

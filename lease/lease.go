@@ -76,15 +76,9 @@ func Open(stateDir string) *Manager {
 	return &Manager{dir: filepath.Join(stateDir, "leases"), Now: time.Now}
 }
 
-// fileName maps a target branch to a file name: '/' is not allowed in a
-// name, '%' escapes it.
-func fileName(target string) string {
-	return strings.NewReplacer("%", "%25", "/", "%2F").Replace(target)
-}
+func fileName(target string) string { return gitstate.RefFileName(target) }
 
-func targetOf(name string) string {
-	return strings.NewReplacer("%2F", "/", "%25", "%").Replace(name)
-}
+func targetOf(name string) string { return gitstate.RefFromFileName(name) }
 
 func (m *Manager) recordPath(target string) string {
 	return filepath.Join(m.dir, fileName(target)+".toml")

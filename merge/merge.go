@@ -439,7 +439,7 @@ type pending struct {
 }
 
 func (m *Merger) pendingPath(target string) string {
-	return filepath.Join(m.Repo.StateDir(), "merges", strings.NewReplacer("%", "%25", "/", "%2F").Replace(target)+".toml")
+	return filepath.Join(m.Repo.StateDir(), "merges", gitstate.RefFileName(target)+".toml")
 }
 
 func (m *Merger) savePending(p pending) error {

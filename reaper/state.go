@@ -65,6 +65,16 @@ type Action struct {
 	Observation bool   `toml:"observation,omitempty" json:"observation,omitempty"`
 }
 
+// String is the action as one line: "<job>: <tier>: <outcome>", or
+// "lease <target>: ..." for a lease.
+func (a Action) String() string {
+	what := a.Job
+	if a.Lease != "" {
+		what = "lease " + a.Lease
+	}
+	return what + ": " + a.Tier + ": " + a.Outcome
+}
+
 // PassError is an error on one unit of a pass; the pass went on.
 type PassError struct {
 	Job     string `toml:"job,omitempty" json:"job,omitempty"`

@@ -55,11 +55,7 @@ func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
 			return nil
 		}
 		for _, a := range snap.Actions {
-			what := a.Job
-			if a.Lease != "" {
-				what = "lease " + a.Lease
-			}
-			c.errf("%s: %s: %s\n", what, a.Tier, a.Outcome)
+			c.errf("%s\n", a)
 		}
 		for _, e := range snap.Errors {
 			c.errf("error: %s\n", passErrorString(e))

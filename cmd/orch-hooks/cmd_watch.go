@@ -144,11 +144,7 @@ func (w *watcher) tick(ctx context.Context) {
 				if a.Observation {
 					continue
 				}
-				what := a.Job
-				if a.Lease != "" {
-					what = "lease " + a.Lease
-				}
-				w.say("reaper: %s: %s: %s", what, a.Tier, a.Outcome)
+				w.say("reaper: %s", a)
 			}
 			for _, e := range snap.Errors {
 				w.say("reaper error: %s", passErrorString(e))
