@@ -63,13 +63,14 @@ func background(exe string, env *pipeline.Env) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, "reap")
+	args := []string{"reap"}
+	if env.Config.Path != "" {
+		args = []string{"--config", env.Config.Path, "reap"}
+	}
+	cmd := exec.Command(exe, args...)
 	cmd.Dir = env.Store.Dir()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if env.Config.Path != "" {
-		cmd.Args = append([]string{exe, "--config", env.Config.Path}, "reap")
-	}
 	if err := cmd.Start(); err != nil {
 		return err
 	}

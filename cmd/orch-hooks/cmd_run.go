@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -126,9 +127,9 @@ func (c *cli) passThroughArgs() []string {
 	if c.configFlag == "" {
 		return nil
 	}
-	abs := c.configFlag
-	if wd, err := os.Getwd(); err == nil && !strings.HasPrefix(abs, "/") {
-		abs = wd + "/" + abs
+	abs, err := filepath.Abs(c.configFlag)
+	if err != nil {
+		abs = c.configFlag
 	}
 	return []string{"--config", abs}
 }
