@@ -17,12 +17,14 @@ import (
 
 // Layout of the state dir. Job records live in jobs/; active/ holds an empty
 // marker per queued or running job, so finding the active jobs costs the
-// same however many jobs have ended; advance/ holds one per done job whose
+// same however many jobs have ended; running/ holds one per running job, so
+// the reaper reads only those (not the queue); advance/ holds one per done job whose
 // next job may not have been enqueued yet, for the same reason. Lock files
 // live apart in locks/ because they are permanent.
 const (
 	jobsDir    = "jobs"
 	activeDir  = "active"
+	runningDir = "running"
 	advanceDir = "advance"
 	locksDir   = "locks"
 	logsDir    = "logs"
@@ -68,7 +70,7 @@ type Store struct {
 
 // Init creates the state dir and its subdirectories. It is idempotent.
 func Init(stateDir string) error {
-	for _, d := range []string{"", jobsDir, activeDir, advanceDir, locksDir, logsDir} {
+	for _, d := range []string{"", jobsDir, activeDir, runningDir, advanceDir, locksDir, logsDir} {
 		if err := os.MkdirAll(filepath.Join(stateDir, d), 0o755); err != nil {
 			return fmt.Errorf("init state dir: %w", err)
 		}
@@ -261,10 +263,32 @@ type Listing struct {
 // Active lists the queued and running jobs. It reads only their records,
 // never those of ended jobs. A marker left behind by a crash after a
 // terminal write is removed on the way.
-func (s *Store) Active() (Listing, error) {
-	ents, err := os.ReadDir(filepath.Join(s.dir, activeDir))
+func (s *Store) Active() (Listing, error) { return s.listMarked(activeDir) }
+
+// Running lists the running jobs, reading only their records: the reaper's
+// listing, whose cost follows the running jobs, not the queue or history.
+func (s *Store) Running() (Listing, error) {
+	l, err := s.listMarked(runningDir)
+	jobs := l.Jobs[:0]
+	for _, j := range l.Jobs {
+		if j.Status == Running {
+			jobs = append(jobs, j)
+		}
+	}
+	l.Jobs = jobs
+	return l, err
+}
+
+// listMarked reads the records of the jobs marked in dir. Markers whose job
+// has ended (a crash between the record write and the marker removal) are
+// removed on the way, unless ReadOnly.
+func (s *Store) listMarked(dir string) (Listing, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, dir))
+	if errors.Is(err, fs.ErrNotExist) && dir == runningDir {
+		return Listing{}, nil // a state dir made before running/ existed
+	}
 	if err != nil {
-		return Listing{}, fmt.Errorf("list active jobs: %w", err)
+		return Listing{}, fmt.Errorf("list %s jobs: %w", dir, err)
 	}
 	var l Listing
 	for _, e := range ents {
@@ -286,7 +310,7 @@ func (s *Store) Active() (Listing, error) {
 			}
 		case j.Status.Terminal():
 			if !s.ReadOnly {
-				os.Remove(s.activePath(id))
+				os.Remove(filepath.Join(s.dir, dir, id))
 			}
 		default:
 			l.Jobs = append(l.Jobs, j)
@@ -410,12 +434,20 @@ func (s *Store) Update(ctx context.Context, id string, reason string, fn func(j 
 			return cur, err
 		}
 	}
+	if next.Status == Running && cur.Status != Running {
+		// Before the record, for the same reason: a running job is always
+		// marked (a marker whose job is not running is skipped and tidied).
+		if err := s.touch(runningDir, id); err != nil {
+			return cur, err
+		}
+	}
 	if err := statefile.Replace(s.RecordPath(id), data); err != nil {
 		return cur, fmt.Errorf("job %s: %w", id, err)
 	}
 	if t != nil {
 		if next.Status.Terminal() {
 			os.Remove(s.activePath(id))
+			os.Remove(filepath.Join(s.dir, runningDir, id))
 		}
 		s.logEvent(*t)
 	}
@@ -470,7 +502,7 @@ func (s *Store) Remove(id string) error {
 	if !j.Status.Terminal() {
 		return fmt.Errorf("job %s is %s: only an ended job can be removed", id, j.Status)
 	}
-	for _, p := range []string{s.RecordPath(id), s.LogPath(id), filepath.Join(s.dir, advanceDir, id), s.activePath(id), s.LockPath("job-" + id)} {
+	for _, p := range []string{s.RecordPath(id), s.LogPath(id), filepath.Join(s.dir, advanceDir, id), s.activePath(id), filepath.Join(s.dir, runningDir, id), s.LockPath("job-" + id)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("job %s: remove: %w", id, err)
 		}

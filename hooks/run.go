@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"syscall"
+	"time"
 
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/pipeline"
@@ -19,12 +20,21 @@ import (
 const PassLock = "pass"
 
 // Run is what an installed hook does: a reaper pass within the configured
-// budget, skipped at once when another pass is running. It prints nothing
+// budget, skipped at once when another pass is running or when the last
+// pass is younger than reaper.interval_s. It prints nothing
 // unless it acted, one line per action, each prefixed "orch-hooks: ". Work
 // that needs longer than the budget is handed to a detached `exe reap`. A
 // hook never fails the git command, so Run reports errors only to the pass
 // snapshot and returns nothing.
 func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
+	// A pass ran within the interval: nothing can have become reapable by
+	// tier 1 since (it counts one observation per interval), so most
+	// commits cost a read of one small file.
+	if st, err := reaper.LoadState(env.Store.Dir()); err == nil && st.LastPass != nil {
+		if age := time.Since(st.LastPass.At); age >= 0 && age < env.Config.Reaper.Interval() {
+			return
+		}
+	}
 	unlock, err := statefile.TryLock(env.Store.LockPath(PassLock))
 	if err != nil {
 		return // another pass is running (or the lock is unusable): skip

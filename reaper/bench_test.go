@@ -58,6 +58,7 @@ func benchEnv(b *testing.B, running, ended int) *pipeline.Env {
 			Branch: task, Target: "main", Attempt: 1, Status: gitstate.Running, CreatedAt: now, StartedAt: now, Monitor: self}
 		write(j)
 		os.WriteFile(filepath.Join(s.Dir(), "active", j.ID), nil, 0o644)
+		os.WriteFile(filepath.Join(s.Dir(), "running", j.ID), nil, 0o644)
 	}
 	events, _ := os.OpenFile(s.EventsPath(), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	defer events.Close()

@@ -81,7 +81,7 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		snap.Disabled = true
 		return snap, nil
 	}
-	l, err := env.Store.Active()
+	l, err := env.Store.Running()
 	if err != nil {
 		return snap, err
 	}
