@@ -1,9 +1,13 @@
 package gitstate
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/go-git/go-billy/v5/osfs"
@@ -51,11 +55,11 @@ func (r *Repo) IsAncestor(ctx context.Context, a, b string) (bool, error) {
 		return true, nil
 	}
 	if nodes := r.graphNodes(); nodes != nil {
-		ok, err := walkAncestor(nodes, plumbing.NewHash(a), plumbing.NewHash(b))
+		ok, err := walkAncestor(nodes, plumbing.NewHash(a), plumbing.NewHash(b), walkGenerationsMax)
 		if err == nil {
 			return ok, nil
 		}
-		// A damaged or unreadable graph: git knows best.
+		// Too far apart, or a damaged graph: git knows best.
 	}
 	return r.isAncestorGit(ctx, a, b)
 }
@@ -123,22 +127,69 @@ func (r *Repo) isAncestorGit(ctx context.Context, a, b string) (bool, error) {
 // repositories with extensions.worktreeConfig, the storage does not care.
 func (r *Repo) graphNodes() commitgraph.CommitNodeIndex {
 	r.graphOnce.Do(func() {
-		fs := osfs.New(r.CommonDir)
-		idx, err := commitgraphfmt.OpenChainOrFileIndex(fs)
+		idx, err := openCommitGraph(filepath.Join(r.CommonDir, "objects", "info"))
 		if err != nil {
 			return
 		}
-		st := filesystem.NewStorage(fs, cache.NewObjectLRUDefault())
+		st := filesystem.NewStorage(osfs.New(r.CommonDir), cache.NewObjectLRUDefault())
 		r.graph = commitgraph.NewGraphCommitNodeIndex(idx, st)
 	})
 	return r.graph
 }
 
+// openCommitGraph reads the commit-graph file, or the chain of split graph
+// files, into memory: go-git reads every field of every commit with its own
+// pread otherwise, which made a long walk cost ~15 µs a commit.
+func openCommitGraph(info string) (commitgraphfmt.Index, error) {
+	if data, err := os.ReadFile(filepath.Join(info, "commit-graph")); err == nil {
+		return commitgraphfmt.OpenFileIndex(memFile{bytes.NewReader(data)})
+	}
+	chainFile, err := os.Open(filepath.Join(info, "commit-graphs", "commit-graph-chain"))
+	if err != nil {
+		return nil, err
+	}
+	chain, err := commitgraphfmt.OpenChainFile(chainFile)
+	chainFile.Close()
+	if err != nil {
+		return nil, err
+	}
+	var idx commitgraphfmt.Index
+	for _, h := range chain {
+		data, err := os.ReadFile(filepath.Join(info, "commit-graphs", "graph-"+h+".graph"))
+		if err != nil {
+			return nil, err
+		}
+		if idx, err = commitgraphfmt.OpenFileIndexWithParent(memFile{bytes.NewReader(data)}, idx); err != nil {
+			return nil, err
+		}
+	}
+	if idx == nil {
+		return nil, errors.New("empty commit-graph chain")
+	}
+	return idx, nil
+}
+
+// memFile is a commit-graph file held in memory.
+type memFile struct{ *bytes.Reader }
+
+func (memFile) Close() error { return nil }
+
+// walkGenerationsMax bounds the in-process walk: when more generations lie
+// between the two commits than this, git's own walk over its mmapped graph
+// (about 0.1 µs a commit) beats go-git's (about 1 µs) by more than the cost
+// of starting git, so IsAncestor asks git instead.
+var walkGenerationsMax uint64 = 5000
+
+// errTooFar is returned by walkAncestor when the generations between the two
+// commits exceed its bound.
+var errTooFar = errors.New("commits too many generations apart for an in-process walk")
+
 // walkAncestor searches b's ancestry for a, skipping every commit whose
 // generation is below a's. Generation numbers only grow from parent to
 // child, and commits outside the graph count as infinitely high, so the
-// pruning never skips a path to a.
-func walkAncestor(nodes commitgraph.CommitNodeIndex, a, b plumbing.Hash) (bool, error) {
+// pruning never skips a path to a. It returns errTooFar, without walking,
+// when more than maxGap generations separate b from a.
+func walkAncestor(nodes commitgraph.CommitNodeIndex, a, b plumbing.Hash, maxGap uint64) (bool, error) {
 	na, err := nodes.Get(a)
 	if err != nil {
 		return false, err
@@ -148,6 +199,9 @@ func walkAncestor(nodes commitgraph.CommitNodeIndex, a, b plumbing.Hash) (bool, 
 		return false, err
 	}
 	genA := na.Generation()
+	if genB := nb.Generation(); genB != math.MaxUint64 && genA != math.MaxUint64 && genB > genA && genB-genA > maxGap {
+		return false, errTooFar
+	}
 	seen := map[plumbing.Hash]bool{b: true}
 	stack := []commitgraph.CommitNode{nb}
 	for len(stack) > 0 {

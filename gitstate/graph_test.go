@@ -71,6 +71,9 @@ func TestIsAncestorMatchesGit(t *testing.T) {
 		t.Fatal("the commit-graph was not opened")
 	}
 	ctx := context.Background()
+	// Half the pairs with the walk bounded tightly, so that the fallback to
+	// git (commits too many generations apart) answers too.
+	defer func(old uint64) { walkGenerationsMax = old }(walkGenerationsMax)
 	rng := rand.New(rand.NewSource(2))
 	pairs := 200
 	if testing.Short() {
@@ -79,6 +82,10 @@ func TestIsAncestorMatchesGit(t *testing.T) {
 	yes := 0
 	for i := 0; i < pairs; i++ {
 		a, b := ids[rng.Intn(len(ids))], ids[rng.Intn(len(ids))]
+		walkGenerationsMax = 5000
+		if i%2 == 1 {
+			walkGenerationsMax = 3
+		}
 		got, err := repo.IsAncestor(ctx, a, b)
 		if err != nil {
 			t.Fatal(err)

@@ -54,7 +54,7 @@ func Script(name, exe string) []byte {
 # A hook that was here before is kept as ` + name + ChainedSuffix + ` and runs first,
 # with the same arguments and input; its exit status is this hook's.
 status=0
-chained="$(dirname "$0")/` + name + ChainedSuffix + `"
+chained="${0%/*}/` + name + ChainedSuffix + `"
 if [ -x "$chained" ]; then
 	"$chained" "$@"
 	status=$?
