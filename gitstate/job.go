@@ -173,6 +173,14 @@ func DecodeJob(data []byte) (*Job, error) {
 	if !j.Status.Valid() {
 		return nil, fmt.Errorf("job %s: unknown status %q", j.ID, j.Status)
 	}
+	// What every write of the store includes; a record missing it was not
+	// written whole by orch-hooks.
+	if j.Version < 1 || j.CreatedAt.IsZero() {
+		return nil, fmt.Errorf("job %s: record lacks version or created_at", j.ID)
+	}
+	if n := len(j.History); n > 0 && j.History[n-1].To != j.Status {
+		return nil, fmt.Errorf("job %s: status %s but the last transition in its history is to %q", j.ID, j.Status, j.History[n-1].To)
+	}
 	for i := range j.History {
 		j.History[i].Job = j.ID
 	}

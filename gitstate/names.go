@@ -31,7 +31,7 @@ func ValidateTask(name string) error {
 }
 
 func validateRefLike(kind, name string) error {
-	fix := "use letters, digits, '/', '-', '_' and '.' as in a git branch name"
+	fix := "use a name git accepts for a branch (git check-ref-format --branch), not starting with '-'"
 	switch {
 	case name == "":
 		return badName(kind, name, "is empty", "give a name")

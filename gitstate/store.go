@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/statefile"
 )
@@ -145,10 +146,12 @@ func (s *Store) Create(j *Job) (stored *Job, created bool, err error) {
 	if err := s.touchActive(j.ID); err != nil {
 		return nil, false, err
 	}
+	crashpoint.Hit("store.marked")
 	created, err = statefile.Create(s.RecordPath(j.ID), data)
 	if err != nil {
 		return nil, false, fmt.Errorf("job %s: %w", j.ID, err)
 	}
+	crashpoint.Hit("store.created")
 	if !created {
 		existing, err := s.Get(j.ID)
 		return existing, false, err
@@ -444,6 +447,7 @@ func (s *Store) Update(ctx context.Context, id string, reason string, fn func(j 
 	if err := statefile.Replace(s.RecordPath(id), data); err != nil {
 		return cur, fmt.Errorf("job %s: %w", id, err)
 	}
+	crashpoint.Hit("store.updated")
 	if t != nil {
 		if next.Status.Terminal() {
 			os.Remove(s.activePath(id))

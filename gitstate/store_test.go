@@ -392,6 +392,7 @@ func TestRecentAcrossChunks(t *testing.T) {
 		j := queued(fmt.Sprintf("task-with-a-longish-name-%03d", i), "s", 1)
 		j.Status = Cancelled
 		j.Version = RecordVersion
+		j.CreatedAt = time.Now().UTC()
 		data, _ := encodeJob(j)
 		os.WriteFile(s.RecordPath(j.ID), data, 0o644)
 		// Padding in the reason makes lines of varying length.

@@ -153,6 +153,12 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 	}
 	for i := 0; i < attempts; i++ {
 		res, err := m.decide(ctx, req)
+		if err == nil && res.Kind == AlreadyMerged && req.Remote != "" {
+			// A push that landed before a crash: the remote has it, the
+			// local target may still be behind.
+			res.Token = token
+			return res, m.bringLocal(ctx, req, token, res)
+		}
 		if err != nil || res.Kind == AlreadyMerged {
 			if res != nil {
 				res.Token = token
@@ -334,16 +340,24 @@ func (m *Merger) push(ctx context.Context, req Request, token uint64, res *Resul
 	crashpoint.Hit("merge.push")
 	res.Pushed, res.Written = true, true
 	gitstate.Git(ctx, m.Repo.CommonDir, "update-ref", "refs/remotes/"+req.Remote+"/"+req.Target, res.NewTarget)
-	// Bring the local target along when that is a fast-forward.
+	return false, m.bringLocal(ctx, req, token, res)
+}
+
+// bringLocal fast-forwards the local target to the remote's new tip, when
+// there is a local target and that is a fast-forward.
+func (m *Merger) bringLocal(ctx context.Context, req Request, token uint64, res *Result) error {
 	local, err := m.Repo.ResolveCommit(ctx, "refs/heads/"+req.Target)
 	if err != nil {
-		return false, nil // no local target: nothing to bring along
+		return nil // no local target: nothing to bring along
 	}
-	if ok, _ := m.Repo.IsAncestor(ctx, local, res.NewTarget); !ok || local == res.NewTarget {
-		return false, nil
+	if local == res.NewTarget {
+		return nil
+	}
+	if ok, _ := m.Repo.IsAncestor(ctx, local, res.NewTarget); !ok {
+		return nil
 	}
 	_, err = m.updateLocal(ctx, req.Target, token, local, res.NewTarget, res)
-	return false, err
+	return err
 }
 
 // updateLocal moves refs/heads/target from old to new with a fencing-checked

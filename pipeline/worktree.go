@@ -11,10 +11,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/statefile"
 )
+
+// worktreeLockWait bounds the wait for the worktrees lock.
+const worktreeLockWait = 5 * time.Minute
 
 // WorktreePath is where the worktree of task goes: a directory under the
 // configured worktrees dir, named after the task plus a hash so that tasks
@@ -60,7 +64,11 @@ func (e *Env) FindWorktree(ctx context.Context, j *gitstate.Job) (string, error)
 // user's own checkout), or a new linked worktree at WorktreePath, with the
 // branch created from the target when it does not exist yet.
 func (e *Env) EnsureWorktree(ctx context.Context, j *gitstate.Job) (string, error) {
-	unlock, err := statefile.Lock(ctx, e.Store.LockPath("worktrees"))
+	// Held only across one git worktree add, but many monitors starting at
+	// once queue behind it: a contended wait is not an error.
+	lctx, cancel := context.WithTimeout(ctx, worktreeLockWait)
+	defer cancel()
+	unlock, err := statefile.Lock(lctx, e.Store.LockPath("worktrees"))
 	if err != nil {
 		return "", fmt.Errorf("worktree for %s: %w", j.Branch, err)
 	}
