@@ -11,8 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-
-	"github.com/go-git/go-git/v5/plumbing/object/commitgraph"
 )
 
 // ErrNotRepository is returned (wrapped) by Open outside a git repository.
@@ -34,7 +32,7 @@ type Repo struct {
 	MainWorktree string
 
 	graphOnce sync.Once
-	graph     commitgraph.CommitNodeIndex // nil: no commit-graph
+	graph     *commitGraph // nil: no commit-graph
 }
 
 // StateDirName is the directory under the common git dir that holds all

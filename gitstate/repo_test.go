@@ -15,7 +15,7 @@ func TestOpenFromEveryWorktree(t *testing.T) {
 	sub := filepath.Join(r.Dir, "a", "b")
 	os.MkdirAll(sub, 0o755)
 	linked := r.Worktree("one", "feat/one")
-	// Settings that make go-git v5.17+ refuse the repository.
+	// Settings some git libraries refuse (go-git v5.17+ does).
 	r.Git(r.Dir, "config", "extensions.worktreeConfig", "true")
 	r.Git(r.Dir, "pack-refs", "--all")
 

@@ -623,6 +623,16 @@ func TestRunReapsZombieAndSaysSo(t *testing.T) {
 	if out.Len() != 0 {
 		t.Errorf("a hook with nothing to do printed %q", out.String())
 	}
+	// With an interval, a pass (or the slow path finding a recent one)
+	// tells the next hooks it is not due again for that long.
+	if hooks.NotDue(env.Store.Dir(), env.Config.Path, time.Now()) {
+		t.Error("NotDue true with reaper.interval_s = 0")
+	}
+	env.Config.Reaper.IntervalS = 60
+	hooks.Run(context.Background(), env, "", &out)
+	if !hooks.NotDue(env.Store.Dir(), env.Config.Path, time.Now()) {
+		t.Error("after a pass, NotDue is false: the next hook would decode the config again")
+	}
 }
 
 func TestRunSilentOnObservation(t *testing.T) {

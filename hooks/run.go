@@ -30,8 +30,12 @@ func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
 	// A pass ran within the interval: nothing can have become reapable by
 	// tier 1 since (it counts one observation per interval), so most
 	// commits cost a read of one small file.
+	// The due file (NotDue) answers the same question sooner; this is the
+	// answer when it is missing or stale, and it refreshes it.
+	interval := env.Config.Reaper.Interval()
 	if st, err := reaper.LoadState(env.Store.Dir()); err == nil && st.LastPass != nil {
-		if age := time.Since(st.LastPass.At); age >= 0 && age < env.Config.Reaper.Interval() {
+		if age := time.Since(st.LastPass.At); age >= 0 && age < interval {
+			recordDue(env.Store.Dir(), env.Config.Path, st.LastPass.At, interval)
 			return
 		}
 	}
@@ -52,6 +56,7 @@ func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
 	if err != nil || snap == nil {
 		return
 	}
+	recordDue(env.Store.Dir(), env.Config.Path, snap.At, interval)
 	for _, a := range snap.Actions {
 		if a.Observation {
 			continue

@@ -121,6 +121,11 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 	if req.Check {
 		return m.decide(ctx, req)
 	}
+	if sig := &req.Author; sig.Name == "" || sig.Email == "" {
+		// Asked before the lease, not under it: git var is a process, and
+		// every process under the lease is one more every waiter waits for.
+		sig.Name, sig.Email = m.identity(ctx)
+	}
 	token := req.Token
 	if token == 0 {
 		owner, err := procid.Self()
@@ -412,7 +417,9 @@ func (m *Merger) updateLocal(ctx context.Context, target string, token uint64, o
 	res.Written = true
 	if wt != "" {
 		res.Worktree = wt
-		if err := m.finishSync(ctx, target); err != nil {
+		// status just found the index and files at the old commit: no need
+		// to check the index the way a sync after a crash does.
+		if err := m.sync(ctx, pending{Target: target, Worktree: wt, From: old, To: new}, false); err != nil {
 			return false, err
 		}
 	}
@@ -497,22 +504,32 @@ func (m *Merger) finishSync(ctx context.Context, target string) error {
 		m.clearPending(target)
 		return nil
 	}
+	return m.sync(ctx, p, true)
+}
+
+// sync brings p's worktree from p.From to p.To and clears the pending
+// record. checkIndex first makes sure the index still holds p.From's tree
+// (after a crash the sync may have happened, or the user moved on; either
+// way the worktree is left alone).
+func (m *Merger) sync(ctx context.Context, p pending, checkIndex bool) error {
 	if _, err := os.Stat(p.Worktree); err == nil {
-		// Only when the index still holds the old tree: anything else means
-		// the sync happened or the user moved on.
-		idx, err := gitstate.Git(ctx, p.Worktree, "write-tree")
-		if err != nil {
-			return fmt.Errorf("sync worktree %s: %w", p.Worktree, err)
+		owed := true
+		if checkIndex {
+			idx, err := gitstate.Git(ctx, p.Worktree, "write-tree")
+			if err != nil {
+				return fmt.Errorf("sync worktree %s: %w", p.Worktree, err)
+			}
+			oldTree, _ := gitstate.Git(ctx, p.Worktree, "rev-parse", p.From+"^{tree}")
+			owed = idx == oldTree
 		}
-		oldTree, _ := gitstate.Git(ctx, p.Worktree, "rev-parse", p.From+"^{tree}")
-		if idx == oldTree {
+		if owed {
 			if _, err := gitstate.Git(ctx, p.Worktree, "read-tree", "-m", "-u", p.From, p.To); err != nil {
 				return fmt.Errorf("%s now points at %s, but its worktree %s could not be updated: %w; run git -C %s reset --keep %s",
-					target, short(p.To), p.Worktree, err, p.Worktree, short(p.To))
+					p.Target, short(p.To), p.Worktree, err, p.Worktree, short(p.To))
 			}
 		}
 	}
-	m.clearPending(target)
+	m.clearPending(p.Target)
 	return nil
 }
 

@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/hooks"
 )
 
@@ -98,6 +100,16 @@ func (c *cli) hooksDir() (string, error) {
 func setupHook(fs *flag.FlagSet, c *cli) func([]string) error {
 	return func(args []string) error {
 		if hooks.Disabled() {
+			return nil
+		}
+		r, err := c.openRepo()
+		if err != nil {
+			return nil
+		}
+		// Most commits end here: the pass is not due, known from one small
+		// file and a stat, before any TOML is decoded.
+		cfgPath, _ := config.Find(c.configFlag, r.MainWorktree, r.Worktree)
+		if hooks.NotDue(r.StateDir(), cfgPath, time.Now()) {
 			return nil
 		}
 		env, err := c.env()

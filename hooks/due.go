@@ -1,0 +1,85 @@
+package hooks
+
+import (
+	"fmt"
+	"hash/fnv"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// DueFileName is the file in the state dir that tells the next hook when a
+// pass is next due, so that most commits cost a read of it and a stat of
+// orch.toml instead of decoding orch.toml and reaper.toml (the decode was
+// most of a skipped hook's own work). It is a cache: written without
+// fsync, and anything unexpected in it (a torn write, another config)
+// means "decide the slow way".
+const DueFileName = "hook-due"
+
+// NotDue reports whether the pass a hook would make is not due at now: the
+// due file names the config file as it is now (same file, size and
+// modification time, same ORCH_REAPER_INTERVAL_S) and now lies between the
+// last pass and the time the next one is due. A clock moved back before
+// the last pass makes a pass due, as the slow path does.
+func NotDue(stateDir, configPath string, now time.Time) bool {
+	key, ok := configKey(configPath)
+	if !ok {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join(stateDir, DueFileName))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 4 || f[0] != "v1" || f[3] != key {
+		return false
+	}
+	last, err1 := strconv.ParseInt(f[1], 10, 64)
+	due, err2 := strconv.ParseInt(f[2], 10, 64)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	n := now.UnixNano()
+	return last <= n && n < due
+}
+
+// recordDue writes the due file after a pass at last, or after the slow
+// path found one recent enough. Best effort: a hook never fails for it.
+func recordDue(stateDir, configPath string, last time.Time, interval time.Duration) {
+	key, ok := configKey(configPath)
+	if !ok {
+		return
+	}
+	path := filepath.Join(stateDir, DueFileName)
+	tmp := fmt.Sprintf("%s.tmp-%d", path, os.Getpid())
+	line := fmt.Sprintf("v1 %d %d %s\n", last.UnixNano(), last.Add(interval).UnixNano(), key)
+	if err := os.WriteFile(tmp, []byte(line), 0o644); err != nil {
+		return
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+	}
+}
+
+// configKey names the config file as it is now — its identity, size and
+// modification time — and the interval override from the environment.
+// ok is false without a config file: the fast path then stays off.
+func configKey(configPath string) (key string, ok bool) {
+	if configPath == "" {
+		return "", false
+	}
+	fi, err := os.Stat(configPath)
+	if err != nil {
+		return "", false
+	}
+	var dev, ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		dev, ino = uint64(st.Dev), st.Ino
+	}
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d %d %d %d %q", dev, ino, fi.Size(), fi.ModTime().UnixNano(), os.Getenv("ORCH_REAPER_INTERVAL_S"))
+	return strconv.FormatUint(h.Sum64(), 16), true
+}
