@@ -9,14 +9,27 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/orch-hooks/orch-hooks/procid"
 )
 
 // DueFileName is the file in the state dir that tells the next hook when a
-// pass is next due, so that most commits cost a read of it and a stat of
-// orch.toml instead of decoding orch.toml and reaper.toml (the decode was
-// most of a skipped hook's own work). It is a cache: written without
-// fsync, and anything unexpected in it (a torn write, another config)
-// means "decide the slow way".
+// pass is next due, so that most commits decide from it alone: the hook
+// script reads it with the shell's own read builtin and exits without
+// starting the binary at all, and the binary, when started, reads it and
+// stats orch.toml instead of decoding orch.toml and reaper.toml. It is a
+// cache: written without fsync, and anything unexpected in it (a torn
+// write, another config, another boot) means "decide the slow way".
+//
+// One line, space-separated:
+//
+//	v2 <last pass, unix ns> <due, unix ns> <config key> <boot id> <due, whole seconds of /proc/uptime> x<ORCH_REAPER_INTERVAL_S> <config path>
+//
+// The shell cannot read a clock without a fork but can read /proc/uptime
+// (CLOCK_BOOTTIME, which wall-clock changes do not move); the boot id
+// makes the uptime comparable.
 const DueFileName = "hook-due"
 
 // NotDue reports whether the pass a hook would make is not due at now: the
@@ -34,7 +47,7 @@ func NotDue(stateDir, configPath string, now time.Time) bool {
 		return false
 	}
 	f := strings.Fields(string(b))
-	if len(f) != 4 || f[0] != "v1" || f[3] != key {
+	if len(f) < 4 || f[0] != "v2" || f[3] != key {
 		return false
 	}
 	last, err1 := strconv.ParseInt(f[1], 10, 64)
@@ -53,9 +66,25 @@ func recordDue(stateDir, configPath string, last time.Time, interval time.Durati
 	if !ok {
 		return
 	}
+	due := last.Add(interval)
+	// The shell's fields: "-" where the shell must not skip (it then
+	// starts the binary, which decides from the first fields).
+	boot, up, shellPath := "-", int64(0), "-"
+	if id, err := procid.BootID(); err == nil && id != "" && !strings.ContainsAny(id, " \t\n") {
+		var ts unix.Timespec
+		if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) == nil {
+			if left := time.Until(due); left > 0 {
+				boot, up = id, (ts.Nano()+int64(left))/int64(time.Second)
+			}
+		}
+	}
+	if abs, err := filepath.Abs(configPath); err == nil && abs == strings.TrimSpace(abs) && !strings.ContainsAny(abs, "\n\r") {
+		shellPath = abs
+	}
+	line := fmt.Sprintf("v2 %d %d %s %s %d x%s %s\n", last.UnixNano(), due.UnixNano(), key,
+		boot, up, os.Getenv("ORCH_REAPER_INTERVAL_S"), shellPath)
 	path := filepath.Join(stateDir, DueFileName)
 	tmp := fmt.Sprintf("%s.tmp-%d", path, os.Getpid())
-	line := fmt.Sprintf("v1 %d %d %s\n", last.UnixNano(), last.Add(interval).UnixNano(), key)
 	if err := os.WriteFile(tmp, []byte(line), 0o644); err != nil {
 		return
 	}

@@ -2,7 +2,9 @@ package hooks
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -49,5 +51,101 @@ func TestNotDue(t *testing.T) {
 	}
 	if matches, _ := filepath.Glob(filepath.Join(state, "*.tmp-*")); len(matches) != 0 {
 		t.Errorf("temporary files left: %v", matches)
+	}
+}
+
+// The hook script itself skips starting the binary only while the due
+// file says no pass is due for this boot, this config and this interval
+// override; every other case starts the binary, and none prints anything.
+// Run with sh (dash here), the shell git uses for hooks.
+func TestScriptSkipsWithoutStartingBinary(t *testing.T) {
+	base := t.TempDir()
+	gitDir := filepath.Join(base, "repo", ".git")
+	for _, d := range []string{"objects", "refs", "hooks", "orch"} {
+		if err := os.MkdirAll(filepath.Join(gitDir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(gitDir, "HEAD"), []byte("ref: refs/heads/main\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hooksDir, state := filepath.Join(gitDir, "hooks"), filepath.Join(gitDir, "orch")
+	if !ownHooksDir(hooksDir) {
+		t.Fatal("ownHooksDir false for <git-dir>/hooks")
+	}
+	if ownHooksDir(base) {
+		t.Fatal("ownHooksDir true for a directory that is not <git-dir>/hooks")
+	}
+	cfg := filepath.Join(base, "repo", "orch.toml")
+	record := filepath.Join(base, "started")
+	exe := filepath.Join(base, "orch-hooks")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\necho started >> '"+record+"'\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	hook := filepath.Join(hooksDir, "post-commit")
+	if err := os.WriteFile(hook, Script("post-commit", exe, true), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dueFile := filepath.Join(state, DueFileName)
+	// started runs the hook the way git does and reports whether it
+	// started the binary.
+	started := func(env ...string) bool {
+		t.Helper()
+		os.Remove(record)
+		cmd := exec.Command(hook)
+		cmd.Dir = filepath.Join(base, "repo")
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		if err != nil || len(out) > 0 {
+			t.Fatalf("hook: %v, output %q", err, out)
+		}
+		_, err = os.Stat(record)
+		return err == nil
+	}
+	fresh := func(interval time.Duration) {
+		t.Helper()
+		if err := os.WriteFile(cfg, []byte("[reaper]\ninterval_s = 30\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// Older than the due file by more than a second: shells whose
+		// test -nt compares whole seconds see it too.
+		old := time.Now().Add(-time.Hour)
+		os.Chtimes(cfg, old, old)
+		recordDue(state, cfg, time.Now(), interval)
+	}
+	t.Setenv("ORCH_REAPER_INTERVAL_S", "")
+	os.Unsetenv("ORCH_REAPER_INTERVAL_S")
+
+	fresh(time.Hour)
+	if started() {
+		b, _ := os.ReadFile(dueFile)
+		t.Fatalf("the binary was started although no pass is due; %s: %q", DueFileName, b)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func()
+		env    []string
+	}{
+		{"no due file", func() { os.Remove(dueFile) }, nil},
+		{"pass due", func() { fresh(0) }, nil},
+		{"config edited since", func() { os.Chtimes(cfg, time.Now().Add(time.Hour), time.Now().Add(time.Hour)) }, nil},
+		{"config gone", func() { os.Remove(cfg) }, nil},
+		{"interval override", func() {}, []string{"ORCH_REAPER_INTERVAL_S=1"}},
+		{"another boot", func() {
+			b, _ := os.ReadFile(dueFile)
+			f := strings.SplitN(string(b), " ", 6)
+			f[4] = "00000000-0000-0000-0000-000000000000"
+			os.WriteFile(dueFile, []byte(strings.Join(f, " ")), 0o644)
+		}, nil},
+		{"torn", func() { os.WriteFile(dueFile, []byte("v2 1 2"), 0o644) }, nil},
+		{"garbage", func() { os.WriteFile(dueFile, []byte("\x00\xff v2 x y z\n"), 0o644) }, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fresh(time.Hour)
+			tc.change()
+			if !started(tc.env...) {
+				t.Errorf("binary not started: %s", tc.name)
+			}
+		})
 	}
 }

@@ -46,9 +46,29 @@ func Dir(ctx context.Context, dir string) (string, error) {
 	return filepath.Clean(out), nil
 }
 
-// Script is the hook script for name, calling the binary at exe.
-func Script(name, exe string) []byte {
+// Script is the hook script for name, calling the binary at exe. With
+// skipNotDue (the hooks dir is the repository's own <git-dir>/hooks, so
+// the state dir is ../orch from it) the script first reads the due file
+// (DueFileName) with shell builtins only and exits, without starting the
+// binary, while no pass is due; any doubt (a field that does not match, a
+// shell without test -nt, no /proc) starts the binary, which decides.
+func Script(name, exe string, skipNotDue bool) []byte {
 	q := shellQuote(exe)
+	skip := ""
+	if skipNotDue {
+		skip = `		# No pass due (the last one is younger than reaper.interval_s and
+		# orch.toml has not changed since): known from .git/orch/` + DueFileName + `
+		# without starting a process.
+		due="${0%/*}/../orch/` + DueFileName + `"
+		if [ -f "$due" ] && { read -r v _ _ _ boot up ivl cfg; } 2>/dev/null <"$due" &&
+			read -r nowboot 2>/dev/null </proc/sys/kernel/random/boot_id &&
+			read -r nowup _ 2>/dev/null </proc/uptime &&
+			[ "$v" = v2 ] && [ "$boot" = "$nowboot" ] && [ "$ivl" = "x${ORCH_REAPER_INTERVAL_S-}" ] &&
+			[ -f "$cfg" ] && [ "$due" -nt "$cfg" ] 2>/dev/null && [ "${nowup%.*}" -lt "$up" ] 2>/dev/null; then
+			exit $status
+		fi
+`
+	}
 	return []byte(`#!/bin/sh
 ` + Marker + ` (` + name + `), written by orch-hooks install; orch-hooks uninstall removes it.
 # A hook that was here before is kept as ` + name + ChainedSuffix + ` and runs first,
@@ -62,7 +82,7 @@ fi
 if [ "${ORCH_HOOKS:-1}" != 0 ]; then
 	bin=` + q + `
 	if [ -x "$bin" ]; then
-		"$bin" hook ` + name + ` "$@" </dev/null
+` + skip + `		"$bin" hook ` + name + ` "$@" </dev/null
 	elif command -v orch-hooks >/dev/null 2>&1; then
 		orch-hooks hook ` + name + ` "$@" </dev/null
 	else
@@ -71,6 +91,21 @@ if [ "${ORCH_HOOKS:-1}" != 0 ]; then
 fi
 exit $status
 `)
+}
+
+// ownHooksDir reports whether dir is a repository's own <git-dir>/hooks
+// (not a core.hooksPath elsewhere, which other repositories may share).
+func ownHooksDir(dir string) bool {
+	if filepath.Base(dir) != "hooks" {
+		return false
+	}
+	gitDir := filepath.Dir(dir)
+	for _, name := range []string{"HEAD", "objects", "refs"} {
+		if _, err := os.Stat(filepath.Join(gitDir, name)); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // shellQuote quotes s for sh: single quotes, with ' written as '\”.
@@ -100,9 +135,10 @@ func Install(dir, exe string, force bool) ([]Change, error) {
 		return nil, fmt.Errorf("install hooks: %w", err)
 	}
 	var changes []Change
+	skipNotDue := ownHooksDir(dir)
 	for _, name := range Names {
 		path := filepath.Join(dir, name)
-		script := Script(name, exe)
+		script := Script(name, exe, skipNotDue)
 		cur, err := os.ReadFile(path)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):

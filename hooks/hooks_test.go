@@ -84,7 +84,7 @@ func changes(cs []hooks.Change) []string {
 
 func TestScriptIsOurs(t *testing.T) {
 	for _, name := range hooks.Names {
-		s := hooks.Script(name, "/usr/local/bin/orch-hooks")
+		s := hooks.Script(name, "/usr/local/bin/orch-hooks", true)
 		if !hooks.IsOurs(s) {
 			t.Errorf("Script(%s) is not recognised as ours:\n%s", name, s)
 		}
@@ -134,7 +134,7 @@ func TestInstallUninstallRestoresExactly(t *testing.T) {
 	after := snapshotDir(t, dir)
 	for _, name := range hooks.Names {
 		st := after[name]
-		if st.Mode != 0o755 || st.Content != string(hooks.Script(name, exe)) {
+		if st.Mode != 0o755 || st.Content != string(hooks.Script(name, exe, false)) {
 			t.Errorf("%s after install: mode %v, content:\n%s\nwant mode 0755 and Script(%s)", name, st.Mode, st.Content, name)
 		}
 	}
@@ -230,7 +230,7 @@ func TestInstallUpdatesOurOutdatedHook(t *testing.T) {
 		t.Errorf("Install over an older install (-want +got):\n%s", diff)
 	}
 	st := snapshotDir(t, dir)
-	if st["post-commit"].Content != string(hooks.Script("post-commit", "/new/orch-hooks")) || st["post-merge"].Mode != 0o755 {
+	if st["post-commit"].Content != string(hooks.Script("post-commit", "/new/orch-hooks", false)) || st["post-merge"].Mode != 0o755 {
 		t.Errorf("hooks not rewritten for the new binary: %+v", st["post-merge"])
 	}
 	// The chained hook is still the user's, not our old script.
