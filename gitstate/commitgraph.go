@@ -31,6 +31,10 @@ type commitGraph struct {
 	hashLen int
 	layers  []graphLayer // base first
 	total   uint32
+	// v2: every layer has corrected commit dates (generation number v2,
+	// the GDA2 chunk), which git writes by default since 2.31 and uses
+	// before topological levels.
+	v2 bool
 }
 
 // graphLayer is one commit-graph file.
@@ -41,13 +45,17 @@ type graphLayer struct {
 	oids   []byte // n sorted ids
 	cdat   []byte // n × (tree id, parent 1, parent 2, level and date)
 	edges  []byte // extra parents of octopus merges
+	gda2   []byte // n × corrected commit date offset (or GDO2 index); nil without
+	gdo2   []byte // the offsets too large for 31 bits
 }
 
 const (
-	graphNoParent   = 0x70000000
-	graphEdgeFlag   = 0x80000000 // parent 2 is an index into the extra-edges list
-	graphLastEdge   = 0x80000000 // the last entry of an octopus merge's list
-	graphLevelShift = 2          // the topological level is the top 30 bits
+	graphNoParent    = 0x70000000
+	graphEdgeFlag    = 0x80000000 // parent 2 is an index into the extra-edges list
+	graphLastEdge    = 0x80000000 // the last entry of an octopus merge's list
+	graphLevelShift  = 2          // the topological level is the top 30 bits
+	graphLevelMax    = 1<<30 - 1  // levels at least this high are stored as this
+	graphGDAOverflow = 0x80000000 // the offset is an index into GDO2
 )
 
 // errGraphCorrupt says the commit-graph contradicts itself; callers fall
@@ -77,7 +85,7 @@ func openCommitGraph(info string) (*commitGraph, error) {
 			return nil, fmt.Errorf("commit-graph-chain is empty: %w", errGraphCorrupt)
 		}
 	}
-	g := &commitGraph{}
+	g := &commitGraph{v2: true}
 	var maps [][]byte
 	release := func(maps [][]byte) {
 		for _, m := range maps {
@@ -107,6 +115,7 @@ func openCommitGraph(info string) (*commitGraph, error) {
 			return nil, fmt.Errorf("%s: too many commits: %w", path, errGraphCorrupt)
 		}
 		g.total += layer.n
+		g.v2 = g.v2 && layer.gda2 != nil
 		g.layers = append(g.layers, layer)
 	}
 	runtime.AddCleanup(g, release, maps)
@@ -175,6 +184,12 @@ func parseGraphLayer(data []byte) (graphLayer, int, error) {
 	if uint64(len(l.oids)) != uint64(l.n)*uint64(hashLen) || uint64(len(l.cdat)) != uint64(l.n)*uint64(hashLen+16) {
 		return l, 0, fmt.Errorf("id or commit data table length: %w", errGraphCorrupt)
 	}
+	if gda2, ok := chunk["GDA2"]; ok {
+		if uint64(len(gda2)) != uint64(l.n)*4 || len(chunk["GDO2"])%8 != 0 {
+			return l, 0, fmt.Errorf("generation data table length: %w", errGraphCorrupt)
+		}
+		l.gda2, l.gdo2 = gda2, chunk["GDO2"]
+	}
 	return l, hashLen, nil
 }
 
@@ -226,15 +241,32 @@ func (g *commitGraph) entry(pos uint32) (*graphLayer, []byte, error) {
 	return nil, nil, fmt.Errorf("position %d: %w", pos, errGraphCorrupt)
 }
 
-// level returns the commit's topological level (generation number v1): 1
-// for a root, one more than its highest parent otherwise, capped at 2^30-1.
-// 0 means the writer did not compute it.
-func (g *commitGraph) level(pos uint32) (uint32, error) {
-	_, rec, err := g.entry(pos)
+// generation returns the commit's two generation numbers: its
+// topological level (1 for a root, one more than its highest parent,
+// capped at graphLevelMax; 0 when the writer did not compute it) and, when
+// g.v2, its corrected commit date (its date, raised to one more than its
+// parents' when they are later). Both grow strictly from parent to child.
+func (g *commitGraph) generation(pos uint32) (level uint32, date uint64, err error) {
+	l, rec, err := g.entry(pos)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return binary.BigEndian.Uint32(rec[g.hashLen+8:]) >> graphLevelShift, nil
+	w := binary.BigEndian.Uint32(rec[g.hashLen+8:])
+	level = w >> graphLevelShift
+	if !g.v2 {
+		return level, 0, nil
+	}
+	date = uint64(w&3)<<32 | uint64(binary.BigEndian.Uint32(rec[g.hashLen+12:]))
+	local := pos - l.first
+	off := binary.BigEndian.Uint32(l.gda2[int(local)*4:])
+	if off&graphGDAOverflow == 0 {
+		return level, date + uint64(off), nil
+	}
+	i := int(off &^ graphGDAOverflow)
+	if (i+1)*8 > len(l.gdo2) {
+		return 0, 0, fmt.Errorf("generation overflow %d: %w", i, errGraphCorrupt)
+	}
+	return level, date + binary.BigEndian.Uint64(l.gdo2[i*8:]), nil
 }
 
 // parents appends the commit's parents' global positions to buf.
@@ -322,8 +354,9 @@ func (r *Repo) looseParents(id string) ([]string, error) {
 
 // walkAncestor searches b's ancestry for a over the commit-graph, reading
 // commits newer than the graph as loose objects. It never goes below a's
-// level: levels grow from parent to child, so a commit with a lower level
-// cannot reach a. A commit-graph is closed under ancestry, so when a is not
+// generation: generations grow from parent to child, so a commit whose
+// generation is not above a's cannot reach a — when b's is not, the answer
+// is no without a walk, as git's own. A commit-graph is closed under ancestry, so when a is not
 // in the graph no graph commit can reach it either. It returns errNotLoose
 // when it meets a commit it can read neither from the graph nor loose.
 func (r *Repo) walkAncestor(g *commitGraph, a, b string) (bool, error) {
@@ -332,11 +365,21 @@ func (r *Repo) walkAncestor(g *commitGraph, a, b string) (bool, error) {
 		return false, fmt.Errorf("commit %q: %w", a, err)
 	}
 	aPos, aInGraph := g.lookup(aid)
-	var levelA uint32 // 0: prune nothing
+	var levelA uint32 // 0: prune nothing by level
+	var dateA uint64
 	if aInGraph {
-		if levelA, err = g.level(aPos); err != nil {
+		if levelA, dateA, err = g.generation(aPos); err != nil {
 			return false, err
 		}
+	}
+	// below reports whether a graph commit other than a cannot reach a: its
+	// generation is not above a's (strictly growing along every path; a
+	// capped level proves nothing when a's is capped too).
+	below := func(level uint32, date uint64) bool {
+		if g.v2 && date <= dateA {
+			return true
+		}
+		return levelA != 0 && level != 0 && (level < levelA || level == levelA && levelA < graphLevelMax)
 	}
 	seen := make([]uint64, (g.total+63)/64)
 	var graphStack []uint32
@@ -352,11 +395,11 @@ func (r *Repo) walkAncestor(g *commitGraph, a, b string) (bool, error) {
 		if !aInGraph {
 			return false, nil
 		}
-		lv, err := g.level(p)
+		level, date, err := g.generation(p)
 		if err != nil {
 			return false, err
 		}
-		if levelA != 0 && lv != 0 && lv < levelA {
+		if below(level, date) {
 			return false, nil
 		}
 		graphStack = append(graphStack, p)

@@ -21,7 +21,16 @@ func forkyHistory(t testing.TB, r *gittest.Repo, n int, seed int64) []string {
 	rng := rand.New(rand.NewSource(seed))
 	var b bytes.Buffer
 	for i := 1; i <= n; i++ {
-		fmt.Fprintf(&b, "commit refs/heads/hist\nmark :%d\ncommitter T <t@example.invalid> %d +0000\ndata <<EOF\nc%d\nEOF\n", i, 1700000000+i, i)
+		date := 1700000000 + i
+		switch {
+		case i%13 == 0:
+			date -= 5000 // a skewed clock: corrected commit dates differ from dates
+		case i == 50:
+			date = 4100000000 // 2099: its descendants' offsets overflow 31 bits (GDO2)
+		case i == 51:
+			date = 1
+		}
+		fmt.Fprintf(&b, "commit refs/heads/hist\nmark :%d\ncommitter T <t@example.invalid> %d +0000\ndata <<EOF\nc%d\nEOF\n", i, date, i)
 		switch {
 		case i == 1:
 		case i > 10 && rng.Intn(20) == 0: // an octopus
@@ -60,12 +69,13 @@ func forkyHistory(t testing.TB, r *gittest.Repo, n int, seed int64) []string {
 // single graph file and a chain of split ones.
 func TestIsAncestorMatchesGit(t *testing.T) {
 	for _, tc := range []struct {
-		name          string
-		split, packed bool
+		name              string
+		split, packed, v1 bool
 	}{
-		{"single file, newer commits loose", false, false},
-		{"split chain, newer commits loose", true, false},
-		{"single file, newer commits packed", false, true},
+		{"single file, newer commits loose", false, false, false},
+		{"split chain, newer commits loose", true, false, false},
+		{"single file, newer commits packed", false, true, false},
+		{"topological levels only (generation v1)", false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := gittest.New(t)
@@ -79,7 +89,8 @@ func TestIsAncestorMatchesGit(t *testing.T) {
 				layers = [][]string{ids[:120], ids[:300]}
 			}
 			for _, l := range layers {
-				args := []string{"commit-graph", "write", "--stdin-commits"}
+				args := []string{"-c", fmt.Sprintf("commitGraph.generationVersion=%d", map[bool]int{true: 1, false: 2}[tc.v1]),
+					"commit-graph", "write", "--stdin-commits"}
 				if tc.split {
 					args = append(args, "--split=no-merge")
 				}
@@ -103,6 +114,9 @@ func TestIsAncestorMatchesGit(t *testing.T) {
 			}
 			if g.total != 300 {
 				t.Fatalf("graph holds %d commits, want 300", g.total)
+			}
+			if g.v2 == tc.v1 {
+				t.Fatalf("corrected commit dates read: %v, want %v", g.v2, !tc.v1)
 			}
 			ctx := context.Background()
 			rng := rand.New(rand.NewSource(2))

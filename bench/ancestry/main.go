@@ -6,7 +6,9 @@
 // gen writes N commits on refs/heads/main — a single line (linear), or
 // blocks of four: two topic commits, one main commit, and the merge of the
 // topic into main (merges: a quarter of the commits are merges) — and
-// refs/heads/side, one commit forked from the 10th commit and never merged.
+// refs/heads/side, one commit forked from the 10th commit and never merged,
+// dated after every other, and refs/heads/side-old, the same dated just
+// after the fork.
 //
 // time asks two questions, each RUNS times after 3 warm-ups (5 times after
 // 1 when one call of each takes over a second), alternating
@@ -14,7 +16,10 @@
 // repository opened anew for every call, as a command would) and
 // `git merge-base --is-ancestor` as a process. "yes near tip": is main~4
 // an ancestor of main; "no": is side an ancestor of main (the walk must go
-// down to the fork, near the root). A wrong answer is an error. Each line:
+// down to the fork, near the root, unless commit dates tell: with a
+// commit-graph both git and gitstate answer "no" at once when side's
+// corrected commit date is above main's); "no, old fork": is side-old an
+// ancestor of main (dates do not help: both walk down to the fork). A wrong answer is an error. Each line:
 // query, then median stddev min max in ms for gitstate, the same for git,
 // then the expected answer.
 package main
@@ -79,9 +84,14 @@ func gen(shape string, n int) error {
 	w := bufio.NewWriterSize(os.Stdout, 1<<20)
 	defer w.Flush()
 	mark := 0
-	commit := func(ref string, from int, merge int) int {
+	// date: a commit's committer date, in seconds after 1700000000 (its
+	// mark unless given).
+	commitAt := func(ref string, from int, merge int, date int) int {
 		mark++
-		fmt.Fprintf(w, "commit %s\nmark :%d\ncommitter T <t@example.invalid> %d +0000\ndata 3\nc%d\n", ref, mark, 1700000000+mark, mark%10)
+		if date == 0 {
+			date = mark
+		}
+		fmt.Fprintf(w, "commit %s\nmark :%d\ncommitter T <t@example.invalid> %d +0000\ndata 3\nc%d\n", ref, mark, 1700000000+date, mark%10)
 		if from > 0 {
 			fmt.Fprintf(w, "from :%d\n", from)
 		}
@@ -91,6 +101,7 @@ func gen(shape string, n int) error {
 		w.WriteString("\n")
 		return mark
 	}
+	commit := func(ref string, from int, merge int) int { return commitAt(ref, from, merge, 0) }
 	tip := 0
 	var fork int
 	switch shape {
@@ -117,6 +128,9 @@ func gen(shape string, n int) error {
 	}
 	fmt.Fprintf(w, "reset refs/heads/main\nfrom :%d\n\n", tip)
 	commit("refs/heads/side", fork, 0)
+	// Dated just after the fork, as if made then: commit dates do not
+	// tell it from main's history, so a "no" must walk down to the fork.
+	commitAt("refs/heads/side-old", fork, 0, fork+1)
 	return nil
 }
 
@@ -136,7 +150,7 @@ func timeQueries(dir string, runs int, only string) error {
 	for _, q := range []struct {
 		name, a, b string
 		want       bool
-	}{{"yes near tip", "main~4", "main", true}, {"no", "side", "main", false}} {
+	}{{"yes near tip", "main~4", "main", true}, {"no", "side", "main", false}, {"no, old fork", "side-old", "main", false}} {
 		a, err := rev(dir, q.a)
 		if err != nil {
 			return fmt.Errorf("%s: %v", q.a, err)
