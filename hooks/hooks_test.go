@@ -15,12 +15,12 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/gittest"
 	"github.com/orch-hooks/orch-hooks/hooks"
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/pipelinetest"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/statefile"
 )
@@ -534,27 +534,7 @@ gates = ["cmd:true"]
 
 func newEnv(t *testing.T, orchToml string) (*gittest.Repo, *pipeline.Env) {
 	t.Helper()
-	repo := gittest.New(t)
-	if err := os.WriteFile(filepath.Join(repo.Dir, config.FileName), []byte(orchToml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r, err := gitstate.Open(repo.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gitstate.Init(r.StateDir()); err != nil {
-		t.Fatal(err)
-	}
-	s, err := gitstate.OpenStore(r.StateDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(filepath.Join(r.MainWorktree, config.FileName), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Actor = "test"
-	return repo, &pipeline.Env{Repo: r, Store: s, Config: cfg}
+	return pipelinetest.New(t, orchToml)
 }
 
 // deadIdentity is a process identity this machine judges dead: this

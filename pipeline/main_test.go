@@ -7,15 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/gittest"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/pipelinetest"
 )
 
 // The test binary doubles as the processes the tests need to run apart from
@@ -42,28 +41,10 @@ func TestMain(m *testing.M) {
 	}
 }
 
-// openEnv builds an Env the way the command line does: the repository
-// containing dir, its store, and its orch.toml (which must exist).
-func openEnv(dir string) (*pipeline.Env, error) {
-	r, err := gitstate.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	s, err := gitstate.OpenStore(r.StateDir())
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := config.Load(filepath.Join(r.MainWorktree, config.FileName), true)
-	if err != nil {
-		return nil, err
-	}
-	return &pipeline.Env{Repo: r, Store: s, Config: cfg}, nil
-}
-
 // monitorHelper runs job $PIPELINE_TEST_JOB as its monitor. ORCH_CRASHPOINT
 // in its environment makes it kill itself on the way.
 func monitorHelper() int {
-	env, err := openEnv(os.Getenv(repoEnv))
+	env, err := pipelinetest.Open(os.Getenv(repoEnv))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "monitor helper:", err)
 		return 1
@@ -82,7 +63,7 @@ func monitorHelper() int {
 // it calls Finalize as the reaper would and prints "won NEXT-ID", "lost" or
 // "error MESSAGE".
 func finalizeHelper() int {
-	env, err := openEnv(os.Getenv(repoEnv))
+	env, err := pipelinetest.Open(os.Getenv(repoEnv))
 	if err != nil {
 		fmt.Println("error", err)
 		return 1
@@ -128,23 +109,7 @@ run = "true"
 // given orch.toml, and returns it with an Env opened on it in this process.
 func newRepo(t *testing.T, orchToml string) (*gittest.Repo, *pipeline.Env) {
 	t.Helper()
-	repo := gittest.New(t)
-	if err := os.WriteFile(filepath.Join(repo.Dir, config.FileName), []byte(orchToml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r, err := gitstate.Open(repo.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gitstate.Init(r.StateDir()); err != nil {
-		t.Fatal(err)
-	}
-	env, err := openEnv(repo.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env.Store.Actor = "test"
-	return repo, env
+	return pipelinetest.New(t, orchToml)
 }
 
 // helperEnviron is the environment of a helper process: the repository's
