@@ -11,11 +11,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 // FileName is the config file at the top of the main worktree.
@@ -197,7 +199,7 @@ func (e *Error) Error() string {
 // are applied after the file and validated like it.
 func Load(path string, required bool) (*Config, error) {
 	c := Default()
-	data, err := os.ReadFile(path)
+	data, err := statefile.ReadFile(path, statefile.MaxSizeDefault)
 	switch {
 	case err == nil:
 		c.Path = path
@@ -206,6 +208,10 @@ func Load(path string, required bool) (*Config, error) {
 		}
 	case errors.Is(err, fs.ErrNotExist) && !required:
 	default:
+		var pe *fs.PathError
+		if errors.As(err, &pe) && pe.Path == path {
+			err = pe.Err // the file is named already
+		}
 		return nil, &Error{File: path, Msg: fmt.Sprintf("cannot read: %v", err)}
 	}
 	src := source{file: path, data: data}
@@ -232,7 +238,7 @@ func decode(c *Config, file string, data []byte) error {
 			return &Error{File: file, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
 		}
 		// Type mismatches come as plain errors in the decoder's own format.
-		if m := decodeErrRE.FindStringSubmatch(err.Error()); m != nil {
+		if m := decodeErrRE().FindStringSubmatch(err.Error()); m != nil {
 			line, _ := strconv.Atoi(m[1])
 			return &Error{File: file, Line: line, Key: m[2], Msg: m[3]}
 		}
@@ -262,7 +268,11 @@ func decode(c *Config, file string, data []byte) error {
 	return nil
 }
 
-var decodeErrRE = regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "([^"]*)"\): (.*)$`)
+// decodeErrRE is compiled on the first bad config, not at start-up: every
+// hook starts this binary.
+var decodeErrRE = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "([^"]*)"\): (.*)$`)
+})
 
 // envSet records which keys the environment overrode, so that a bad value is
 // reported against the variable, not the file.

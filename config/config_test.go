@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	orchhooks "github.com/orch-hooks/orch-hooks"
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 func write(t *testing.T, content string) string {
@@ -130,5 +131,16 @@ func TestEnvironmentOverridesWin(t *testing.T) {
 				t.Fatalf("Load with %s=%s: %v, want an error naming the variable", env, val, err)
 			}
 		})
+	}
+}
+
+// An orch.toml larger than statefile.MaxSizeDefault is refused unread, with
+// an error naming the file and the cap, even when it would parse.
+func TestOversizedFileIsRefused(t *testing.T) {
+	path := write(t, strings.Repeat("# padding\n", statefile.MaxSizeDefault/10+1)+"target = \"main\"\n")
+	_, err := Load(path, true)
+	var ce *Error
+	if !errors.As(err, &ce) || ce.File != path || !strings.Contains(ce.Msg, "cap") || !strings.Contains(ce.Msg, "remove or restore it") {
+		t.Fatalf("Load of an oversized file: %v, want a *config.Error naming %s and the cap", err, path)
 	}
 }

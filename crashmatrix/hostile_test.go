@@ -22,6 +22,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/reaper"
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 const hostileToml = `target = "main"
@@ -95,48 +96,67 @@ func snapshotRecords(t *testing.T, env *pipeline.Env) map[string]string {
 }
 
 // TestHostileRecords: damaged job records are reported, never stop a
-// command or a pass, are never deleted, and the other records survive.
+// command or a pass, are never deleted, and the other records survive: a
+// queued job is still listed and a running job whose monitor died is still
+// reaped.
 func TestHostileRecords(t *testing.T) {
 	t.Parallel() // after the matrix and the stress test, while the binary builds
 	rng := rand.New(rand.NewSource(7))
 	binary := make([]byte, 4096)
 	rng.Read(binary)
-	huge := bytes.Repeat([]byte("# padding line of a huge record\n"), 20<<20/32) // 20 MiB
+	padding := []byte("# padding line of a huge record\n")
+	huge := bytes.Repeat(padding, 20<<20/len(padding)) // 20 MiB
+	// Every state file is read with a cap (statefile.MaxSizeDefault): a
+	// record over it is refused unread with this error, however valid.
+	tooLarge := []string{"file too large", fmt.Sprintf("%d-byte cap", statefile.MaxSizeDefault), "remove or restore it"}
 	cases := []struct {
 		name string
 		make func(t *testing.T, path string, valid []byte)
 		// readable: the damaged-looking record is in fact a valid record
-		// (20 MiB of comments before it) and must be read, not reported.
+		// (comments before it, under the cap) and must be read, not reported.
 		readable bool
+		// wantErr: what the reported error must say.
+		wantErr []string
 	}{
 		{"truncated", func(t *testing.T, p string, valid []byte) {
 			// Cut inside the quoted id, so the cut cannot fall on a line end
 			// that leaves valid TOML (see TestTruncatedRecordsDecode).
 			i := bytes.Index(valid, []byte("id = \"")) + len("id = \"") + 2
 			writeFile(t, p, valid[:i])
-		}, false},
-		{"empty", func(t *testing.T, p string, _ []byte) { writeFile(t, p, nil) }, false},
-		{"binary", func(t *testing.T, p string, _ []byte) { writeFile(t, p, binary) }, false},
-		{"huge-20MiB-valid", func(t *testing.T, p string, valid []byte) {
+		}, false, nil},
+		{"empty", func(t *testing.T, p string, _ []byte) { writeFile(t, p, nil) }, false, nil},
+		{"binary", func(t *testing.T, p string, _ []byte) { writeFile(t, p, binary) }, false, nil},
+		{"big-valid-under-cap", func(t *testing.T, p string, valid []byte) {
+			pad := bytes.Repeat(padding, (statefile.MaxSizeDefault-len(valid))/len(padding))
+			writeFile(t, p, append(pad, valid...))
+		}, true, nil},
+		{"huge-record-valid-20MiB", func(t *testing.T, p string, valid []byte) {
 			writeFile(t, p, append(append([]byte(nil), huge...), valid...))
-		}, true},
-		{"huge-garbage-20MiB", func(t *testing.T, p string, _ []byte) {
+		}, false, tooLarge},
+		{"huge-record-just-over-cap", func(t *testing.T, p string, valid []byte) {
+			pad := bytes.Repeat([]byte("#"), statefile.MaxSizeDefault+1-len(valid)-1)
+			writeFile(t, p, append(append(pad, '\n'), valid...))
+		}, false, tooLarge},
+		{"huge-record-garbage-20MiB", func(t *testing.T, p string, _ []byte) {
 			writeFile(t, p, bytes.Repeat([]byte{0xff, '=', '['}, 20<<20/3))
-		}, false},
+		}, false, tooLarge},
 		{"directory", func(t *testing.T, p string, _ []byte) {
 			if err := os.Mkdir(p, 0o755); err != nil {
 				t.Fatal(err)
 			}
-		}, false},
+		}, false, nil},
 	}
+	// Passes that may end a job whose monitor is dead at once.
+	reapToml := strings.Replace(hostileToml, "target = \"main\"\n", "target = \"main\"\n\n[reaper]\ndead_ticks = 1\ninterval_s = 0\n", 1)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			repo, env := newWorld(t, hostileToml)
+			repo, env := newWorld(t, reapToml)
 			good, _, err := env.Enqueue(pipeline.Request{Task: "good", Branch: "good", Stage: "build"})
 			if err != nil {
 				t.Fatal(err)
 			}
+			orphan := runningOrphan(t, env, "orphan")
 			bad, _, err := env.Enqueue(pipeline.Request{Task: "bad", Branch: "bad", Stage: "build"})
 			if err != nil {
 				t.Fatal(err)
@@ -159,25 +179,43 @@ func TestHostileRecords(t *testing.T) {
 				t.Fatalf("status --json: %v\n%s", err, st.stdout)
 			}
 			if c.readable {
-				if len(js.Unreadable) != 0 || len(js.Jobs) != 2 {
-					t.Errorf("status --json: jobs %+v, unreadable %+v; want both jobs read", js.Jobs, js.Unreadable)
+				if len(js.Unreadable) != 0 || len(js.Jobs) != 3 {
+					t.Errorf("status --json: jobs %+v, unreadable %+v; want all three jobs read", js.Jobs, js.Unreadable)
 				}
 				wantCode(t, "reap", runCLI(t, repo, "reap"), 0, "")
-				wantCode(t, "show the huge job", runCLI(t, repo, "show", bad.ID), 0, bad.ID)
+				wantCode(t, "show the big job", runCLI(t, repo, "show", bad.ID), 0, bad.ID)
 				return
 			}
 			if len(js.Unreadable) != 1 || js.Unreadable[0].Path != env.Store.RecordPath(bad.ID) || js.Unreadable[0].Error == "" {
 				t.Errorf("status --json unreadable = %+v, want the damaged record with its error", js.Unreadable)
 			}
-			if len(js.Jobs) != 1 || js.Jobs[0].ID != good.ID {
-				t.Errorf("status --json jobs = %+v, want the intact job %s", js.Jobs, good.ID)
+			for _, want := range c.wantErr {
+				if len(js.Unreadable) == 1 && !strings.Contains(js.Unreadable[0].Error, want) {
+					t.Errorf("status --json: the error %q does not say %q", js.Unreadable[0].Error, want)
+				}
+			}
+			if ids := jobIDs(js.Jobs); len(ids) != 2 || !ids[good.ID] || !ids[orphan] {
+				t.Errorf("status --json jobs = %+v, want the intact jobs %s and %s", js.Jobs, good.ID, orphan)
 			}
 			wantCode(t, "reap", runCLI(t, repo, "reap"), 0, "")
-			wantCode(t, "show the damaged job", runCLI(t, repo, "show", bad.ID), 1, bad.ID)
+			if j, err := env.Store.Get(orphan); err != nil || j.Status != gitstate.Failed || j.EndedBy != gitstate.EndedByReaperDead {
+				t.Errorf("the orphaned running job beside the damaged record: %+v, %v; want failed by %s", j, err, gitstate.EndedByReaperDead)
+			}
+			show := runCLI(t, repo, "show", bad.ID)
+			wantCode(t, "show the damaged job", show, 1, bad.ID)
+			for _, want := range c.wantErr {
+				if !strings.Contains(show.stderr, want) {
+					t.Errorf("show of the damaged job: %q does not say %q", show.stderr, want)
+				}
+			}
 			wantCode(t, "show the intact job", runCLI(t, repo, "show", good.ID, "--json"), 0, good.ID)
+			wantCode(t, "status (text)", runCLI(t, repo, "status"), 0, "")
 
 			after := snapshotRecords(t, env)
 			for name, b := range before {
+				if name == orphan+".toml" {
+					continue // reaped: the one record that must change
+				}
 				if after[name] != b {
 					t.Errorf("record %s changed or vanished", name)
 				}
@@ -187,6 +225,40 @@ func TestHostileRecords(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runningOrphan enqueues a job and claims it running for a monitor that is
+// already dead (a started and killed process), as a crashed `run` leaves it.
+func runningOrphan(t *testing.T, env *pipeline.Env, task string) string {
+	t.Helper()
+	j, _, err := env.Enqueue(pipeline.Request{Task: task, Branch: task, Stage: "build"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleeper := exec.Command("sleep", "600")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	mon, err := procid.Of(sleeper.Process.Pid)
+	sleeper.Process.Kill()
+	sleeper.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, won, err := env.Store.Claim(context.Background(), j.ID, []gitstate.Status{gitstate.Queued}, gitstate.Running, "started", func(r *gitstate.Job) {
+		r.Monitor = mon
+	}); err != nil || !won {
+		t.Fatalf("claim: %v %v", won, err)
+	}
+	return j.ID
+}
+
+func jobIDs(js []struct{ ID string }) map[string]bool {
+	out := map[string]bool{}
+	for _, j := range js {
+		out[j.ID] = true
+	}
+	return out
 }
 
 // TestTruncatedRecordsDecode cuts a real record at every byte and decodes
@@ -443,6 +515,8 @@ func TestHostileConfig(t *testing.T) {
 		{"negative", "target = \"main\"\n[reaper]\ndead_ticks = -1\n[[stages]]\nname = \"a\"\nrun = \"true\"\n", "dead_ticks"},
 		{"not-toml", "target = \"main\n[[stages\n", config.FileName},
 		{"binary", "\x00\x01\x02\xff", config.FileName},
+		// Valid TOML, but 2 MiB: refused unread (statefile.MaxSizeDefault).
+		{"huge", strings.Repeat("# padding\n", 2<<20/10) + "target = \"main\"\n[[stages]]\nname = \"a\"\nrun = \"true\"\n", "file too large"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -507,6 +581,27 @@ func TestHostileStageAndToken(t *testing.T) {
 		t.Errorf("a lease record with token = \"seven\" was read without error")
 	}
 	wantCode(t, "lease status", runCLI(t, repo, "lease", "status"), 0, "")
+
+	// A lease record over the size cap is refused unread and reported
+	// like a damaged one; the command and a pass go on.
+	writeFile(t, filepath.Join(env.Store.Dir(), "leases", "big.toml"),
+		append(bytes.Repeat([]byte("# padding\n"), 2<<20/10), "version = 1\ntarget = \"big\"\ntoken = 1\n"...))
+	r = runCLI(t, repo, "lease", "status", "--json")
+	wantCode(t, "lease status --json with a huge record", r, 0, "")
+	var ls struct {
+		Unreadable []struct{ Path, Error string }
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &ls); err != nil {
+		t.Fatalf("lease status --json: %v\n%s", err, r.stdout)
+	}
+	found := false
+	for _, u := range ls.Unreadable {
+		found = found || strings.HasSuffix(u.Path, "big.toml") && strings.Contains(u.Error, "file too large")
+	}
+	if !found {
+		t.Errorf("lease status --json unreadable = %+v; want big.toml, too large", ls.Unreadable)
+	}
+	wantCode(t, "reap with a huge lease record", runCLI(t, repo, "reap"), 0, "")
 }
 
 // TestSecurityModes: after a pipeline run, a lease and a reaper pass, no
@@ -607,4 +702,257 @@ gates = ["mergeable"]
 	if ok, _ := env.Repo.IsAncestor(context.Background(), repo.Git(repo.Dir, "rev-parse", "refs/heads/"+branch), repo.Git(repo.Dir, "rev-parse", "main")); !ok {
 		t.Errorf("the branch was not merged")
 	}
+}
+
+// fullDiskScript runs in a private mount namespace (unshare -rm), with the
+// state dir on a 256 KiB tmpfs that only this namespace sees. Each step's
+// stdout, stderr and exit code go to $OUT/<step>.{out,err,rc}, and copies
+// of the state dir to $OUT/<name>/, outside the tmpfs, for the test to
+// judge once the namespace (and the mount) is gone.
+const fullDiskScript = `
+set -u
+step() { name=$1; shift; "$@" >"$OUT/$name.out" 2>"$OUT/$name.err"; echo $? >"$OUT/$name.rc"; }
+id() { cat "$OUT/$1.out"; }
+snap() { cp -a "$STATE" "$OUT/$1" && rm -f "$OUT/$1/filler"; }
+fill() { dd if=/dev/zero of="$STATE/filler" bs=4096 2>"$OUT/fill.err"; }
+
+mount -t tmpfs -o size=256k,mode=0755 tmpfs "$STATE" || exit 90
+
+step init "$ORCH" init
+for b in a b c; do step enq_$b "$ORCH" enqueue --stage build --branch feat/$b; done
+step run_c "$ORCH" run "$(id enq_c)"
+step lease0 "$ORCH" lease acquire --target side --pid 1
+step reap0 "$ORCH" reap
+snap before
+
+# Full: not one byte free.
+fill
+step full_enqueue "$ORCH" enqueue --stage build --branch feat/new
+step full_run "$ORCH" run "$(id enq_a)"
+step full_cancel "$ORCH" cancel "$(id enq_b)"
+step full_lease "$ORCH" lease acquire --target main --pid 1
+step full_status "$ORCH" status --json --all
+step full_reap "$ORCH" reap
+snap full
+
+# Freed: the same commands succeed.
+rm -f "$STATE/filler"
+step free_enqueue "$ORCH" enqueue --stage build --branch feat/new
+step free_run "$ORCH" run "$(id enq_a)"
+step free_cancel "$ORCH" cancel "$(id enq_b)"
+step free_lease "$ORCH" lease acquire --target main --pid 1
+step free_reap "$ORCH" reap
+step free_status "$ORCH" status --json --all
+snap after
+
+# One page free: a new record fits, the event line after it does not. Fill
+# the event log's last page first, so that the line crosses into a page
+# that cannot be had and is cut short by ENOSPC.
+i=0
+while :; do
+	i=$((i+1))
+	[ $i -gt 200 ] && exit 91
+	"$ORCH" enqueue --stage build --branch feat/p$i >/dev/null 2>>"$OUT/pad.err" || exit 92
+	size=$(stat -c %s "$STATE/events.jsonl")
+	line=$(tail -n 1 "$STATE/events.jsonl" | wc -c)
+	room=$((4096 - size % 4096))
+	[ $room -lt $((line - 16)) ] && break
+done
+fill
+size=$(stat -c %s "$STATE/filler")
+truncate -s $((size - 4096)) "$STATE/filler"
+step edge_enqueue "$ORCH" enqueue --stage build --branch feat/edge
+rm -f "$STATE/filler"
+step last_enqueue "$ORCH" enqueue --stage build --branch feat/last
+snap last
+`
+
+// TestHostileFullDisk: with the state dir on a full file system, every
+// command that writes fails with exit 1 and an error that names the
+// problem, nothing on disk changes (every record parses, with its previous
+// content; no temporary file is left), and once space is freed the same
+// commands succeed. An event line cut short by a full disk is taken back
+// off, so the log keeps only whole lines.
+func TestHostileFullDisk(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("unshare(1) is not installed: cannot mount a private tmpfs to fill up")
+	}
+	probe := t.TempDir()
+	if out, err := exec.Command("unshare", "-rm", "sh", "-c", `mount -t tmpfs -o size=64k tmpfs "$1"`, "sh", probe).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs in a private mount namespace here (unshare -rm ... mount -t tmpfs: %v: %s): needs root or unprivileged user namespaces", err, bytes.TrimSpace(out))
+	}
+	bin := cliBinary(t)
+	repo, _ := newWorld(t, hostileToml)
+	state := filepath.Join(repo.Dir, ".git", "orch")
+	out := t.TempDir()
+	cmd := exec.Command("unshare", "-rm", "sh", "-c", fullDiskScript)
+	cmd.Dir = repo.Dir
+	cmd.Env = append(repo.Env(), "ORCH="+bin, "STATE="+state, "OUT="+out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		if cmd.ProcessState.ExitCode() == 90 {
+			t.Skipf("mount of the tmpfs on %s failed: %s", state, b)
+		}
+		t.Fatalf("script: %v\n%s", err, b)
+	}
+	step := func(name string) cliResult {
+		t.Helper()
+		read := func(ext string) string {
+			b, err := os.ReadFile(filepath.Join(out, name+"."+ext))
+			if err != nil {
+				t.Fatalf("step %s did not run: %v", name, err)
+			}
+			return string(b)
+		}
+		var code int
+		fmt.Sscan(read("rc"), &code)
+		return cliResult{code, read("out"), read("err")}
+	}
+	for _, s := range []string{"init", "enq_a", "enq_b", "enq_c", "run_c", "lease0", "reap0"} {
+		wantCode(t, s+" (before the disk is full)", step(s), 0, "")
+	}
+	idA, idB := strings.TrimSpace(step("enq_a").stdout), strings.TrimSpace(step("enq_b").stdout)
+
+	// Full: each write fails, clearly, with exit 1 (an operational error).
+	const enospc = "no space left on device"
+	for _, s := range []string{"full_enqueue", "full_run", "full_cancel", "full_lease"} {
+		r := step(s)
+		wantCode(t, s, r, 1, enospc)
+		if r.code == 1 && !strings.Contains(r.stderr, "free space") {
+			t.Errorf("%s: the error does not say what to do: %s", s, r.stderr)
+		}
+		if strings.Contains(r.stderr, "panic") || strings.Contains(r.stderr, "goroutine ") {
+			t.Errorf("%s panicked: %s", s, r.stderr)
+		}
+	}
+	if r := step("full_enqueue"); r.stdout != "" {
+		t.Errorf("a failed enqueue printed an id: %q", r.stdout)
+	}
+	// Reading needs no space; a pass records what it could not write.
+	st := step("full_status")
+	wantCode(t, "status on a full disk", st, 0, "")
+	if ids := statusJobs(t, st); len(ids) != 4 || ids[idA] != "queued" || ids[idB] != "queued" {
+		t.Errorf("status on a full disk: %v; want the 4 jobs, %s and %s still queued", ids, idA, idB)
+	}
+	wantCode(t, "reap on a full disk", step("full_reap"), 0, enospc)
+
+	// Nothing changed: every record parses, byte for byte as before, and no
+	// temporary file is left anywhere in the state dir.
+	before, full := readState(t, filepath.Join(out, "before")), readState(t, filepath.Join(out, "full"))
+	for name, b := range before {
+		if full[name] != b {
+			t.Errorf("%s changed on the full disk:\nbefore: %q\nafter:  %q", name, b, full[name])
+		}
+	}
+	for name := range full {
+		if _, ok := before[name]; !ok && !strings.HasPrefix(name, "active/") && !strings.HasPrefix(name, "running/") && !strings.HasPrefix(name, "locks/") && !strings.HasPrefix(name, "logs/") {
+			t.Errorf("%s appeared on the full disk", name)
+		}
+	}
+	checkStateParses(t, filepath.Join(out, "full"))
+	if _, err := reaper.LoadState(filepath.Join(out, "full")); err != nil {
+		t.Errorf("reaper state after passes on a full disk: %v", err)
+	}
+
+	// Freed: the same commands succeed.
+	for _, s := range []string{"free_enqueue", "free_run", "free_cancel", "free_lease", "free_reap", "free_status"} {
+		wantCode(t, s+" (space freed)", step(s), 0, "")
+	}
+	ids := statusJobs(t, step("free_status"))
+	if ids[idA] != "done" || ids[idB] != "cancelled" || ids[strings.TrimSpace(step("free_enqueue").stdout)] != "queued" {
+		t.Errorf("after freeing space: %v; want %s done, %s cancelled and the new job queued", ids, idA, idB)
+	}
+	checkStateParses(t, filepath.Join(out, "after"))
+
+	// The edge: the record is written, its event line is cut short. The
+	// command succeeds with a warning, the part of the line written is
+	// taken back off, and the next line is whole.
+	edge := step("edge_enqueue")
+	wantCode(t, "enqueue with a record's worth of space", edge, 0, "")
+	if !strings.Contains(edge.stderr, "event log") || !strings.Contains(edge.stderr, enospc) {
+		t.Errorf("the event line did not hit the full disk (the test's page arithmetic is off): stderr %q", edge.stderr)
+	}
+	last := step("last_enqueue")
+	wantCode(t, "enqueue after freeing space", last, 0, "")
+	checkStateParses(t, filepath.Join(out, "last"))
+	evs := readState(t, filepath.Join(out, "last"))["events.jsonl"]
+	if !strings.Contains(evs, `"job":"`+strings.TrimSpace(last.stdout)+`"`) {
+		t.Errorf("the event of the enqueue after the cut line is missing")
+	}
+}
+
+// statusJobs decodes `status --json` into job id → status.
+func statusJobs(t *testing.T, r cliResult) map[string]string {
+	t.Helper()
+	var js struct {
+		Jobs []struct {
+			ID     string `json:"id"`
+			Status string `json:"status"`
+		} `json:"jobs"`
+		Unreadable []struct{ Path, Error string } `json:"unreadable"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &js); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, r.stdout)
+	}
+	if len(js.Unreadable) != 0 {
+		t.Errorf("status --json: unreadable records %+v", js.Unreadable)
+	}
+	out := map[string]string{}
+	for _, j := range js.Jobs {
+		out[j.ID] = j.Status
+	}
+	return out
+}
+
+// readState returns every regular file under a state dir, by slash path.
+func readState(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		out[filepath.ToSlash(rel)] = string(b)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// checkStateParses: every job record, lease record and event line under a
+// state dir parses, and no temporary file is left.
+func checkStateParses(t *testing.T, dir string) {
+	t.Helper()
+	for name, b := range readState(t, dir) {
+		switch {
+		case statefile.IsTemp(filepath.Base(name)):
+			t.Errorf("%s: a temporary file was left in the state dir", name)
+		case strings.HasPrefix(name, "jobs/"):
+			if _, err := gitstate.DecodeJob([]byte(b)); err != nil {
+				t.Errorf("%s does not parse: %v", name, err)
+			}
+		case name == "events.jsonl":
+			for i, line := range strings.Split(strings.TrimSuffix(b, "\n"), "\n") {
+				var ev map[string]any
+				if err := json.Unmarshal([]byte(line), &ev); err != nil {
+					t.Errorf("events.jsonl line %d does not parse (%v): %q", i+1, err, line)
+				}
+			}
+			if b != "" && !strings.HasSuffix(b, "\n") {
+				t.Errorf("events.jsonl ends in a partial line: %q", b[max(0, len(b)-80):])
+			}
+		}
+	}
+	leases, bad, err := lease.Open(dir).List()
+	if err != nil || len(bad) != 0 {
+		t.Errorf("leases under %s: %v, unreadable %v", dir, err, bad)
+	}
+	_ = leases
 }

@@ -20,7 +20,7 @@ import (
 // the job's own history still holds it.
 func (s *Store) logEvent(t Transition) {
 	if err := s.appendEvent(t); err != nil {
-		fmt.Fprintf(os.Stderr, "orch-hooks: warning: event log: %v\n", err)
+		fmt.Fprintf(os.Stderr, "orch-hooks: warning: event log: %v (the job's record holds the change; the log lacks this line)\n", err)
 	}
 }
 
@@ -30,13 +30,27 @@ func (s *Store) appendEvent(t Transition) error {
 		return err
 	}
 	line = append(line, '\n')
-	f, err := os.OpenFile(s.EventsPath(), os.O_WRONLY|os.O_APPEND|os.O_CREATE, statefile.Mode)
+	f, err := os.OpenFile(s.EventsPath(), os.O_RDWR|os.O_APPEND|os.O_CREATE, statefile.Mode)
 	if err != nil {
 		return err
 	}
+	// A line left cut short (see below) must not swallow this one: it
+	// then starts on a line of its own.
+	if fi, err := f.Stat(); err == nil && fi.Size() > 0 {
+		var last [1]byte
+		if _, err := f.ReadAt(last[:], fi.Size()-1); err == nil && last[0] != '\n' {
+			line = append([]byte{'\n'}, line...)
+		}
+	}
 	// One write call: O_APPEND places each line whole at the end even when
 	// processes append at once.
-	_, err = f.Write(line)
+	n, err := f.Write(line)
+	if err != nil && n > 0 {
+		// The disk filled up in the middle of the line: take the part
+		// written back off, so the log keeps only whole lines (it then
+		// lacks this one, as after a crash before the append).
+		cutTail(f, line[:n])
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -44,6 +58,20 @@ func (s *Store) appendEvent(t Transition) error {
 		err = cerr
 	}
 	return err
+}
+
+// cutTail truncates f by len(tail) bytes if it still ends with tail, that
+// is, if no other line was appended after it.
+func cutTail(f *os.File, tail []byte) {
+	fi, err := f.Stat()
+	if err != nil || fi.Size() < int64(len(tail)) {
+		return
+	}
+	got := make([]byte, len(tail))
+	if _, err := f.ReadAt(got, fi.Size()-int64(len(tail))); err != nil || !bytes.Equal(got, tail) {
+		return
+	}
+	f.Truncate(fi.Size() - int64(len(tail)))
 }
 
 // Events reads the whole event log; lines that do not parse are skipped.

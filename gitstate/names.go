@@ -94,7 +94,14 @@ func validateComponent(kind, name string) error {
 	}
 	for i := 0; i < len(name); i++ {
 		if !componentByte(name[i]) {
-			return badName(kind, name, fmt.Sprintf("contains %q", name[i]), fix)
+			// The character, not its first byte: "実" is not 'å'.
+			what := fmt.Sprintf("%q", name[i])
+			if r, size := utf8.DecodeRuneInString(name[i:]); size > 1 {
+				what = fmt.Sprintf("%q", r)
+			} else if name[i] >= utf8.RuneSelf {
+				what = fmt.Sprintf(`'\x%02x'`, name[i]) // not UTF-8
+			}
+			return badName(kind, name, "contains "+what, fix)
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package gitstate
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -53,5 +54,14 @@ func TestJobID(t *testing.T) {
 			t.Errorf("JobID%v = %q collides", in, id)
 		}
 		seen[id] = true
+	}
+}
+
+// A refused character is named whole, not by its first byte.
+func TestComponentErrorNamesTheCharacter(t *testing.T) {
+	for name, want := range map[string]string{"実装": "'実'", "a\x1bb": `'\x1b'`, "a\xffb": `'\xff'`, "a/b": "'/'"} {
+		if err := ValidateStage(name); err == nil || !strings.Contains(err.Error(), "contains "+want) {
+			t.Errorf("ValidateStage(%q) = %v, want it to say contains %s", name, err, want)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/procid"
@@ -52,6 +53,15 @@ type UnreadableError struct {
 
 func (e *UnreadableError) Error() string { return fmt.Sprintf("%s: %v", e.Path, e.Err) }
 func (e *UnreadableError) Unwrap() error { return e.Err }
+
+// withoutPath returns the error inside err when err is an *fs.PathError
+// about path, which an UnreadableError names already.
+func withoutPath(err error, path string) error {
+	if pe, ok := err.(*fs.PathError); ok && pe.Path == path {
+		return pe.Err
+	}
+	return err
+}
 
 // Store is the job store in a state dir. It is safe for use by any number of
 // processes at once: every change is a compare-and-swap under the job's lock.
@@ -136,7 +146,7 @@ func (s *Store) Create(j *Job) (stored *Job, created bool, err error) {
 	t := s.transition(j.ID, "", Queued, "enqueued")
 	t.At = j.CreatedAt
 	j.History = append(j.History, t)
-	data, err := encodeJob(j)
+	data, err := s.encode(j)
 	if err != nil {
 		return nil, false, err
 	}
@@ -239,12 +249,12 @@ func (s *Store) Get(id string) (*Job, error) {
 }
 
 func (s *Store) read(path, id string) (*Job, error) {
-	data, err := os.ReadFile(path)
+	data, err := statefile.ReadFile(path, statefile.MaxSizeDefault)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("job %s: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return nil, &UnreadableError{Path: path, Err: err}
+		return nil, &UnreadableError{Path: path, Err: withoutPath(err, path)}
 	}
 	j, err := DecodeJob(data)
 	if err != nil {
@@ -426,7 +436,7 @@ func (s *Store) Update(ctx context.Context, id string, reason string, fn func(j 
 		}
 		t = &tr
 	}
-	data, err := encodeJob(next)
+	data, err := s.encode(next)
 	if err != nil {
 		return cur, err
 	}
@@ -491,7 +501,51 @@ func (s *Store) Claim(ctx context.Context, id string, from []Status, to Status, 
 
 func (s *Store) transition(id string, from, to Status, reason string) Transition {
 	host, _ := procid.Host()
-	return Transition{At: s.now(), Job: id, Actor: s.Actor, PID: os.Getpid(), Host: host, From: from, To: to, Reason: reason}
+	return Transition{At: s.now(), Job: id, Actor: s.Actor, PID: os.Getpid(), Host: host, From: from, To: to, Reason: clampText(reason)}
+}
+
+// TextMax bounds each free-text field of a job record as it is written: the
+// reason, each history entry's reason and each gate's detail. They carry
+// command output and error text (a mergeable gate lists every conflicting
+// path), and a record must stay far below statefile.MaxSizeDefault, the size
+// past which readers refuse it.
+const TextMax = 8 << 10
+
+// clampText cuts s to at most TextMax bytes, on a rune boundary, saying how
+// much was cut.
+func clampText(s string) string {
+	if len(s) <= TextMax {
+		return s
+	}
+	cut := TextMax - 64
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf(" … (%d more bytes cut)", len(s)-cut)
+}
+
+// encode clamps j's free text (in place: j is the copy about to be written,
+// and then returned) and encodes it. A record that would still be larger than
+// readers accept is refused, so a write never makes a job unreadable.
+func (s *Store) encode(j *Job) ([]byte, error) {
+	// Copies: an update function may have set slices its caller keeps.
+	j.Gates = append([]GateResult(nil), j.Gates...)
+	j.History = append([]Transition(nil), j.History...)
+	j.Reason = clampText(j.Reason)
+	for i := range j.Gates {
+		j.Gates[i].Detail = clampText(j.Gates[i].Detail)
+	}
+	for i := range j.History {
+		j.History[i].Reason = clampText(j.History[i].Reason)
+	}
+	data, err := encodeJob(j)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > statefile.MaxSizeDefault {
+		return nil, fmt.Errorf("job %s: the record would be %d bytes, over the %d-byte cap readers accept; not written", j.ID, len(data), statefile.MaxSizeDefault)
+	}
+	return data, nil
 }
 
 // Remove deletes an ended job's record, log, lock file and markers: gc's

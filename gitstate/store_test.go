@@ -13,8 +13,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 // The test binary doubles as a racing claimer (see TestClaimRace).
@@ -413,5 +416,118 @@ func TestRecentAcrossChunks(t *testing.T) {
 		if want := ids[len(ids)-1-i]; j.ID != want {
 			t.Fatalf("Recent[%d] = %s, want %s", i, j.ID, want)
 		}
+	}
+}
+
+// TestOversizedRecord: a record over statefile.MaxSizeDefault is an
+// unreadable record like a truncated one (reported in every listing, the
+// other jobs listed), and is neither read nor changed.
+func TestOversizedRecord(t *testing.T) {
+	s := newStore(t)
+	good, _, _ := s.Create(queued("good", "s", 1))
+	big, _, _ := s.Create(queued("big", "s", 1))
+	valid, err := os.ReadFile(s.RecordPath(big.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Valid TOML, so only the size can make it unreadable.
+	huge := append([]byte(strings.Repeat("# padding\n", statefile.MaxSizeDefault/10+1)), valid...)
+	if err := os.WriteFile(s.RecordPath(big.ID), huge, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var ue *UnreadableError
+	_, err = s.Get(big.ID)
+	if !errors.As(err, &ue) || !errors.Is(err, statefile.ErrTooLarge) || ue.Path != s.RecordPath(big.ID) {
+		t.Fatalf("Get of an oversized record = %v, want an *UnreadableError wrapping statefile.ErrTooLarge", err)
+	}
+	for name, list := range map[string]func() (Listing, error){"Active": s.Active, "All": s.All} {
+		l, err := list()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if len(l.Jobs) != 1 || l.Jobs[0].ID != good.ID || len(l.Unreadable) != 1 || !errors.Is(l.Unreadable[0], statefile.ErrTooLarge) {
+			t.Errorf("%s: jobs %v, unreadable %v; want %s and the oversized record", name, l.Jobs, l.Unreadable, good.ID)
+		}
+	}
+	if _, err := s.Update(context.Background(), big.ID, "x", func(*Job) error { return nil }); !errors.Is(err, statefile.ErrTooLarge) {
+		t.Errorf("Update of an oversized record: %v, want ErrTooLarge", err)
+	}
+	if b, _ := os.ReadFile(s.RecordPath(big.ID)); len(b) != len(huge) {
+		t.Error("the oversized record was changed")
+	}
+}
+
+// TestLongTextIsClamped: free text longer than TextMax (a gate listing
+// thousands of conflicting paths) is cut when written, so the record stays
+// readable and small.
+func TestLongTextIsClamped(t *testing.T) {
+	s := newStore(t)
+	j, _, _ := s.Create(queued("long", "s", 1))
+	long := strings.Repeat("ü/conflicting/path.go, ", 200_000) // 4.8 MB
+	if _, won, err := s.Claim(context.Background(), j.ID, []Status{Queued}, Running, "started", nil); err != nil || !won {
+		t.Fatal(won, err)
+	}
+	got, won, err := s.Claim(context.Background(), j.ID, []Status{Running}, Failed, "gate mergeable failed: "+long, func(j *Job) {
+		j.Gates = []GateResult{{Name: "mergeable", Detail: long}}
+	})
+	if err != nil || !won {
+		t.Fatalf("claim with %d bytes of reason: %v %v", len(long), won, err)
+	}
+	read, err := s.Get(j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(got, read); diff != "" {
+		t.Errorf("the returned job differs from the record:\n%s", diff)
+	}
+	for what, text := range map[string]string{"reason": read.Reason, "gate detail": read.Gates[0].Detail, "history reason": read.History[len(read.History)-1].Reason} {
+		if len(text) > TextMax || !utf8.ValidString(text) || !strings.HasPrefix(text, long[:100]) && !strings.HasPrefix(text, "gate mergeable failed: ") || !strings.Contains(text, "bytes cut)") {
+			t.Errorf("%s: %d bytes, valid UTF-8 %v, ends %q", what, len(text), utf8.ValidString(text), text[max(0, len(text)-60):])
+		}
+	}
+	if fi, _ := os.Stat(s.RecordPath(j.ID)); fi.Size() > 64<<10 {
+		t.Errorf("record is %d bytes", fi.Size())
+	}
+}
+
+// TestEventAfterCutLine: a line left cut short in the event log (a full disk
+// in the middle of an append whose writer could not take it back) does not
+// swallow the next event: that starts on a line of its own.
+func TestEventAfterCutLine(t *testing.T) {
+	s := newStore(t)
+	a, _, _ := s.Create(queued("a", "s", 1))
+	f, err := os.OpenFile(s.EventsPath(), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"time":"2026-11-29T10:00:00Z","job":"cut`)
+	f.Close()
+	b, _, _ := s.Create(queued("b", "s", 1))
+	evs, err := s.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 || evs[0].Job != a.ID || evs[1].Job != b.ID {
+		t.Fatalf("events %+v; want the enqueues of %s and %s", evs, a.ID, b.ID)
+	}
+}
+
+// TestCutTail: the part of a line written before a write failed is taken
+// back off only while it is still the end of the file.
+func TestCutTail(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	os.WriteFile(path, []byte("whole\npart"), 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cutTail(f, []byte("other"))
+	if b, _ := os.ReadFile(path); string(b) != "whole\npart" {
+		t.Fatalf("cut a tail that was not ours: %q", b)
+	}
+	cutTail(f, []byte("part"))
+	if b, _ := os.ReadFile(path); string(b) != "whole\n" {
+		t.Fatalf("after cutting our tail: %q", b)
 	}
 }

@@ -38,8 +38,9 @@ var (
 	ErrStaleToken = errors.New("fencing token is not current")
 )
 
-// WaitPollMax caps the backoff between two looks at a held lease: a release
-// is noticed within this long.
+// WaitPollMax caps the backoff between two looks at a held lease when the
+// kernel cannot wake waiters (no inotify): a release is noticed within this
+// long.
 const WaitPollMax = 5 * time.Millisecond
 
 // Lease is one lease record.
@@ -69,6 +70,11 @@ type Manager struct {
 	dir string // <state>/leases
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
+	// WaitRecheck bounds how long a waiter sleeps between two looks when
+	// the kernel wakes it on releases; zero means WaitRecheckDefault.
+	WaitRecheck time.Duration
+
+	busyHook func() // tests: called when a look found the lease held
 }
 
 // Open returns the lease manager of a state dir.
@@ -106,9 +112,14 @@ func (m *Manager) lock(ctx context.Context, target string) (func(), error) {
 
 // read returns the current lease of target, or nil.
 func (m *Manager) read(target string) (*Lease, error) {
-	data, err := os.ReadFile(m.recordPath(target))
+	data, err := statefile.ReadFile(m.recordPath(target), statefile.MaxSizeDefault)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
+	}
+	if errors.Is(err, statefile.ErrTooLarge) {
+		// Damaged like a record that does not parse: reported, not trusted.
+		err = errors.Unwrap(err) // the *fs.PathError's inner error: the path is named once
+		return nil, &gitstate.UnreadableError{Path: m.recordPath(target), Err: err}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lease %s: %w", target, err)
@@ -141,11 +152,31 @@ func Stale(l *Lease, now time.Time) (bool, string) {
 // has it until ctx is done; it then fails with ErrBusy. A stale lease found
 // on the way is reclaimed first.
 func (m *Manager) Acquire(ctx context.Context, target string, req Request) (*Lease, error) {
+	// The watch starts before the first look, so a release between that
+	// look and the wait still wakes the waiter.
+	w := watchDir(m.dir)
+	if w != nil {
+		defer w.close()
+	}
 	wait := 100 * time.Microsecond
 	for {
 		l, err := m.TryAcquire(ctx, target, req)
 		if !errors.Is(err, ErrBusy) {
 			return l, err
+		}
+		if m.busyHook != nil {
+			m.busyHook()
+		}
+		if w != nil {
+			recheck := m.WaitRecheck
+			if recheck <= 0 {
+				recheck = WaitRecheckDefault
+			}
+			w.wait(ctx, recheck)
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			continue
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -200,7 +231,7 @@ func (m *Manager) TryAcquire(ctx context.Context, target string, req Request) (*
 }
 
 func (m *Manager) lastToken(target string) (uint64, error) {
-	data, err := os.ReadFile(m.seqPath(target))
+	data, err := statefile.ReadFile(m.seqPath(target), statefile.MaxSizeDefault)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}

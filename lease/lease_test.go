@@ -21,6 +21,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 // The test binary doubles as the other processes these tests need: an owner
@@ -572,13 +573,25 @@ func TestListTargetNames(t *testing.T) {
 	}
 }
 
+// A lease record that does not parse, or is larger than any lease record
+// (statefile.MaxSizeDefault), is reported as unreadable under its path,
+// never trusted, never deleted; the other leases are unaffected.
 func TestCorruptRecordIsReportedNotDeleted(t *testing.T) {
+	for name, garbage := range map[string]string{
+		"not-toml": "version = [\x00 not toml\n",
+		// Valid TOML: only its size makes it unreadable.
+		"huge": strings.Repeat("# padding\n", statefile.MaxSizeDefault/10+1) + "version = 1\ntarget = \"main\"\ntoken = 9\n",
+	} {
+		t.Run(name, func(t *testing.T) { testCorruptRecord(t, garbage) })
+	}
+}
+
+func testCorruptRecord(t *testing.T, garbage string) {
 	m, clk, dir := newManager(t)
 	ctx := context.Background()
 	mustAcquire(t, m, "main", req(t, "a", time.Second))
 	mustAcquire(t, m, "other", req(t, "b", time.Second))
 	path := filepath.Join(dir, "leases", "main.toml")
-	garbage := "version = [\x00 not toml\n"
 	if err := os.WriteFile(path, []byte(garbage), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -755,5 +768,38 @@ func TestWithTokenExcludesReclaim(t *testing.T) {
 	}
 	if ok, err := m.Reclaim(ctx, "main"); !ok || err != nil {
 		t.Fatalf("Reclaim after WithToken: %v, %v", ok, err)
+	}
+}
+
+// A waiter sleeps until the kernel tells it a lease record went away: with
+// its periodic recheck an hour long it still takes the lease as soon as
+// the holder releases it.
+func TestWaiterWokenByRelease(t *testing.T) {
+	m, _, _ := newManager(t)
+	m.WaitRecheck = time.Hour
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	first := mustAcquire(t, m, "main", req(t, "alice", time.Hour))
+	busy := make(chan struct{}, 1)
+	lease.SetBusyHook(m, func() {
+		select {
+		case busy <- struct{}{}:
+		default:
+		}
+	})
+	got := make(chan error, 1)
+	go func() {
+		l, err := m.Acquire(ctx, "main", req(t, "bob", time.Hour))
+		if err == nil && l.Holder != "bob" {
+			err = fmt.Errorf("holder %q", l.Holder)
+		}
+		got <- err
+	}()
+	<-busy // the waiter found the lease held and is going to sleep
+	if err := m.Release(ctx, "main", first.Token); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("waiter after the release: %v (a context deadline here means it slept through the release)", err)
 	}
 }

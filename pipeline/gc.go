@@ -3,8 +3,10 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -56,7 +58,9 @@ func (e *Env) GC(ctx context.Context, olderThan time.Duration, dryRun, force boo
 	// A done job whose next job a crash lost is the reaper's only way to
 	// repair the advance: it stays until the next job exists.
 	collectable := func(j *gitstate.Job) bool { return old(j) && !e.NeedsAdvance(j) }
-	for task, jobs := range byTask {
+	// In task order, so the report (and gc --json) is the same every run.
+	for _, task := range slices.Sorted(maps.Keys(byTask)) {
+		jobs := byTask[task]
 		all := true
 		for _, j := range jobs {
 			all = all && collectable(j)

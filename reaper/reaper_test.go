@@ -15,6 +15,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/reaper"
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 // ---- tier 1: dead processes, no exit code ----
@@ -777,11 +778,20 @@ func TestUnreadableRecordsDoNotStopThePass(t *testing.T) {
 
 // An unreadable reaper state file is moved aside (kept, and reported) and
 // the pass goes on with fresh streaks.
+// So is one larger than statefile.MaxSizeDefault, even if it would parse.
 func TestUnreadableReaperState(t *testing.T) {
+	for name, garbage := range map[string][]byte{
+		"not-toml": []byte("streaks = [[["),
+		"huge":     []byte(strings.Repeat("# padding\n", statefile.MaxSizeDefault/10+1) + "version = 1\n"),
+	} {
+		t.Run(name, func(t *testing.T) { testUnreadableReaperState(t, garbage) })
+	}
+}
+
+func testUnreadableReaperState(t *testing.T, garbage []byte) {
 	f := newFixture(t)
 	f.cfg.Reaper.DeadTicks = 1
 	j := f.running("dead", "build", func(j *gitstate.Job) { j.Monitor = deadProc(t) })
-	garbage := []byte("streaks = [[[")
 	path := filepath.Join(f.store().Dir(), "reaper.toml")
 	if err := os.WriteFile(path, garbage, 0o644); err != nil {
 		t.Fatal(err)

@@ -89,7 +89,7 @@ func statePath(stateDir string) string { return filepath.Join(stateDir, stateFil
 // file that cannot be parsed is an error naming it (it is left in place).
 func LoadState(stateDir string) (*State, error) {
 	st := &State{Version: 1, Streaks: map[string]Streak{}}
-	data, err := os.ReadFile(statePath(stateDir))
+	data, err := statefile.ReadFile(statePath(stateDir), statefile.MaxSizeDefault)
 	if errors.Is(err, fs.ErrNotExist) {
 		return st, nil
 	}

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // TempPrefix starts the name of every temporary file this package writes, so
@@ -42,7 +43,7 @@ func ReplaceMode(path string, data []byte, mode fs.FileMode) error {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("replace %s: %w", path, err)
+		return fmt.Errorf("replace %s: %w%s", path, err, fullHint(err, filepath.Dir(path)))
 	}
 	return SyncDir(filepath.Dir(path))
 }
@@ -61,7 +62,7 @@ func Create(path string, data []byte) (created bool, err error) {
 		if errors.Is(err, fs.ErrExist) {
 			return false, nil
 		}
-		return false, fmt.Errorf("create %s: %w", path, err)
+		return false, fmt.Errorf("create %s: %w%s", path, err, fullHint(err, filepath.Dir(path)))
 	}
 	if err := SyncDir(filepath.Dir(path)); err != nil {
 		return true, err
@@ -78,7 +79,7 @@ func writeTemp(path string, data []byte, mode fs.FileMode) (string, error) {
 	tmp := filepath.Join(dir, TempPrefix+base+"-"+hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
-		return "", fmt.Errorf("write %s: %w", path, err)
+		return "", fmt.Errorf("write %s: %w%s", path, err, fullHint(err, dir))
 	}
 	// The umask may have taken bits away; the caller asked for these.
 	err = f.Chmod(mode)
@@ -93,9 +94,19 @@ func writeTemp(path string, data []byte, mode fs.FileMode) (string, error) {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return "", fmt.Errorf("write %s: %w", path, err)
+		return "", fmt.Errorf("write %s: %w%s", path, err, fullHint(err, dir))
 	}
 	return tmp, nil
+}
+
+// fullHint is what to do when a write failed for want of space: the old
+// record is intact (the temporary file is removed), so freeing space and
+// running the command again is all it takes.
+func fullHint(err error, dir string) string {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Sprintf("; nothing was changed: free space on the file system of %s and run the command again", filepath.Clean(dir))
+	}
+	return ""
 }
 
 // SyncDir fsyncs a directory so that renames and links into it are durable.
