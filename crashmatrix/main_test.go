@@ -20,13 +20,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/gittest"
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/merge"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/pipelinetest"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/reaper"
 )
@@ -146,24 +146,6 @@ func cliBinary(t *testing.T) string {
 	return cliPath
 }
 
-// openEnv opens the repository containing dir, its store and its orch.toml
-// the way the command line does.
-func openEnv(dir string) (*pipeline.Env, error) {
-	r, err := gitstate.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	s, err := gitstate.OpenStore(r.StateDir())
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := config.Load(filepath.Join(r.MainWorktree, config.FileName), true)
-	if err != nil {
-		return nil, err
-	}
-	return &pipeline.Env{Repo: r, Store: s, Config: cfg}, nil
-}
-
 func fatal(who string, err error) int {
 	fmt.Fprintf(os.Stderr, "%s helper: %v\n", who, err)
 	return 1
@@ -171,7 +153,7 @@ func fatal(who string, err error) int {
 
 // monitorHelper runs job $CM_JOB as its monitor.
 func monitorHelper() int {
-	env, err := openEnv(os.Getenv(repoEnv))
+	env, err := pipelinetest.Open(os.Getenv(repoEnv))
 	if err != nil {
 		return fatal("monitor", err)
 	}
@@ -243,7 +225,7 @@ func passOptions(env *pipeline.Env) reaper.Options {
 
 // reapHelper makes one reaper pass, as a git hook does.
 func reapHelper() int {
-	env, err := openEnv(os.Getenv(repoEnv))
+	env, err := pipelinetest.Open(os.Getenv(repoEnv))
 	if err != nil {
 		return fatal("reap", err)
 	}
@@ -259,7 +241,7 @@ func reapHelper() int {
 // The stress test sends a line to every reaper on each monitor event, so
 // passes keep pace with the work without spinning.
 func reapLoopHelper() int {
-	env, err := openEnv(os.Getenv(repoEnv))
+	env, err := pipelinetest.Open(os.Getenv(repoEnv))
 	if err != nil {
 		return fatal("reaploop", err)
 	}
@@ -297,7 +279,7 @@ func reapLoopHelper() int {
 // other, until none is left; it prints "run ID" before each, so the test
 // can choose to kill it there.
 func monitorLoopHelper() int {
-	env, err := openEnv(os.Getenv(repoEnv))
+	env, err := pipelinetest.Open(os.Getenv(repoEnv))
 	if err != nil {
 		return fatal("monitorloop", err)
 	}

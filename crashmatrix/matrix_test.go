@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/gittest"
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/merge"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/pipelinetest"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/reaper"
 )
@@ -51,23 +51,7 @@ gates = ["mergeable"]
 // newWorld makes a repository with orch.toml and an initialised state dir.
 func newWorld(t testing.TB, toml string) (*gittest.Repo, *pipeline.Env) {
 	t.Helper()
-	repo := gittest.New(t)
-	if err := os.WriteFile(filepath.Join(repo.Dir, config.FileName), []byte(toml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r, err := gitstate.Open(repo.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gitstate.Init(r.StateDir()); err != nil {
-		t.Fatal(err)
-	}
-	env, err := openEnv(repo.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env.Store.Actor = "test"
-	return repo, env
+	return pipelinetest.New(t, toml)
 }
 
 // recover makes reaper passes, as hooks and watch do, until one acts no
