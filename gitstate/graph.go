@@ -1,9 +1,11 @@
 package gitstate
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -34,23 +36,21 @@ func (r *Repo) ResolveCommit(ctx context.Context, rev string) (string, error) {
 // IsAncestor reports whether commit a is an ancestor of commit b (a commit
 // is its own ancestor); a and b are full commit ids (ResolveCommit).
 //
-// With a commit-graph file it walks in process from b, never below a's
-// generation (topological level): a commit of a lower level cannot have a
-// as an ancestor, so a "no" costs the commits between the two levels, not
-// the whole history. Commits newer than the graph are read as loose
-// objects. Without a commit-graph, or when the walk meets a packed commit
-// the graph does not have, it asks git merge-base --is-ancestor.
+// It walks in process from b (walkAncestor): over the commit-graph when
+// there is one, never below a's generation, so a "no" costs the commits
+// between the two generations, not the whole history; commits outside the
+// graph (all of them without one) are read as loose objects. When the walk
+// meets a commit it cannot read that way (packed, beyond the graph), or
+// the repository is shallow or has replace refs, it asks git merge-base
+// --is-ancestor.
 func (r *Repo) IsAncestor(ctx context.Context, a, b string) (bool, error) {
 	if a == b {
 		return true, nil
 	}
 	if g := r.commitGraph(); g != nil {
-		ok, err := r.walkAncestor(g, a, b)
-		if err == nil {
+		if ok, err := r.walkAncestor(g, a, b); err == nil {
 			return ok, nil
 		}
-		// A packed commit outside the graph, or a damaged graph: git
-		// knows best.
 	}
 	return r.isAncestorGit(ctx, a, b)
 }
@@ -68,32 +68,38 @@ const (
 )
 
 // Relate tells how branch commit b stands to target commit t: in process
-// over the commit-graph when there is one, else with a single git
-// merge-base (the merge base is b when b is contained, t when the target is
-// behind).
+// when both walks can be made there (see IsAncestor), else with a single
+// git merge-base (the merge base is b when b is contained, t when the
+// target is behind).
 func (r *Repo) Relate(ctx context.Context, t, b string) (Relation, error) {
 	if t == b {
 		return Contained, nil
 	}
-	if r.commitGraph() == nil {
-		base, err := Git(ctx, r.CommonDir, "merge-base", "--end-of-options", t, b)
-		var ge *GitError
-		switch {
-		case errors.As(err, &ge) && ge.ExitCode == 1:
-			return Diverged, nil // no common ancestor at all
-		case err != nil:
-			return 0, err
-		case base == b:
-			return Contained, nil
-		case base == t:
-			return Behind, nil
+	if g := r.commitGraph(); g != nil {
+		if rel, err := r.relateInProcess(g, t, b); err == nil {
+			return rel, nil
 		}
-		return Diverged, nil
 	}
-	if ok, err := r.IsAncestor(ctx, b, t); err != nil || ok {
+	base, err := Git(ctx, r.CommonDir, "merge-base", "--end-of-options", t, b)
+	var ge *GitError
+	switch {
+	case errors.As(err, &ge) && ge.ExitCode == 1:
+		return Diverged, nil // no common ancestor at all
+	case err != nil:
+		return 0, err
+	case base == b:
+		return Contained, nil
+	case base == t:
+		return Behind, nil
+	}
+	return Diverged, nil
+}
+
+func (r *Repo) relateInProcess(g *commitGraph, t, b string) (Relation, error) {
+	if in, err := r.walkAncestor(g, b, t); err != nil || in {
 		return Contained, err
 	}
-	if ok, err := r.IsAncestor(ctx, t, b); err != nil || ok {
+	if in, err := r.walkAncestor(g, t, b); err != nil || in {
 		return Behind, err
 	}
 	return Diverged, nil
@@ -112,13 +118,36 @@ func (r *Repo) isAncestorGit(ctx context.Context, a, b string) (bool, error) {
 	return false, err
 }
 
-// commitGraph maps, once per Repo, the repository's commit-graph; nil when
-// there is none or it cannot be read (git is asked instead).
+// commitGraph maps, once per Repo, the repository's commit-graph, or
+// gives an empty one when there is none (or it is damaged: git would not
+// trust it either), so that walks read every commit as a loose object. It
+// is nil when the parents recorded in commits are not what git would
+// answer with: a shallow repository (grafted history) or replace refs.
 func (r *Repo) commitGraph() *commitGraph {
 	r.graphOnce.Do(func() {
-		r.graph, _ = openCommitGraph(filepath.Join(r.CommonDir, "objects", "info"))
+		if r.rewritesParents() {
+			return
+		}
+		g, err := openCommitGraph(filepath.Join(r.CommonDir, "objects", "info"))
+		if err != nil {
+			g = &commitGraph{}
+		}
+		r.graph = g
 	})
 	return r.graph
+}
+
+// rewritesParents reports whether git would see other parents than the
+// commit objects record: .git/shallow, or any refs/replace/ ref.
+func (r *Repo) rewritesParents() bool {
+	if _, err := os.Stat(filepath.Join(r.CommonDir, "shallow")); err == nil {
+		return true
+	}
+	if entries, err := os.ReadDir(filepath.Join(r.CommonDir, "refs", "replace")); err == nil && len(entries) > 0 {
+		return true
+	}
+	packed, err := os.ReadFile(filepath.Join(r.CommonDir, "packed-refs"))
+	return err == nil && bytes.Contains(packed, []byte(" refs/replace/"))
 }
 
 // MergeTree computes the merge of theirs into ours with git merge-tree

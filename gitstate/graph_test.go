@@ -69,13 +69,14 @@ func forkyHistory(t testing.TB, r *gittest.Repo, n int, seed int64) []string {
 // single graph file and a chain of split ones.
 func TestIsAncestorMatchesGit(t *testing.T) {
 	for _, tc := range []struct {
-		name              string
-		split, packed, v1 bool
+		name                       string
+		split, packed, v1, nograph bool
 	}{
-		{"single file, newer commits loose", false, false, false},
-		{"split chain, newer commits loose", true, false, false},
-		{"single file, newer commits packed", false, true, false},
-		{"topological levels only (generation v1)", false, false, true},
+		{"single file, newer commits loose", false, false, false, false},
+		{"split chain, newer commits loose", true, false, false, false},
+		{"single file, newer commits packed", false, true, false, false},
+		{"topological levels only (generation v1)", false, false, true, false},
+		{"no commit-graph, every commit loose", false, false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := gittest.New(t)
@@ -87,6 +88,9 @@ func TestIsAncestorMatchesGit(t *testing.T) {
 			layers := [][]string{ids[:300]}
 			if tc.split {
 				layers = [][]string{ids[:120], ids[:300]}
+			}
+			if tc.nograph {
+				layers = nil
 			}
 			for _, l := range layers {
 				args := []string{"-c", fmt.Sprintf("commitGraph.generationVersion=%d", map[bool]int{true: 1, false: 2}[tc.v1]),
@@ -112,10 +116,12 @@ func TestIsAncestorMatchesGit(t *testing.T) {
 			if want := len(layers); len(g.layers) != want {
 				t.Fatalf("%d graph layers, want %d", len(g.layers), want)
 			}
-			if g.total != 300 {
-				t.Fatalf("graph holds %d commits, want 300", g.total)
+			if want := uint32(300); tc.nograph {
+				want = 0
+			} else if g.total != want {
+				t.Fatalf("graph holds %d commits, want %d", g.total, want)
 			}
-			if g.v2 == tc.v1 {
+			if !tc.nograph && g.v2 == tc.v1 {
 				t.Fatalf("corrected commit dates read: %v, want %v", g.v2, !tc.v1)
 			}
 			ctx := context.Background()
@@ -252,6 +258,40 @@ func TestIsAncestorDamagedGraph(t *testing.T) {
 				if got != p.want {
 					t.Fatalf("IsAncestor(%s, %s) = %v, want %v", p.a[:8], p.b[:8], got, p.want)
 				}
+			}
+		})
+	}
+}
+
+// Where commits do not record the parents git answers with (a shallow
+// clone's grafts, replace refs), nothing is walked in process.
+func TestNoWalkWhenParentsAreRewritten(t *testing.T) {
+	for _, setup := range []struct {
+		name string
+		do   func(r *gittest.Repo, ids []string)
+	}{
+		{"shallow", func(r *gittest.Repo, ids []string) {
+			os.WriteFile(filepath.Join(r.Dir, ".git", "shallow"), []byte(ids[5]+"\n"), 0o644)
+		}},
+		{"replace ref", func(r *gittest.Repo, ids []string) {
+			r.Git(r.Dir, "replace", "--graft", ids[9], ids[2])
+		}},
+		{"packed replace ref", func(r *gittest.Repo, ids []string) {
+			r.Git(r.Dir, "replace", "--graft", ids[9], ids[2])
+			r.Git(r.Dir, "pack-refs", "--all")
+		}},
+	} {
+		t.Run(setup.name, func(t *testing.T) {
+			r := gittest.New(t)
+			ids := forkyHistory(t, r, 12, 4)
+			unpackAll(t, r)
+			setup.do(r, ids)
+			repo, err := Open(r.Dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g := repo.commitGraph(); g != nil {
+				t.Fatalf("a commit walk is offered (%d graph commits) where git rewrites parents", g.total)
 			}
 		})
 	}

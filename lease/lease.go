@@ -172,7 +172,7 @@ func (m *Manager) Acquire(ctx context.Context, target string, req Request) (*Lea
 			if recheck <= 0 {
 				recheck = WaitRecheckDefault
 			}
-			w.wait(ctx, recheck)
+			w.wait(ctx, recheck, filepath.Base(m.recordPath(target)))
 			if ctx.Err() != nil {
 				return nil, err
 			}

@@ -9,8 +9,9 @@ import (
 )
 
 // The kernel wake-up is what waiters rely on here; a watch that silently
-// fell back to polling would still pass the behavioural tests.
-func TestDirWatchWakesOnRemoveAndRename(t *testing.T) {
+// fell back to polling would still pass the behavioural tests. A waiter is
+// woken by the removal of its target's record and by nothing else.
+func TestDirWatchWakesOnlyOnRemoval(t *testing.T) {
 	if _, err := os.Stat("/proc/sys/fs/inotify"); err != nil {
 		t.Skip("no inotify on this system: waiters poll (WaitPollMax)")
 	}
@@ -22,23 +23,33 @@ func TestDirWatchWakesOnRemoveAndRename(t *testing.T) {
 	defer w.close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	// Changes that cannot free the lease of x do not wake the waiter.
 	for _, change := range []func() error{
-		func() error { return os.WriteFile(filepath.Join(dir, "x.tmp"), nil, 0o644) }, // no event: not a rename
-		func() error { return os.Rename(filepath.Join(dir, "x.tmp"), filepath.Join(dir, "x")) },
-		func() error { return os.Remove(filepath.Join(dir, "x")) },
+		func() error { return os.WriteFile(filepath.Join(dir, "x.toml.tmp"), nil, 0o644) },
+		func() error { return os.Rename(filepath.Join(dir, "x.toml.tmp"), filepath.Join(dir, "x.toml")) },
+		func() error { return os.WriteFile(filepath.Join(dir, "y.toml"), nil, 0o644) },
+		func() error { return os.Remove(filepath.Join(dir, "y.toml")) },
 	} {
 		if err := change(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Two events are queued; one wait drains both.
-	w.wait(ctx, time.Hour)
+	start := time.Now()
+	w.wait(ctx, 30*time.Millisecond, "x.toml")
+	if d := time.Since(start); d < 30*time.Millisecond {
+		t.Fatalf("woken after %s by changes that cannot free x's lease", d)
+	}
+	// Its removal does, even with an hour to wait.
+	if err := os.Remove(filepath.Join(dir, "x.toml")); err != nil {
+		t.Fatal(err)
+	}
+	w.wait(ctx, time.Hour, "x.toml")
 	if ctx.Err() != nil {
-		t.Fatal("wait slept through a rename and a remove")
+		t.Fatal("wait slept through the removal of the record")
 	}
 	// Nothing new: the next wait ends by its duration, not by an event.
-	start := time.Now()
-	w.wait(ctx, 20*time.Millisecond)
+	start = time.Now()
+	w.wait(ctx, 20*time.Millisecond, "x.toml")
 	if d := time.Since(start); d < 20*time.Millisecond {
 		t.Fatalf("wait returned after %s with no change: events were not drained", d)
 	}

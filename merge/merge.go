@@ -126,6 +126,13 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 		// every process under the lease is one more every waiter waits for.
 		sig.Name, sig.Email = m.identity(ctx)
 	}
+	// So is git status: a target worktree found clean now needs no second
+	// look under the lease (its files can change under the lease as well as
+	// before it: the lease does not lock the worktree, and the final
+	// read-tree -m -u never overwrites a local change). One found dirty is
+	// looked at again under the lease, where no other merge is half-way
+	// through bringing it along.
+	cleanBefore := m.cleanWorktree(ctx, req.Target)
 	token := req.Token
 	if token == 0 {
 		owner, err := procid.Self()
@@ -153,8 +160,14 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 		token = l.Token
 		defer m.Leases.Release(context.WithoutCancel(ctx), req.Target, token)
 	}
-	if err := m.finishSync(ctx, req.Target); err != nil {
+	owed, err := m.finishSync(ctx, req.Target)
+	if err != nil {
 		return nil, err
+	}
+	if owed {
+		// A merge before this one left its sync owed: the worktree may not
+		// be what it was when found clean.
+		cleanBefore = ""
 	}
 	for i := 0; i < attempts; i++ {
 		res, err := m.decide(ctx, req)
@@ -162,7 +175,7 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 			// A push that landed before a crash: the remote has it, the
 			// local target may still be behind.
 			res.Token = token
-			return res, m.bringLocal(ctx, req, token, res)
+			return res, m.bringLocal(ctx, req, token, res, cleanBefore)
 		}
 		if err != nil || res.Kind == AlreadyMerged {
 			if res != nil {
@@ -171,7 +184,7 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 			return res, err
 		}
 		res.Token = token
-		moved, err := m.write(ctx, req, token, res)
+		moved, err := m.write(ctx, req, token, res, cleanBefore)
 		if err != nil {
 			return res, err
 		}
@@ -283,6 +296,11 @@ func (m *Merger) identity(ctx context.Context) (string, string) {
 // Identity returns the committer name and email git would use in repo, or
 // "orch-hooks <orch-hooks@localhost>" when none is configured.
 func Identity(ctx context.Context, repo *gitstate.Repo) (string, string) {
+	// What git var would answer first, without its process: the
+	// environment wins over every config file.
+	if name, email := os.Getenv("GIT_COMMITTER_NAME"), os.Getenv("GIT_COMMITTER_EMAIL"); name != "" && email != "" {
+		return name, email
+	}
 	dir := repo.Worktree
 	if dir == "" {
 		dir = repo.CommonDir
@@ -314,14 +332,14 @@ func (m *Merger) fetch(ctx context.Context, req Request) error {
 // write moves the target from res.OldTarget to res.NewTarget: a push with a
 // remote, an update-ref locally, each fencing-checked. moved reports that
 // the target had moved meanwhile, so the caller decides again.
-func (m *Merger) write(ctx context.Context, req Request, token uint64, res *Result) (moved bool, err error) {
+func (m *Merger) write(ctx context.Context, req Request, token uint64, res *Result, cleanBefore string) (moved bool, err error) {
 	if req.Remote != "" {
-		return m.push(ctx, req, token, res)
+		return m.push(ctx, req, token, res, cleanBefore)
 	}
-	return m.updateLocal(ctx, req.Target, token, res.OldTarget, res.NewTarget, res)
+	return m.updateLocal(ctx, req.Target, token, res.OldTarget, res.NewTarget, res, cleanBefore)
 }
 
-func (m *Merger) push(ctx context.Context, req Request, token uint64, res *Result) (bool, error) {
+func (m *Merger) push(ctx context.Context, req Request, token uint64, res *Result, cleanBefore string) (bool, error) {
 	var rejected bool
 	err := m.Leases.WithToken(ctx, req.Target, token, func() error {
 		out, err := gitstate.Git(ctx, m.Repo.CommonDir, "push", "--porcelain",
@@ -345,12 +363,12 @@ func (m *Merger) push(ctx context.Context, req Request, token uint64, res *Resul
 	crashpoint.Hit("merge.push")
 	res.Pushed, res.Written = true, true
 	gitstate.Git(ctx, m.Repo.CommonDir, "update-ref", "refs/remotes/"+req.Remote+"/"+req.Target, res.NewTarget)
-	return false, m.bringLocal(ctx, req, token, res)
+	return false, m.bringLocal(ctx, req, token, res, cleanBefore)
 }
 
 // bringLocal fast-forwards the local target to the remote's new tip, when
 // there is a local target and that is a fast-forward.
-func (m *Merger) bringLocal(ctx context.Context, req Request, token uint64, res *Result) error {
+func (m *Merger) bringLocal(ctx context.Context, req Request, token uint64, res *Result, cleanBefore string) error {
 	local, err := m.Repo.ResolveCommit(ctx, "refs/heads/"+req.Target)
 	if err != nil {
 		return nil // no local target: nothing to bring along
@@ -361,27 +379,30 @@ func (m *Merger) bringLocal(ctx context.Context, req Request, token uint64, res 
 	if ok, _ := m.Repo.IsAncestor(ctx, local, res.NewTarget); !ok {
 		return nil
 	}
-	_, err = m.updateLocal(ctx, req.Target, token, local, res.NewTarget, res)
+	_, err = m.updateLocal(ctx, req.Target, token, local, res.NewTarget, res, cleanBefore)
 	return err
 }
 
 // updateLocal moves refs/heads/target from old to new with a fencing-checked
 // compare-and-swap and brings a worktree that has the target checked out to
 // the new commit. It refuses, changing nothing, when that worktree has
-// local changes.
-func (m *Merger) updateLocal(ctx context.Context, target string, token uint64, old, new string, res *Result) (bool, error) {
+// local changes; cleanBefore names a worktree found clean before the lease
+// (cleanWorktree), which is not asked again.
+func (m *Merger) updateLocal(ctx context.Context, target string, token uint64, old, new string, res *Result, cleanBefore string) (bool, error) {
 	wt, err := m.worktreeOf(ctx, target)
 	if err != nil {
 		return false, err
 	}
 	if wt != "" {
-		st, err := gitstate.Git(ctx, wt, "status", "--porcelain", "--untracked-files=no")
-		if err != nil {
-			return false, err
-		}
-		if st != "" {
-			return false, fmt.Errorf("merge into %s: %w: %s has uncommitted changes (%s); commit or stash them, then run the merge again",
-				target, ErrDirtyWorktree, wt, firstLines(st, 3))
+		if wt != cleanBefore {
+			st, err := gitstate.Git(ctx, wt, "status", "--porcelain", "--untracked-files=no")
+			if err != nil {
+				return false, err
+			}
+			if st != "" {
+				return false, fmt.Errorf("merge into %s: %w: %s has uncommitted changes (%s); commit or stash them, then run the merge again",
+					target, ErrDirtyWorktree, wt, firstLines(st, 3))
+			}
 		}
 		// An untracked file where the new commit has one would stop the
 		// worktree update after the ref moved: find out before.
@@ -445,6 +466,24 @@ func firstLines(s string, n int) string {
 	return strings.Join(lines, "; ")
 }
 
+// cleanWorktree returns the worktree that has target checked out if git
+// status finds no local change there, else "" (none, dirty, or status
+// failed: the look under the lease decides).
+func (m *Merger) cleanWorktree(ctx context.Context, target string) string {
+	wt, err := m.worktreeOf(ctx, target)
+	if err != nil || wt == "" {
+		return ""
+	}
+	// --no-optional-locks: status would otherwise take index.lock to write
+	// back refreshed stat data, and the lease holder's read-tree, finding
+	// the lock taken, would fail its merge.
+	st, err := gitstate.Git(ctx, wt, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
+	if err != nil || st != "" {
+		return ""
+	}
+	return wt
+}
+
 // worktreeOf returns the worktree that has branch checked out, or "".
 func (m *Merger) worktreeOf(ctx context.Context, branch string) (string, error) {
 	return m.Repo.WorktreeOf(branch)
@@ -482,29 +521,31 @@ func (m *Merger) clearPending(target string) {
 // finishSync brings the target's worktree from the old commit to the new one
 // if a ref update left that owed: read-tree -m -u updates the index and the
 // files from one tree to the other and refuses to overwrite local changes.
-func (m *Merger) finishSync(ctx context.Context, target string) error {
+// owed reports whether a sync was recorded as owed (done now, or found
+// moot).
+func (m *Merger) finishSync(ctx context.Context, target string) (owed bool, err error) {
 	data, err := os.ReadFile(m.pendingPath(target))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return true, err
 	}
 	var p pending
 	if _, err := toml.Decode(string(data), &p); err != nil {
-		return &gitstate.UnreadableError{Path: m.pendingPath(target), Err: err}
+		return true, &gitstate.UnreadableError{Path: m.pendingPath(target), Err: err}
 	}
 	cur, err := m.Repo.ResolveCommit(ctx, "refs/heads/"+target)
 	if err != nil {
-		return err
+		return true, err
 	}
 	if cur != p.To {
 		// The update never happened (crash before it), or the target moved
 		// on by other means: the worktree is not ours to touch.
 		m.clearPending(target)
-		return nil
+		return true, nil
 	}
-	return m.sync(ctx, p, true)
+	return true, m.sync(ctx, p, true)
 }
 
 // sync brings p's worktree from p.From to p.To and clears the pending
