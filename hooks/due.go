@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 // DueFileName is the file in the state dir that tells the next hook when a
@@ -84,7 +85,9 @@ func recordDue(stateDir, configPath string, last time.Time, interval time.Durati
 	line := fmt.Sprintf("v2 %d %d %s %s %d x%s %s\n", last.UnixNano(), due.UnixNano(), key,
 		boot, up, os.Getenv("ORCH_REAPER_INTERVAL_S"), shellPath)
 	path := filepath.Join(stateDir, DueFileName)
-	tmp := fmt.Sprintf("%s.tmp-%d", path, os.Getpid())
+	// Named as statefile names its temporary files: one convention for
+	// whatever a crash leaves in the state dir.
+	tmp := filepath.Join(stateDir, fmt.Sprintf("%s%s-%d", statefile.TempPrefix, DueFileName, os.Getpid()))
 	if err := os.WriteFile(tmp, []byte(line), 0o644); err != nil {
 		return
 	}

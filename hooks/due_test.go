@@ -49,7 +49,7 @@ func TestNotDue(t *testing.T) {
 			os.Rename(cfg+".away", cfg)
 		})
 	}
-	if matches, _ := filepath.Glob(filepath.Join(state, "*.tmp-*")); len(matches) != 0 {
+	if matches, _ := filepath.Glob(filepath.Join(state, ".tmp-*")); len(matches) != 0 {
 		t.Errorf("temporary files left: %v", matches)
 	}
 }
