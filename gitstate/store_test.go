@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/orch-hooks/orch-hooks/statefile"
+	"github.com/orch-hooks/orch-hooks/testproc"
 )
 
 // The test binary doubles as a racing claimer (see TestClaimRace).
@@ -288,22 +289,8 @@ func TestClaimRace(t *testing.T) {
 	}
 	var rs []racer
 	for i := 0; i < racers; i++ {
-		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(os.Environ(), "GITSTATE_HELPER=claim", "GITSTATE_DIR="+s.Dir())
-		in, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		rs = append(rs, racer{cmd, in, bufio.NewReader(out)})
+		p := testproc.Start(t, append(os.Environ(), "GITSTATE_HELPER=claim", "GITSTATE_DIR="+s.Dir()))
+		rs = append(rs, racer{p.Cmd, p.In, p.Out})
 	}
 	for round := 0; round < rounds; round++ {
 		j, _, err := s.Create(queued("race", "s", round+1))

@@ -1,14 +1,12 @@
 package lease_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -22,6 +20,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/statefile"
+	"github.com/orch-hooks/orch-hooks/testproc"
 )
 
 // The test binary doubles as the other processes these tests need: an owner
@@ -172,39 +171,15 @@ func snapshot(t *testing.T, dir string) map[string]string {
 // its identity and a function that kills and reaps it.
 func startOwner(t *testing.T) (procid.Identity, func()) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), helperEnv+"=block")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := false
-	kill := func() {
-		if done {
-			return
-		}
-		done = true
-		cmd.Process.Kill()
-		cmd.Wait()
-		stdin.Close()
-	}
-	t.Cleanup(kill)
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "alive\n" {
+	p := testproc.Start(t, append(os.Environ(), helperEnv+"=block"))
+	if line, err := p.Out.ReadString('\n'); err != nil || line != "alive\n" {
 		t.Fatalf("owner helper said %q, %v", line, err)
 	}
-	id, err := procid.Of(cmd.Process.Pid)
+	id, err := procid.Of(p.Pid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return id, kill
+	return id, p.Stop
 }
 
 func TestAcquireRenewRelease(t *testing.T) {
@@ -636,22 +611,8 @@ func TestWaiterInAnotherProcessGetsLease(t *testing.T) {
 	ctx := context.Background()
 	held := mustAcquire(t, m, "main", req(t, "parent", time.Hour))
 
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), helperEnv+"=waiter", dirEnv+"="+dir)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pipe, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	out := bufio.NewReader(pipe)
+	p := testproc.Start(t, append(os.Environ(), helperEnv+"=waiter", dirEnv+"="+dir))
+	cmd, stdin, out := p.Cmd, p.In, p.Out
 	line := func() string {
 		t.Helper()
 		s, err := out.ReadString('\n')

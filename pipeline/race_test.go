@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/testproc"
 )
 
 // runningWithExit makes job (task, stage, attempt) on branch the way a
@@ -79,30 +79,11 @@ func TestFinalizeRace(t *testing.T) {
 	}
 	var rs []racer
 	for i := 0; i < racers; i++ {
-		cmd := exec.Command(os.Args[0])
-		cmd.Env = helperEnviron(repo, "finalize")
-		cmd.Stderr = os.Stderr
-		in, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
 		// On success the racers have been told to stop below; on failure
-		// they are killed. Either way they are waited for here.
-		t.Cleanup(func() {
-			in.Close()
-			if t.Failed() {
-				cmd.Process.Kill()
-			}
-			cmd.Wait()
-		})
-		rs = append(rs, racer{cmd.Process.Pid, in, bufio.NewReader(out)})
+		// they are killed. Either way they are waited for.
+		p := testproc.Start(t, helperEnviron(repo, "finalize"))
+		p.WaitAtCleanup = true
+		rs = append(rs, racer{p.Pid(), p.In, p.Out})
 	}
 
 	me := itoa(os.Getpid())

@@ -28,6 +28,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/reaper"
+	"github.com/orch-hooks/orch-hooks/testproc"
 )
 
 // The test binary doubles as a racing reaper (race_test.go): with
@@ -462,28 +463,9 @@ func startHelpers(t *testing.T, n int, repo *gittest.Repo, cfg *config.Config) [
 	cfgPath := writeConfig(t, cfg)
 	var hs []*helper
 	for i := 0; i < n; i++ {
-		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(repo.Env(), helperEnv+"=pass", repoEnv+"="+repo.Dir, configEnv+"="+cfgPath)
-		cmd.Stderr = os.Stderr
-		in, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			in.Close()
-			if t.Failed() {
-				cmd.Process.Kill()
-			}
-			cmd.Wait()
-		})
-		hs = append(hs, &helper{pid: cmd.Process.Pid, in: in, out: bufio.NewReaderSize(out, 1<<20)})
+		p := testproc.Start(t, append(repo.Env(), helperEnv+"=pass", repoEnv+"="+repo.Dir, configEnv+"="+cfgPath))
+		p.WaitAtCleanup = true
+		hs = append(hs, &helper{pid: p.Pid(), in: p.In, out: p.Out})
 	}
 	for i, h := range hs {
 		line, err := h.out.ReadString('\n')

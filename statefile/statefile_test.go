@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/orch-hooks/orch-hooks/testproc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,22 +81,8 @@ func holdLock(path string) {
 
 func helper(t *testing.T, kind, path string) (*exec.Cmd, *bufio.Reader, func()) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "STATEFILE_HELPER="+kind, "STATEFILE_PATH="+path)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return cmd, bufio.NewReader(stdout), func() { stdin.Close() }
+	p := testproc.Start(t, append(os.Environ(), "STATEFILE_HELPER="+kind, "STATEFILE_PATH="+path))
+	return p.Cmd, p.Out, func() { p.In.Close() }
 }
 
 // A writer killed with SIGKILL at any point leaves the old record or the new
