@@ -10,9 +10,9 @@ import (
 
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
-	"github.com/orch-hooks/orch-hooks/gittest"
 	"github.com/orch-hooks/orch-hooks/hooks"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/pipelinetest"
 )
 
 // BenchmarkRun is what an installed hook does once the binary has started
@@ -24,18 +24,7 @@ func BenchmarkRun(b *testing.B) {
 	for _, queued := range []int{0, 1000} {
 		for _, mode := range []string{"skip", "pass"} {
 			b.Run(fmt.Sprintf("%s/queued=%d", mode, queued), func(b *testing.B) {
-				r := gittest.New(b)
-				repo, err := gitstate.Open(r.Dir)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := gitstate.Init(repo.StateDir()); err != nil {
-					b.Fatal(err)
-				}
-				s, err := gitstate.OpenStore(repo.StateDir())
-				if err != nil {
-					b.Fatal(err)
-				}
+				_, repo, s := pipelinetest.NewState(b)
 				for i := 0; i < queued; i++ {
 					task := fmt.Sprintf("q-%d", i)
 					j := &gitstate.Job{ID: gitstate.JobID(task, "implement", 1), Task: task, Stage: "implement", Branch: task, Target: "main", Attempt: 1, Status: gitstate.Queued}

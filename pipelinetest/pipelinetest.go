@@ -32,20 +32,31 @@ func Open(dir string) (*pipeline.Env, error) {
 	return &pipeline.Env{Repo: r, Store: s, Config: cfg}, nil
 }
 
-// New makes a repository (gittest.New) with orchToml as its orch.toml and
-// an initialised state dir, and opens its pipeline in this process with
-// the store's actor set to "test".
-func New(t testing.TB, orchToml string) (*gittest.Repo, *pipeline.Env) {
+// NewState makes a repository (gittest.New) with an initialised state dir,
+// opened, for tests that build their configuration in memory.
+func NewState(t testing.TB) (*gittest.Repo, *gitstate.Repo, *gitstate.Store) {
 	t.Helper()
 	repo := gittest.New(t)
-	if err := os.WriteFile(filepath.Join(repo.Dir, config.FileName), []byte(orchToml), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	r, err := gitstate.Open(repo.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := gitstate.Init(r.StateDir()); err != nil {
+		t.Fatal(err)
+	}
+	s, err := gitstate.OpenStore(r.StateDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo, r, s
+}
+
+// New makes a repository (NewState) with orchToml as its orch.toml, and
+// opens its pipeline in this process with the store's actor set to "test".
+func New(t testing.TB, orchToml string) (*gittest.Repo, *pipeline.Env) {
+	t.Helper()
+	repo, _, _ := NewState(t)
+	if err := os.WriteFile(filepath.Join(repo.Dir, config.FileName), []byte(orchToml), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	env, err := Open(repo.Dir)

@@ -14,8 +14,8 @@ import (
 
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
-	"github.com/orch-hooks/orch-hooks/gittest"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/pipelinetest"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/reaper"
 )
@@ -26,18 +26,7 @@ import (
 // that seeding 100,000 jobs takes seconds).
 func benchEnv(b *testing.B, running, ended int) *pipeline.Env {
 	b.Helper()
-	r := gittest.New(b)
-	repo, err := gitstate.Open(r.Dir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := gitstate.Init(repo.StateDir()); err != nil {
-		b.Fatal(err)
-	}
-	s, err := gitstate.OpenStore(repo.StateDir())
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, repo, s := pipelinetest.NewState(b)
 	self, err := procid.Self()
 	if err != nil {
 		b.Fatal(err)

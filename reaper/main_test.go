@@ -26,6 +26,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/gittest"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/pipelinetest"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/reaper"
 	"github.com/orch-hooks/orch-hooks/testproc"
@@ -132,18 +133,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	repo := gittest.New(t)
-	r, err := gitstate.Open(repo.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gitstate.Init(r.StateDir()); err != nil {
-		t.Fatal(err)
-	}
-	s, err := gitstate.OpenStore(r.StateDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo, r, s := pipelinetest.NewState(t)
 	cfg := config.Default()
 	cfg.Stages = testStages()
 	cfg.Reaper.IntervalS = 0
