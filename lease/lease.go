@@ -197,6 +197,12 @@ func (m *Manager) TryAcquire(ctx context.Context, target string, req Request) (*
 		return nil, fmt.Errorf("lease %s: ttl must be positive (got %s)", target, req.TTL)
 	}
 	unlock, err := m.lock(ctx, target)
+	if errors.Is(err, statefile.ErrLockTimeout) && ctx.Err() != nil {
+		// The caller's wait for the lease is over while another process
+		// holds the record lock (a renewal, a fenced write): busy, as a
+		// held lease is, not a failure.
+		return nil, fmt.Errorf("lease %s: %w: another process is changing it (%v)", target, ErrBusy, err)
+	}
 	if err != nil {
 		return nil, err
 	}

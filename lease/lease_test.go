@@ -764,3 +764,26 @@ func TestWaiterWokenByRelease(t *testing.T) {
 		t.Fatalf("waiter after the release: %v (a context deadline here means it slept through the release)", err)
 	}
 }
+
+// An acquire whose wait is over while another process holds the record
+// lock (a renewal, a fenced write) reports the lease busy, exit 3, not a
+// failure: lease_cli.txtar's `lease acquire --wait 0s` met a renewal of
+// `lease run` there and failed with a lock timeout.
+func TestAcquireBusyWhileRecordLocked(t *testing.T) {
+	m, _, _ := newManager(t)
+	mustAcquire(t, m, "other", req(t, "x", time.Hour)) // creates the leases dir
+	unlock, err := statefile.Lock(context.Background(), lease.LockPath(m, "main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 0)
+	defer cancel()
+	_, err = m.Acquire(ctx, "main", req(t, "bob", time.Hour))
+	if !errors.Is(err, lease.ErrBusy) {
+		t.Fatalf("acquire with no wait while the record is locked: %v, want ErrBusy", err)
+	}
+	if l := mustGet(t, m, "main"); l != nil {
+		t.Fatalf("lease written while its record was locked: %+v", l)
+	}
+}
