@@ -125,7 +125,9 @@ func (s *Store) now() time.Time { return s.Now().UTC() }
 
 // Create stores j as a new queued job, exclusively: if a job with that id
 // exists, nothing is written and the existing job is returned with
-// created=false. j.Status must be Queued.
+// created=false. An id gc collected (it has a tombstone) is refused with an
+// error wrapping ErrCollected: a job id runs at most once, gc or not.
+// j.Status must be Queued.
 func (s *Store) Create(j *Job) (stored *Job, created bool, err error) {
 	if err := ValidateJobID(j.ID); err != nil {
 		return nil, false, err
@@ -133,10 +135,20 @@ func (s *Store) Create(j *Job) (stored *Job, created bool, err error) {
 	if j.Status != Queued {
 		return nil, false, fmt.Errorf("create job %s: status %q, want queued", j.ID, j.Status)
 	}
-	if existing, err := s.Get(j.ID); err == nil {
-		return existing, false, nil
-	} else if !errors.Is(err, ErrNotFound) {
+	// Checked once without the lock, so a refused or repeated enqueue writes
+	// nothing (not even a lock file), then again under the job's lock,
+	// which gc holds from writing the tombstone to removing the record: a
+	// Create never slips a new record in behind a collection.
+	if existing, err := s.lookupForCreate(j.ID); existing != nil || err != nil {
+		return existing, false, err
+	}
+	unlock, err := s.Lock(context.Background(), j.ID)
+	if err != nil {
 		return nil, false, err
+	}
+	defer unlock()
+	if existing, err := s.lookupForCreate(j.ID); existing != nil || err != nil {
+		return existing, false, err
 	}
 	j = j.Clone()
 	j.Version = RecordVersion

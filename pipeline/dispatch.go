@@ -134,8 +134,10 @@ func (e *Env) StartMonitor(exe string, args ...string) MonitorStarter {
 }
 
 // Retry enqueues the next attempt of a failed or cancelled job: same task,
-// stage and branch, attempt + 1. The old record is untouched. Retrying the
-// same job again finds the attempt already made (created=false).
+// stage and branch, the first attempt after the job's whose id gc has not
+// collected (attempt + 1 unless that one already ran and was collected).
+// The old record is untouched. Retrying the same job again finds the
+// attempt already made (created=false).
 func (e *Env) Retry(id string) (j *gitstate.Job, created bool, err error) {
 	old, err := e.Store.Get(id)
 	if err != nil {
@@ -144,5 +146,14 @@ func (e *Env) Retry(id string) (j *gitstate.Job, created bool, err error) {
 	if old.Status != gitstate.Failed && old.Status != gitstate.Cancelled {
 		return old, false, fmt.Errorf("job %s is %s: %w: only a failed or cancelled job can be retried", id, old.Status, ErrWrongStatus)
 	}
-	return e.Enqueue(Request{Task: old.Task, Stage: old.Stage, Branch: old.Branch, Target: old.Target, Attempt: old.Attempt + 1})
+	r := Request{Task: old.Task, Stage: old.Stage, Branch: old.Branch, Target: old.Target, Attempt: old.Attempt + 1}
+	free, err := e.nextFreeAttempt(r)
+	if err != nil {
+		return nil, false, fmt.Errorf("retry %s: %w", id, err)
+	}
+	if free == 0 {
+		return nil, false, fmt.Errorf("retry %s: attempts %d to %d were all collected by gc; %w", id, r.Attempt, r.Attempt+maxAttemptProbe-1, ErrWrongStatus)
+	}
+	r.Attempt = free
+	return e.Enqueue(r)
 }

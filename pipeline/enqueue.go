@@ -77,7 +77,88 @@ func (e *Env) Enqueue(r Request) (j *gitstate.Job, created bool, err error) {
 		Attempt: r.Attempt,
 		Status:  gitstate.Queued,
 	}
-	return e.Store.Create(j)
+	j, created, err = e.Store.Create(j)
+	if errors.Is(err, gitstate.ErrCollected) {
+		return nil, false, e.collectedError(r)
+	}
+	return j, created, err
+}
+
+// maxAttemptProbe bounds the search for an attempt whose id gc has not
+// collected (each probe is one lookup by name).
+const maxAttemptProbe = 1000
+
+// nextFreeAttempt is the first attempt from r.Attempt on whose job id has
+// no tombstone (it may exist: then it is that job), or 0 if none within
+// maxAttemptProbe.
+func (e *Env) nextFreeAttempt(r Request) (int, error) {
+	for a := r.Attempt; a < r.Attempt+maxAttemptProbe; a++ {
+		collected, err := e.Store.Collected(gitstate.JobID(r.Task, r.Stage, a))
+		if err != nil {
+			return 0, err
+		}
+		if !collected {
+			return a, nil
+		}
+	}
+	return 0, nil
+}
+
+// CollectedError refuses to enqueue a job id that already ran and that gc
+// collected: a job id runs at most once. It is a definite "no" (it wraps
+// ErrWrongStatus as well as gitstate.ErrCollected) and names the attempt to
+// enqueue instead.
+type CollectedError struct {
+	ID   string
+	Path string // the tombstone
+	// Free is the first later attempt whose id is not collected, 0 if the
+	// search gave up.
+	Free int
+	// Hint is the command that enqueues attempt Free, for the message.
+	Hint string
+}
+
+func (e *CollectedError) Error() string {
+	msg := fmt.Sprintf("job %s already ran and was collected by gc (tombstone %s); a job id runs at most once", e.ID, e.Path)
+	if e.Hint != "" {
+		msg += "; to run it again, " + e.Hint
+	}
+	return msg
+}
+
+// Is makes a CollectedError both gitstate.ErrCollected and ErrWrongStatus.
+func (e *CollectedError) Is(target error) bool {
+	return target == gitstate.ErrCollected || target == ErrWrongStatus
+}
+
+func (e *Env) collectedError(r Request) error {
+	id := gitstate.JobID(r.Task, r.Stage, r.Attempt)
+	ce := &CollectedError{ID: id, Path: e.Store.TombstonePath(id)}
+	next := r
+	next.Attempt++
+	free, err := e.nextFreeAttempt(next)
+	if err != nil {
+		return fmt.Errorf("%w (and finding a free attempt: %v)", ce, err)
+	}
+	ce.Free = free
+	if free > 0 {
+		args := "--branch " + shellWord(r.Branch)
+		if r.Task != r.Branch {
+			args += " --task " + shellWord(r.Task)
+		}
+		ce.Hint = fmt.Sprintf("enqueue attempt %d: orch-hooks enqueue %s --stage %s --attempt %d", free, args, shellWord(r.Stage), free)
+	}
+	return ce
+}
+
+// shellWord quotes s for a command line shown to a person, only if needed.
+func shellWord(s string) string {
+	if s != "" && strings.IndexFunc(s, func(c rune) bool {
+		return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_./:@+=,", c))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func (e *Env) configName() string {

@@ -134,6 +134,11 @@ func (e *Env) RepairAdvance(ctx context.Context, j *gitstate.Job) (next *gitstat
 		ID: j.NextJob, Task: j.Task, Stage: stage.Next, Branch: j.Branch, Target: j.Target,
 		Attempt: j.Attempt, Status: gitstate.Queued,
 	})
+	if errors.Is(err, gitstate.ErrCollected) {
+		// The next job existed, ran and was collected by gc: the advance
+		// happened long ago, and a job id runs at most once.
+		return nil, false, e.Store.ClearAdvance(j.ID)
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("job %s: advance to %s: %w", j.ID, j.NextJob, err)
 	}
@@ -141,13 +146,20 @@ func (e *Env) RepairAdvance(ctx context.Context, j *gitstate.Job) (next *gitstat
 }
 
 // NeedsAdvance reports whether done job j names a next job that does not
-// exist: its advancer died between the terminal claim and the enqueue.
+// exist: its advancer died between the terminal claim and the enqueue. A
+// next job gc collected (it has a tombstone) existed: no advance is due.
 func (e *Env) NeedsAdvance(j *gitstate.Job) bool {
 	if j.Status != gitstate.Done || j.NextJob == "" {
 		return false
 	}
 	_, err := e.Store.Get(j.NextJob)
-	return errors.Is(err, gitstate.ErrNotFound)
+	if !errors.Is(err, gitstate.ErrNotFound) {
+		return false
+	}
+	// A failed lookup counts as due: gc keeps j, and the repair's Create
+	// reports the error.
+	collected, err := e.Store.Collected(j.NextJob)
+	return err != nil || !collected
 }
 
 // needsWorktree reports whether any gate of the stage looks at the task's

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/statefile"
 )
@@ -32,7 +33,9 @@ const tempAge = time.Hour
 // A worktree with uncommitted changes is kept, with its task's records so
 // the next gc sees it again, unless force. Only worktrees under the
 // configured worktrees dir are ever removed; branches are never touched.
-// Unreadable records are never removed.
+// Unreadable records are never removed. Each collected job id leaves a
+// tombstone (Store.Tombstone) that gc never removes, so the id is never
+// created, and never runs, again; a dry run writes none.
 func (e *Env) GC(ctx context.Context, olderThan time.Duration, dryRun, force bool) (GCReport, error) {
 	rep := GCReport{DryRun: dryRun, Jobs: []string{}, Worktrees: []string{}, KeptDirty: []string{}, Temps: []string{}}
 	l, err := e.Store.All()
@@ -101,7 +104,7 @@ func (e *Env) GC(ctx context.Context, olderThan time.Duration, dryRun, force boo
 				}
 			}
 			if !dryRun {
-				if err := e.Store.Remove(j.ID); err != nil {
+				if err := e.collect(ctx, j.ID); err != nil {
 					return rep, err
 				}
 			}
@@ -129,4 +132,22 @@ func (e *Env) GC(ctx context.Context, olderThan time.Duration, dryRun, force boo
 		gitstate.Git(ctx, e.gitDir(), "worktree", "prune")
 	}
 	return rep, nil
+}
+
+// collect removes ended job id's record, log and lock file, leaving its
+// tombstone. The tombstone is written first, so a crash in between leaves
+// the record (the id still exists, and the next gc collects it) and never
+// an id with neither. Both happen under the job's lock, which Create takes
+// too: no enqueue sees the record gone before the tombstone is there.
+func (e *Env) collect(ctx context.Context, id string) error {
+	unlock, err := e.Store.Lock(ctx, id)
+	if err != nil {
+		return fmt.Errorf("gc: %w", err)
+	}
+	defer unlock()
+	if err := e.Store.Tombstone(id); err != nil {
+		return fmt.Errorf("gc: %w", err)
+	}
+	crashpoint.Hit("gc.tombstoned")
+	return e.Store.Remove(id)
 }
