@@ -46,7 +46,11 @@ func Dir(ctx context.Context, dir string) (string, error) {
 	return filepath.Clean(out), nil
 }
 
-// Script is the hook script for name, calling the binary at exe. With
+// Script is the hook script for name, calling the binary at exe. If exe is
+// gone, the hook does no pass: it prints one line on stderr naming exe
+// and, when there is one, the orch-hooks on PATH that it did not run (an
+// unknown build must not act on the state silently), and exits with the
+// chained hook's status (0 without one), so git goes on. With
 // skipNotDue (the hooks dir is the repository's own <git-dir>/hooks, so
 // the state dir is ../orch from it) the script first reads the due file
 // (DueFileName) with shell builtins only and exits, without starting the
@@ -83,10 +87,10 @@ if [ "${ORCH_HOOKS:-1}" != 0 ]; then
 	bin=` + q + `
 	if [ -x "$bin" ]; then
 ` + skip + `		"$bin" hook ` + name + ` "$@" </dev/null
-	elif command -v orch-hooks >/dev/null 2>&1; then
-		orch-hooks hook ` + name + ` "$@" </dev/null
+	elif other=$(command -v orch-hooks 2>/dev/null) && [ -n "$other" ]; then
+		printf 'orch-hooks: %s hook skipped: %s is gone; not running %s from PATH, which may be another build (%s install switches the hooks to it)\n' ` + name + ` "$bin" "$other" "$other" >&2
 	else
-		echo "orch-hooks: ` + name + ` hook skipped: no orch-hooks at $bin or on PATH (orch-hooks uninstall removes the hook)" >&2
+		printf 'orch-hooks: %s hook skipped: %s is gone and no orch-hooks is on PATH (install it again, or orch-hooks uninstall removes the hooks)\n' ` + name + ` "$bin" >&2
 	fi
 fi
 exit $status

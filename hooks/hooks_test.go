@@ -483,20 +483,34 @@ func TestScriptBinaryGone(t *testing.T) {
 		}
 	}
 	stderr, code := s.run("post-checkout", "", []string{"PATH=" + noOrch, "ORCH_HOOKS="}, "a", "b", "1")
-	want := "orch-hooks: post-checkout hook skipped: no orch-hooks at " + s.exe + " or on PATH (orch-hooks uninstall removes the hook)\n"
+	want := "orch-hooks: post-checkout hook skipped: " + s.exe + " is gone and no orch-hooks is on PATH (install it again, or orch-hooks uninstall removes the hooks)\n"
 	if code != 0 || stderr != want {
 		t.Errorf("binary gone: exit %d, stderr %q; want 0 and %q", code, stderr, want)
 	}
 
-	// An orch-hooks on PATH is the fallback.
-	fallback := filepath.Join(noOrch, "orch-hooks")
-	writeFile(t, fallback, fakeBinary(s.record), 0o755)
+	// Another orch-hooks on PATH may be another build: it is named, not
+	// run, in one line; the hook still succeeds.
+	other := filepath.Join(noOrch, "orch-hooks")
+	writeFile(t, other, fakeBinary(s.record), 0o755)
 	stderr, code = s.run("post-checkout", "", []string{"PATH=" + noOrch, "ORCH_HOOKS="}, "a", "b", "1")
-	if code != 0 || stderr != "" {
-		t.Errorf("fallback on PATH: exit %d, stderr %q", code, stderr)
+	want = "orch-hooks: post-checkout hook skipped: " + s.exe + " is gone; not running " + other +
+		" from PATH, which may be another build (" + other + " install switches the hooks to it)\n"
+	if code != 0 || stderr != want {
+		t.Errorf("binary gone, another on PATH: exit %d, stderr %q; want 0 and %q", code, stderr, want)
 	}
-	if got := s.recorded(); !strings.Contains(got, "arg: hook\narg: post-checkout\narg: a\narg: b\narg: 1\n") {
-		t.Errorf("the orch-hooks on PATH was not run as the hook: %q", got)
+	if got := s.recorded(); got != "" {
+		t.Errorf("the orch-hooks on PATH was run in place of the missing %s: %q", s.exe, got)
+	}
+
+	// A chained hook still runs first and its status is still the hook's.
+	chainedRecord := filepath.Join(filepath.Dir(s.dir), "chained")
+	writeFile(t, filepath.Join(s.dir, "post-checkout"+hooks.ChainedSuffix), "#!/bin/sh\necho ran > '"+chainedRecord+"'\nexit 5\n", 0o755)
+	stderr, code = s.run("post-checkout", "", []string{"PATH=" + noOrch, "ORCH_HOOKS="}, "a", "b", "1")
+	if code != 5 || stderr != want {
+		t.Errorf("binary gone, chained hook: exit %d, stderr %q; want 5 and %q", code, stderr, want)
+	}
+	if _, err := os.Stat(chainedRecord); err != nil {
+		t.Errorf("chained hook not run: %v", err)
 	}
 }
 
