@@ -146,6 +146,9 @@ func (e *Env) collectedError(r Request) error {
 		if r.Task != r.Branch {
 			args += " --task " + shellWord(r.Task)
 		}
+		if r.Target != e.Config.Target {
+			args += " --target " + shellWord(r.Target)
+		}
 		ce.Hint = fmt.Sprintf("enqueue attempt %d: orch-hooks enqueue %s --stage %s --attempt %d", free, args, shellWord(r.Stage), free)
 	}
 	return ce
