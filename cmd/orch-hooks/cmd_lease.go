@@ -356,6 +356,15 @@ func setupMerge(fs *flag.FlagSet, c *cli) func([]string) error {
 			if _, err := c.openStore(); err != nil {
 				return err
 			}
+			if req.Token == 0 {
+				// The lease this merge takes lives lease.ttl_s
+				// (ORCH_LEASE_TTL_S wins), like every other lease.
+				cfg, err := c.loadConfig()
+				if err != nil {
+					return err
+				}
+				req.TTL = cfg.Lease.TTL()
+			}
 		}
 		res, err := merge.New(r).Merge(c.ctx, req)
 		if res != nil {
@@ -394,6 +403,11 @@ func (c *cli) printMerge(res *merge.Result, check bool) {
 		}
 		return
 	}
+	if !res.Written && (res.Kind == merge.FastForward || res.Kind == merge.Merged) {
+		// Decided but not written (refused, fenced out, failed): the
+		// error says why; claim nothing.
+		return
+	}
 	switch res.Kind {
 	case merge.AlreadyMerged:
 		c.errf("%s is already merged into %s (%s): nothing written\n", res.Branch, res.Target, short(res.OldTarget))
@@ -410,6 +424,8 @@ func (c *cli) printMerge(res *merge.Result, check bool) {
 		c.errf("pushed %s\n", res.Target)
 	}
 	if res.Worktree != "" {
+		// Set only once the worktree's index and files hold the new
+		// commit (merge.moveWithWorktree).
 		c.errf("updated the worktree %s\n", res.Worktree)
 	}
 }
