@@ -453,9 +453,16 @@ func (m *Merger) casRef(ctx context.Context, req Request, old, new string, res *
 			return nil
 		}
 		cur, rerr := m.Repo.ResolveCommit(ctx, "refs/heads/"+req.Target)
-		if rerr == nil && cur != old {
+		switch {
+		case rerr == nil && cur == new:
+			// The update happened and only its report was lost (we hold
+			// the lease: nobody else wrote this value).
+			return nil
+		case rerr == nil && cur != old:
 			moved = true
 			return nil
+		case rerr == nil:
+			return fmt.Errorf("update %s: %w; %s was not moved", req.Target, err, req.Target)
 		}
 		return fmt.Errorf("update %s: %w", req.Target, err)
 	})
