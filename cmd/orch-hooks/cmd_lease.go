@@ -42,8 +42,10 @@ A lease busy past --wait exits 3.`,
 real merge computed with git merge-tree (no worktree touched) and committed
 with an Orch-Job trailer for a job. The target moves by compare-and-swap,
 fencing-checked against the lease token. A worktree that has the target
-checked out is brought along when clean and the merge is refused (exit 1)
-when it has local changes. --check decides and reports without writing (a
+checked out moves with it, under its index.lock (waiting up to 3s for
+another git process to let go), or the target does not move: the merge
+is refused (exit 1) when that worktree has local changes or cannot be
+brought along. The lease lives lease.ttl_s (ORCH_LEASE_TTL_S). --check decides and reports without writing (a
 CI pre-merge step). --remote R fetches first and pushes the result with
 --force-with-lease. Without --token the merge takes the target's lease,
 waiting up to --wait (default 10m). Exit 3: conflict, not a fast-forward
