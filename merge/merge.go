@@ -450,6 +450,7 @@ func (m *Merger) casRef(ctx context.Context, req Request, old, new string, res *
 		_, err := gitstate.Git(ctx, m.Repo.CommonDir, "update-ref", "-m", "orch-hooks merge "+res.Branch,
 			"refs/heads/"+req.Target, new, old)
 		if err == nil {
+			res.Written = true
 			return nil
 		}
 		cur, rerr := m.Repo.ResolveCommit(ctx, "refs/heads/"+req.Target)
@@ -457,6 +458,7 @@ func (m *Merger) casRef(ctx context.Context, req Request, old, new string, res *
 		case rerr == nil && cur == new:
 			// The update happened and only its report was lost (we hold
 			// the lease: nobody else wrote this value).
+			res.Written = true
 			return nil
 		case rerr == nil && cur != old:
 			moved = true

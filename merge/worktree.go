@@ -78,6 +78,14 @@ func (p *pending) indexPath() string { return filepath.Join(p.GitDir, "index") }
 // tool. Only the holder of index.lock uses it.
 func (p *pending) scratchPath() string { return filepath.Join(p.GitDir, "orch-merge-index") }
 
+// removeScratch removes the scratch index and what a stopped read-tree or
+// copy may have left beside it.
+func (p *pending) removeScratch() {
+	for _, suffix := range []string{"", ".lock", ".tmp"} {
+		os.Remove(p.scratchPath() + suffix)
+	}
+}
+
 // ours reports whether index.lock is the file this move created.
 func (p *pending) ours() bool {
 	fi, err := os.Lstat(p.lockPath())
@@ -194,15 +202,14 @@ func (m *Merger) moveWithWorktree(ctx context.Context, req Request, wt, old, new
 	// run; a failure undoes the move and then deletes the record.
 	abandon := func() error {
 		lk.Close()
-		os.Remove(p.scratchPath())
-		os.Remove(p.scratchPath() + ".lock")
+		p.removeScratch()
 		if err := os.Remove(p.lockPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 		return m.clearPending(p.Target)
 	}
 	crashpoint.Hit("merge.index_locked")
-	os.Remove(p.scratchPath() + ".lock") // a read-tree killed before ours
+	p.removeScratch() // a read-tree or copy killed before ours
 	if err := copyFile(p.indexPath(), p.scratchPath()); err != nil {
 		abandon()
 		return false, fmt.Errorf("merge into %s: copy the index of %s: %w; %s was not moved", req.Target, wt, err, req.Target)
@@ -295,21 +302,30 @@ func commitLock(lk *os.File, p pending) error {
 	return nil
 }
 
+// copyFile copies src to dst through a temporary file renamed over dst, so
+// that a crash never leaves a torn dst (a torn scratch index would make
+// every later roll back fail).
 func copyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o666)
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o666)
 	if err != nil {
 		return err
 	}
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
+		os.Remove(tmp)
 		return err
 	}
-	return out.Close()
+	if err := out.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, dst)
 }
 
 // indexHolds reports whether the index file at index holds to's version of
@@ -369,8 +385,7 @@ func (m *Merger) recover(ctx context.Context, p pending) error {
 	}
 	ours := p.ours()
 	abandon := func() error {
-		os.Remove(p.scratchPath())
-		os.Remove(p.scratchPath() + ".lock")
+		p.removeScratch()
 		if ours {
 			if err := os.Remove(p.lockPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
@@ -396,8 +411,7 @@ func (m *Merger) recover(ctx context.Context, p pending) error {
 			return fmt.Errorf("%s points at %s but %s (left by a merge that stopped) does not hold its tree; index.lock is left in place so no commit reverts the merge; run git -C %s reset --keep %s after removing it",
 				p.Target, short(p.To), p.lockPath(), p.Worktree, short(p.To))
 		}
-		os.Remove(p.scratchPath())
-		os.Remove(p.scratchPath() + ".lock")
+		p.removeScratch()
 		if err := commitLock(nil, p); err != nil {
 			return fmt.Errorf("finish the worktree move of %s: %w", p.Target, err)
 		}
@@ -427,7 +441,20 @@ func (m *Merger) recover(ctx context.Context, p pending) error {
 			return abandon() // read-tree never ran: the files are as they were
 		}
 		os.Remove(p.scratchPath() + ".lock")
-		return m.rollBack(ctx, p, abandon, nil)
+		err := m.rollBack(ctx, p, abandon, nil)
+		if err == nil {
+			return nil
+		}
+		// The files cannot be put back. The ref never moved and the index
+		// file was never replaced, so letting go of the lock is safe: no
+		// commit can revert a merge that did not happen, and no local
+		// change was ever overwritten. What the stopped merge wrote shows
+		// as local changes, and this says so once.
+		if aerr := abandon(); aerr != nil {
+			return fmt.Errorf("%v; and removing index.lock: %w", err, aerr)
+		}
+		return fmt.Errorf("a merge into %s stopped while moving the files of %s and they could not all be put back (%v); %s was not moved, and git status there shows what that merge wrote: check it, then run the merge again",
+			p.Target, p.Worktree, err, p.Target)
 	}
 	return abandon()
 }

@@ -388,3 +388,63 @@ func TestIndexLockTakenAfterCheck(t *testing.T) {
 	}
 	f.inStep("after the re-run")
 }
+
+// After a crash with main moved and index.lock holding the new index,
+// someone removes the lock by hand (git's own advice for a stale lock):
+// the index is the old tree, the files the new. The next merge brings the
+// index to main's tree, touching no file.
+func TestLockRemovedByHandAfterCrash(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	b, tgt := divergent(f)
+	runCrashing(t, f, "feat/x", "merge.update_ref")
+	if f.rev("main") == tgt {
+		t.Fatal("crash at merge.update_ref: main did not move")
+	}
+	if err := os.Remove(filepath.Join(f.dir, ".git", "index.lock")); err != nil {
+		t.Fatalf("the crashed merge's index.lock: %v", err)
+	}
+	if _, errs := f.m.Leases.ReclaimStale(context.Background(), false); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	res := f.mustMerge(merge.Request{Branch: "feat/x", Job: "job-feat/x", Author: author})
+	if res.Kind != merge.AlreadyMerged || !f.isAncestor(b, f.rev("main")) {
+		t.Fatalf("re-run: %+v", res)
+	}
+	f.inStep("re-run after the lock was removed by hand")
+}
+
+// After a crash with the files moved and main not, the files cannot be put
+// back (read-tree fails): the next run lets go of index.lock anyway (main
+// never moved, the index file was never replaced), says what happened, and
+// the run after that merges once the user has looked.
+func TestRollBackFailsAfterCrash(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	b, tgt := divergent(f)
+	runCrashing(t, f, "feat/x", "merge.index_ready")
+	if _, errs := f.m.Leases.ReclaimStale(context.Background(), false); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	env, _ := faulty(t, "read-tree:fail")
+	out, ok := runHelper(t, f, "feat/x", env...)
+	if ok || !strings.Contains(out, "could not all be put back") || !strings.Contains(out, "main was not moved") {
+		t.Fatalf("re-run with read-tree failing: %q, succeeded = %v", out, ok)
+	}
+	if f.rev("main") != tgt {
+		t.Fatal("main moved")
+	}
+	f.noLeftovers("after the failed roll back")
+	// What the stopped merge wrote: x.txt, unknown to the old index.
+	if st := f.git("status", "--porcelain"); st != "?? x.txt" {
+		t.Fatalf("status after the failed roll back: %q, want x.txt shown", st)
+	}
+	if err := os.Remove(filepath.Join(f.dir, "x.txt")); err != nil {
+		t.Fatal(err)
+	}
+	f.mustMerge(merge.Request{Branch: "feat/x", Job: "job-feat/x", Author: author})
+	if !f.isAncestor(b, f.rev("main")) || f.mergeCommits("main", "feat/x") != 1 {
+		t.Fatal("the merge after did not land once")
+	}
+	f.inStep("after the merge")
+}
