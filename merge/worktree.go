@@ -372,8 +372,17 @@ func (m *Merger) finishSync(ctx context.Context, target string, token uint64) (o
 	if _, err := toml.Decode(string(data), &p); err != nil {
 		return true, &gitstate.UnreadableError{Path: m.pendingPath(target), Err: err}
 	}
-	if p.GitDir == "" || p.From == "" || p.To == "" {
-		return true, &gitstate.UnreadableError{Path: m.pendingPath(target), Err: errors.New("git_dir, from or to missing")}
+	if p.Worktree == "" || p.From == "" || p.To == "" {
+		return true, &gitstate.UnreadableError{Path: m.pendingPath(target), Err: errors.New("worktree, from or to missing")}
+	}
+	if p.GitDir == "" {
+		// A record of an earlier version, written before its ref update
+		// and holding no lock: the worktree may still be at the old tree.
+		if _, err := os.Stat(p.Worktree); err == nil {
+			if p.GitDir, err = worktreeGitDir(ctx, p.Worktree); err != nil {
+				return true, err
+			}
+		}
 	}
 	return true, m.Leases.WithToken(ctx, target, token, func() error { return m.recover(ctx, p) })
 }
@@ -459,10 +468,12 @@ func (m *Merger) recover(ctx context.Context, p pending) error {
 	return abandon()
 }
 
-// repairIndex brings an index left at the old tree (its lock removed by
-// hand after a crash, the files already moved) to the target's tree,
-// under index.lock: index only (read-tree -m without -u), so no file is
-// touched and whatever differs from the target shows as a local change.
+// repairIndex brings an index left at the old tree to the target's tree,
+// under index.lock: files and index (read-tree -m -u) when the files are
+// still at the old tree (a record of an earlier version, whose ref moved
+// first), else index only (read-tree -m: the lock was removed by hand
+// after a crash, the files already moved), touching no file, so whatever
+// differs from the target shows as a local change.
 func (m *Merger) repairIndex(ctx context.Context, p pending) error {
 	lk, err := lockIndex(ctx, p.GitDir, p.Worktree, IndexLockWaitDefault)
 	if err != nil {
@@ -478,8 +489,13 @@ func (m *Merger) repairIndex(ctx context.Context, p pending) error {
 	if err := copyFile(p.indexPath(), p.scratchPath()); err != nil {
 		return fail(err)
 	}
-	if _, err := gitstate.GitEnvOut(ctx, p.Worktree, []string{"GIT_INDEX_FILE=" + p.scratchPath()}, nil, "read-tree", "-m", p.From, p.To); err != nil {
-		return fail(err)
+	scratch := []string{"GIT_INDEX_FILE=" + p.scratchPath()}
+	if _, err := gitstate.GitEnvOut(ctx, p.Worktree, scratch, nil, "read-tree", "-m", "-u", p.From, p.To); err != nil {
+		// read-tree refused before touching anything: the scratch index
+		// is still the copy.
+		if _, err := gitstate.GitEnvOut(ctx, p.Worktree, scratch, nil, "read-tree", "-m", p.From, p.To); err != nil {
+			return fail(err)
+		}
 	}
 	if err := fillLock(lk, p.scratchPath()); err != nil {
 		return fail(err)

@@ -448,3 +448,30 @@ func TestRollBackFailsAfterCrash(t *testing.T) {
 	}
 	f.inStep("after the merge")
 }
+
+// A pending record of the earlier version (written before its ref update,
+// no lock held, no git dir) whose merger died after moving the ref: the
+// index and files are still at the old tree; the next merge brings both
+// along.
+func TestLegacyPendingRecord(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	old := f.rev("main")
+	b := f.commitOn("feat/y", "main", map[string]string{"y.txt": "y\n"})
+	f.git("update-ref", "refs/heads/main", b, old)
+	rec := "target = \"main\"\nworktree = \"" + f.dir + "\"\nfrom = \"" + old + "\"\nto = \"" + b + "\"\n"
+	if err := os.MkdirAll(filepath.Join(f.repo.StateDir(), "merges"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.repo.StateDir(), "merges", "main.toml"), []byte(rec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := f.mustMerge(merge.Request{Branch: "feat/y", Author: author})
+	if res.Kind != merge.AlreadyMerged {
+		t.Fatalf("re-run: %+v", res)
+	}
+	f.inStep("after the legacy record was finished")
+	if _, err := os.Stat(filepath.Join(f.dir, "y.txt")); err != nil {
+		t.Fatalf("y.txt not brought along: %v", err)
+	}
+}
