@@ -141,10 +141,10 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 	}
 	// So is git status: a target worktree found clean now needs no second
 	// look under the lease (its files can change under the lease as well as
-	// before it: the lease does not lock the worktree, and the final
-	// read-tree -m -u never overwrites a local change). One found dirty is
-	// looked at again under the lease, where no other merge is half-way
-	// through bringing it along.
+	// before it: the lease does not lock the worktree, and the read-tree
+	// -m -u under its index.lock never overwrites a local change). One
+	// found dirty is looked at again under the lease, where no other merge
+	// is half-way through moving it.
 	cleanBefore := m.cleanWorktree(ctx, req.Target)
 	token := req.Token
 	if token == 0 {
@@ -178,8 +178,8 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 		return nil, err
 	}
 	if owed {
-		// A merge before this one left its sync owed: the worktree may not
-		// be what it was when found clean.
+		// A merge before this one left its worktree move under way: the
+		// worktree may not be what it was when found clean.
 		cleanBefore = ""
 	}
 	for i := 0; i < attempts; i++ {
