@@ -38,6 +38,26 @@
 //     NAME.resume exists there (Resume), then run git: a test stops the
 //     command at a point it knows, acts, and lets it go.
 //
+// # Use
+//
+// In a test package:
+//
+//	func TestMain(m *testing.M) {
+//		if faultgit.Invoked() {
+//			os.Exit(faultgit.Main()) // this binary started as git
+//		}
+//		os.Exit(m.Run())
+//	}
+//
+//	path, err := faultgit.InstallSelf(t.TempDir())
+//	cmd.Env = append(cmd.Env, "PATH="+path, faultgit.EnvRules+"=*#3:fail")
+//
+// A crash matrix axis "git invocation k fails": run the scenario once with
+// no rules and count Log's lines (n), then for k in 1..n run it with
+// "*#k:fail" and a fresh dir each time. In a testscript, register Main as
+// the command "faultgit" and run `exec faultgit install DIR`, which prints
+// the PATH to use.
+//
 // ORCH_FAULTGIT_DIR is the state dir (counters, the log, pause files);
 // Install's script sets it to DIR/state unless the environment has one.
 // Every invocation is appended to its "log" file as "N\tSUBCMD\targs...",
