@@ -425,6 +425,12 @@ func (m *Merger) updateLocal(ctx context.Context, req Request, token uint64, old
 	var moved bool
 	err = m.Leases.WithToken(ctx, target, token, func() error {
 		if wt != "" {
+			// A caller that no longer owns the merge does not even touch
+			// the worktree (the fence is asked again right before the ref
+			// moves).
+			if err := m.fenced(ctx, req, func() error { return nil }); err != nil {
+				return err
+			}
 			var err error
 			moved, err = m.moveWithWorktree(ctx, req, wt, old, new, res)
 			return err

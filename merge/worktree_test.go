@@ -318,7 +318,7 @@ func TestCrashInWorktreeMoveConverges(t *testing.T) {
 
 // The caller's fence refusing (a cancelled job): nothing moves, the files
 // go back, the fence's error is returned; the fence is asked under the
-// lease, right before the write, once per write.
+// lease before the worktree is touched and again right before the write.
 func TestFenceRefusesWrite(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -330,12 +330,21 @@ func TestFenceRefusesWrite(t *testing.T) {
 		if l, _ := f.m.Leases.Get("main"); l == nil {
 			t.Error("fence asked without the lease held")
 		}
-		if _, err := os.Stat(filepath.Join(f.dir, "x.txt")); err != nil {
+		_, err := os.Stat(filepath.Join(f.dir, "x.txt"))
+		if calls == 1 {
+			// Before the worktree is touched.
+			if err == nil {
+				t.Error("worktree touched before the fence was asked")
+			}
+			return effect()
+		}
+		// Right before the ref moves: the worktree is ready.
+		if err != nil {
 			t.Errorf("fence asked before the worktree was ready: %v", err)
 		}
 		return cancelled
 	}})
-	if !errors.Is(err, cancelled) || calls != 1 {
+	if !errors.Is(err, cancelled) || calls != 2 {
 		t.Fatalf("merge with a refusing fence: %+v, %v, %d calls", res, err, calls)
 	}
 	if res != nil && res.Written {
