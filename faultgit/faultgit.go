@@ -153,8 +153,8 @@ func Resume(stateDir, name string) error {
 	return os.WriteFile(filepath.Join(stateDir, name+".resume"), nil, 0o644)
 }
 
-// rule is one parsed rule.
-type rule struct {
+// Rule is one parsed rule of ORCH_FAULTGIT.
+type Rule struct {
 	sub    string // "*" for any
 	nth    int    // 0: every invocation
 	action string
@@ -162,8 +162,8 @@ type rule struct {
 }
 
 // Parse parses rules in ORCH_FAULTGIT's syntax.
-func Parse(spec string) ([]rule, error) {
-	var rules []rule
+func Parse(spec string) ([]Rule, error) {
+	var rules []Rule
 	for _, part := range strings.Split(spec, ";") {
 		part = strings.TrimSpace(part)
 		if part == "" {
@@ -173,7 +173,7 @@ func Parse(spec string) ([]rule, error) {
 		if !ok || match == "" {
 			return nil, fmt.Errorf("faultgit: rule %q: want MATCH:ACTION", part)
 		}
-		var r rule
+		var r Rule
 		r.sub = match
 		if s, k, ok := strings.Cut(match, "#"); ok {
 			n, err := strconv.Atoi(k)
