@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orch-hooks/orch-hooks/faultgit"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/gittest"
 	"github.com/orch-hooks/orch-hooks/merge"
@@ -32,6 +33,10 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if faultgit.Invoked() {
+		// Started as git by the fault-injecting wrapper (worktree_test.go).
+		os.Exit(faultgit.Main())
+	}
 	switch os.Getenv(helperEnv) {
 	case "":
 		os.Exit(runTests(m))

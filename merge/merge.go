@@ -8,23 +8,17 @@
 package merge
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/BurntSushi/toml"
 
 	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/procid"
-	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 // Kind is what a merge found (or, with Check, would do).
@@ -42,11 +36,19 @@ var (
 	ErrConflict       = errors.New("merge conflict")
 	ErrNotFastForward = errors.New("not a fast-forward")
 	ErrDirtyWorktree  = errors.New("the target's worktree has local changes")
+	// ErrIndexLocked: another git process held the index of the target's
+	// worktree past Request.IndexLockWait; nothing was written.
+	ErrIndexLocked = errors.New("index.lock held by another git process")
 )
 
 // Defaults.
 const (
 	WaitDefault = 10 * time.Minute
+	// IndexLockWaitDefault is how long a merge waits for another git
+	// process (an editor's or a prompt's git status) to let go of the
+	// index of the target's worktree before it refuses. git itself does
+	// not wait at all; these holds last milliseconds.
+	IndexLockWaitDefault = 3 * time.Second
 	// attempts bounds how often a merge starts again because the target
 	// moved under it.
 	attempts = 8
@@ -74,6 +76,17 @@ type Request struct {
 	TTL    time.Duration
 	// Job names the job in the merge commit's Orch-Job trailer ("" none).
 	Job string
+	// Fence, when set, is the caller's part of the merge's fence: the
+	// merger calls it under the lease lock immediately before each ref
+	// update and push, with that write as effect. It runs effect only
+	// while the caller still owns the merge (a job: still running under
+	// this monitor), holding whatever lock makes its check and the write
+	// one step, and otherwise returns an error saying why, effect not run.
+	// Nil runs effect.
+	Fence func(ctx context.Context, effect func() error) error
+	// IndexLockWait bounds the wait for another git process's index.lock
+	// in the target's worktree; zero means IndexLockWaitDefault.
+	IndexLockWait time.Duration
 	// Author signs the merge commit; zero takes git's identity and now.
 	// A job passes the identity and time fixed when it was claimed, so a
 	// rebuilt merge commit has the same id.
@@ -128,10 +141,10 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 	}
 	// So is git status: a target worktree found clean now needs no second
 	// look under the lease (its files can change under the lease as well as
-	// before it: the lease does not lock the worktree, and the final
-	// read-tree -m -u never overwrites a local change). One found dirty is
-	// looked at again under the lease, where no other merge is half-way
-	// through bringing it along.
+	// before it: the lease does not lock the worktree, and the read-tree
+	// -m -u under its index.lock never overwrites a local change). One
+	// found dirty is looked at again under the lease, where no other merge
+	// is half-way through moving it.
 	cleanBefore := m.cleanWorktree(ctx, req.Target)
 	token := req.Token
 	if token == 0 {
@@ -160,13 +173,13 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 		token = l.Token
 		defer m.Leases.Release(context.WithoutCancel(ctx), req.Target, token)
 	}
-	owed, err := m.finishSync(ctx, req.Target)
+	owed, err := m.finishSync(ctx, req.Target, token)
 	if err != nil {
 		return nil, err
 	}
 	if owed {
-		// A merge before this one left its sync owed: the worktree may not
-		// be what it was when found clean.
+		// A merge before this one left its worktree move under way: the
+		// worktree may not be what it was when found clean.
 		cleanBefore = ""
 	}
 	for i := 0; i < attempts; i++ {
@@ -336,23 +349,25 @@ func (m *Merger) write(ctx context.Context, req Request, token uint64, res *Resu
 	if req.Remote != "" {
 		return m.push(ctx, req, token, res, cleanBefore)
 	}
-	return m.updateLocal(ctx, req.Target, token, res.OldTarget, res.NewTarget, res, cleanBefore)
+	return m.updateLocal(ctx, req, token, res.OldTarget, res.NewTarget, res, cleanBefore)
 }
 
 func (m *Merger) push(ctx context.Context, req Request, token uint64, res *Result, cleanBefore string) (bool, error) {
 	var rejected bool
 	err := m.Leases.WithToken(ctx, req.Target, token, func() error {
-		out, err := gitstate.Git(ctx, m.Repo.CommonDir, "push", "--porcelain",
-			"--force-with-lease=refs/heads/"+req.Target+":"+res.OldTarget, "--end-of-options",
-			req.Remote, res.NewTarget+":refs/heads/"+req.Target)
-		// --porcelain reports each ref on stdout; "!" marks a rejection
-		// (stale info: the remote's target moved since the fetch).
-		var ge *gitstate.GitError
-		if errors.As(err, &ge) && pushRejected(out) {
-			rejected = true
-			return nil
-		}
-		return err
+		return m.fenced(ctx, req, func() error {
+			out, err := gitstate.Git(ctx, m.Repo.CommonDir, "push", "--porcelain",
+				"--force-with-lease=refs/heads/"+req.Target+":"+res.OldTarget, "--end-of-options",
+				req.Remote, res.NewTarget+":refs/heads/"+req.Target)
+			// --porcelain reports each ref on stdout; "!" marks a rejection
+			// (stale info: the remote's target moved since the fetch).
+			var ge *gitstate.GitError
+			if errors.As(err, &ge) && pushRejected(out) {
+				rejected = true
+				return nil
+			}
+			return err
+		})
 	})
 	if err != nil {
 		return false, err
@@ -379,72 +394,95 @@ func (m *Merger) bringLocal(ctx context.Context, req Request, token uint64, res 
 	if ok, _ := m.Repo.IsAncestor(ctx, local, res.NewTarget); !ok {
 		return nil
 	}
-	_, err = m.updateLocal(ctx, req.Target, token, local, res.NewTarget, res, cleanBefore)
+	_, err = m.updateLocal(ctx, req, token, local, res.NewTarget, res, cleanBefore)
 	return err
 }
 
-// updateLocal moves refs/heads/target from old to new with a fencing-checked
-// compare-and-swap and brings a worktree that has the target checked out to
-// the new commit. It refuses, changing nothing, when that worktree has
-// local changes; cleanBefore names a worktree found clean before the lease
-// (cleanWorktree), which is not asked again.
-func (m *Merger) updateLocal(ctx context.Context, target string, token uint64, old, new string, res *Result, cleanBefore string) (bool, error) {
+// updateLocal moves refs/heads/<target> from old to new with a
+// fencing-checked compare-and-swap. A worktree that has the target checked
+// out moves with it, under its index.lock (moveWithWorktree), or the ref
+// does not move. cleanBefore names a worktree found clean before the lease
+// (cleanWorktree), which is not asked again; one with local changes is
+// refused, changing nothing.
+func (m *Merger) updateLocal(ctx context.Context, req Request, token uint64, old, new string, res *Result, cleanBefore string) (bool, error) {
+	target := req.Target
 	wt, err := m.worktreeOf(ctx, target)
 	if err != nil {
 		return false, err
 	}
-	if wt != "" {
-		if wt != cleanBefore {
-			st, err := gitstate.Git(ctx, wt, "status", "--porcelain", "--untracked-files=no")
-			if err != nil {
-				return false, err
-			}
-			if st != "" {
-				return false, fmt.Errorf("merge into %s: %w: %s has uncommitted changes (%s); commit or stash them, then run the merge again",
-					target, ErrDirtyWorktree, wt, firstLines(st, 3))
-			}
+	if wt != "" && wt != cleanBefore {
+		// --no-optional-locks: the index is not ours to write here, and a
+		// status holding index.lock would make the lock below wait.
+		st, err := gitstate.Git(ctx, wt, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
+		if err != nil {
+			return false, err
 		}
-		// An untracked file where the new commit has one would stop the
-		// worktree update after the ref moved: find out before.
-		if _, err := gitstate.Git(ctx, wt, "read-tree", "-m", "-u", "-n", old, new); err != nil {
-			return false, fmt.Errorf("merge into %s: %w: %s could not be brought to the new commit (%v); move the files in the way, then run the merge again",
-				target, ErrDirtyWorktree, wt, err)
+		if st != "" {
+			return false, fmt.Errorf("merge into %s: %w: %s has uncommitted changes (%s); commit or stash them, then run the merge again",
+				target, ErrDirtyWorktree, wt, firstLines(st, 3))
 		}
 	}
 	var moved bool
 	err = m.Leases.WithToken(ctx, target, token, func() error {
 		if wt != "" {
-			if err := m.savePending(pending{Target: target, Worktree: wt, From: old, To: new}); err != nil {
+			// A caller that no longer owns the merge does not even touch
+			// the worktree (the fence is asked again right before the ref
+			// moves).
+			if err := m.fenced(ctx, req, func() error { return nil }); err != nil {
 				return err
 			}
+			var err error
+			moved, err = m.moveWithWorktree(ctx, req, wt, old, new, res)
+			return err
 		}
-		_, err := gitstate.Git(ctx, m.Repo.CommonDir, "update-ref", "-m", "orch-hooks merge "+res.Branch,
-			"refs/heads/"+target, new, old)
-		if err != nil {
-			cur, rerr := m.Repo.ResolveCommit(ctx, "refs/heads/"+target)
-			if rerr == nil && cur != old {
-				moved = true
-				m.clearPending(target)
-				return nil
-			}
-			return fmt.Errorf("update %s: %w", target, err)
-		}
-		return nil
+		var err error
+		moved, err = m.casRef(ctx, req, old, new, res)
+		return err
 	})
 	if err != nil || moved {
 		return moved, err
 	}
-	crashpoint.Hit("merge.update_ref")
-	res.Written = true
-	if wt != "" {
-		res.Worktree = wt
-		// status just found the index and files at the old commit: no need
-		// to check the index the way a sync after a crash does.
-		if err := m.sync(ctx, pending{Target: target, Worktree: wt, From: old, To: new}, false); err != nil {
-			return false, err
-		}
+	if wt == "" {
+		crashpoint.Hit("merge.update_ref")
 	}
+	res.Written = true
 	return false, nil
+}
+
+// casRef is the fenced compare-and-swap of the target from old to new.
+// moved reports that the target was no longer at old (nothing written).
+func (m *Merger) casRef(ctx context.Context, req Request, old, new string, res *Result) (moved bool, err error) {
+	err = m.fenced(ctx, req, func() error {
+		_, err := gitstate.Git(ctx, m.Repo.CommonDir, "update-ref", "-m", "orch-hooks merge "+res.Branch,
+			"refs/heads/"+req.Target, new, old)
+		if err == nil {
+			res.Written = true
+			return nil
+		}
+		cur, rerr := m.Repo.ResolveCommit(ctx, "refs/heads/"+req.Target)
+		switch {
+		case rerr == nil && cur == new:
+			// The update happened and only its report was lost (we hold
+			// the lease: nobody else wrote this value).
+			res.Written = true
+			return nil
+		case rerr == nil && cur != old:
+			moved = true
+			return nil
+		case rerr == nil:
+			return fmt.Errorf("update %s: %w; %s was not moved", req.Target, err, req.Target)
+		}
+		return fmt.Errorf("update %s: %w", req.Target, err)
+	})
+	return moved, err
+}
+
+// fenced runs effect through req.Fence, the caller's part of the fence.
+func (m *Merger) fenced(ctx context.Context, req Request, effect func() error) error {
+	if req.Fence == nil {
+		return effect()
+	}
+	return req.Fence(ctx, effect)
 }
 
 // pushRejected reports whether git push --porcelain output shows the ref
@@ -487,96 +525,4 @@ func (m *Merger) cleanWorktree(ctx context.Context, target string) string {
 // worktreeOf returns the worktree that has branch checked out, or "".
 func (m *Merger) worktreeOf(ctx context.Context, branch string) (string, error) {
 	return m.Repo.WorktreeOf(branch)
-}
-
-// pending records a worktree sync owed after a ref update, so that a crash
-// between the update and the sync is finished by the next merge run.
-type pending struct {
-	Target   string `toml:"target"`
-	Worktree string `toml:"worktree"`
-	From     string `toml:"from"`
-	To       string `toml:"to"`
-}
-
-func (m *Merger) pendingPath(target string) string {
-	return filepath.Join(m.Repo.StateDir(), "merges", gitstate.RefFileName(target)+".toml")
-}
-
-func (m *Merger) savePending(p pending) error {
-	path := m.pendingPath(p.Target)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	var buf bytes.Buffer
-	if err := toml.NewEncoder(&buf).Encode(p); err != nil {
-		return err
-	}
-	return statefile.Replace(path, buf.Bytes())
-}
-
-func (m *Merger) clearPending(target string) {
-	os.Remove(m.pendingPath(target))
-}
-
-// finishSync brings the target's worktree from the old commit to the new one
-// if a ref update left that owed: read-tree -m -u updates the index and the
-// files from one tree to the other and refuses to overwrite local changes.
-// owed reports whether a sync was recorded as owed (done now, or found
-// moot).
-func (m *Merger) finishSync(ctx context.Context, target string) (owed bool, err error) {
-	data, err := os.ReadFile(m.pendingPath(target))
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return true, err
-	}
-	var p pending
-	if _, err := toml.Decode(string(data), &p); err != nil {
-		return true, &gitstate.UnreadableError{Path: m.pendingPath(target), Err: err}
-	}
-	cur, err := m.Repo.ResolveCommit(ctx, "refs/heads/"+target)
-	if err != nil {
-		return true, err
-	}
-	if cur != p.To {
-		// The update never happened (crash before it), or the target moved
-		// on by other means: the worktree is not ours to touch.
-		m.clearPending(target)
-		return true, nil
-	}
-	return true, m.sync(ctx, p, true)
-}
-
-// sync brings p's worktree from p.From to p.To and clears the pending
-// record. checkIndex first makes sure the index still holds p.From's tree
-// (after a crash the sync may have happened, or the user moved on; either
-// way the worktree is left alone).
-func (m *Merger) sync(ctx context.Context, p pending, checkIndex bool) error {
-	if _, err := os.Stat(p.Worktree); err == nil {
-		owed := true
-		if checkIndex {
-			idx, err := gitstate.Git(ctx, p.Worktree, "write-tree")
-			if err != nil {
-				return fmt.Errorf("sync worktree %s: %w", p.Worktree, err)
-			}
-			oldTree, _ := gitstate.Git(ctx, p.Worktree, "rev-parse", p.From+"^{tree}")
-			owed = idx == oldTree
-		}
-		if owed {
-			if _, err := gitstate.Git(ctx, p.Worktree, "read-tree", "-m", "-u", p.From, p.To); err != nil {
-				return fmt.Errorf("%s now points at %s, but its worktree %s could not be updated: %w; run git -C %s reset --keep %s",
-					p.Target, short(p.To), p.Worktree, err, p.Worktree, short(p.To))
-			}
-		}
-	}
-	m.clearPending(p.Target)
-	return nil
-}
-
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }

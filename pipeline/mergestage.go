@@ -44,6 +44,7 @@ func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identit
 		Branch: j.Branch, Target: j.Target, Job: j.ID, Holder: "job " + j.ID,
 		TTL:    e.Config.Lease.TTL(),
 		Author: merge.Signature{Name: j.MergeAuthor.Name, Email: j.MergeAuthor.Email, When: j.StartedAt},
+		Fence:  e.jobFence(j.ID, self),
 	})
 	code := MergeExitOK
 	switch {
@@ -66,4 +67,29 @@ func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identit
 	}
 	crashpoint.Hit("run.exit_recorded")
 	return e.Finalize(ctx, j.ID, Ending{EndedBy: gitstate.EndedByMonitor})
+}
+
+// jobFence is a merge job's part of the merge's fence (DESIGN.md: "a merge
+// job's status is part of the merge's fence"): the merger calls it under
+// the lease lock right before each ref update and push, and the write runs
+// under the job's lock only while the job is still running under this
+// monitor, so a cancel or a reaper's claim cannot come between the check
+// and the write. Lock order: lease lock, then job lock; nothing takes the
+// job lock and then a lease lock.
+func (e *Env) jobFence(id string, self procid.Identity) func(context.Context, func() error) error {
+	return func(ctx context.Context, effect func() error) error {
+		unlock, err := e.Store.Lock(ctx, id)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		cur, err := e.Store.Get(id)
+		if err != nil {
+			return err
+		}
+		if cur.Status != gitstate.Running || cur.Monitor != self {
+			return fmt.Errorf("merge not written: job %s is %s: %w", id, cur.Status, errNotOurs)
+		}
+		return effect()
+	}
 }

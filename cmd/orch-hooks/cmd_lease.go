@@ -42,8 +42,10 @@ A lease busy past --wait exits 3.`,
 real merge computed with git merge-tree (no worktree touched) and committed
 with an Orch-Job trailer for a job. The target moves by compare-and-swap,
 fencing-checked against the lease token. A worktree that has the target
-checked out is brought along when clean and the merge is refused (exit 1)
-when it has local changes. --check decides and reports without writing (a
+checked out moves with it, under its index.lock (waiting up to 3s for
+another git process to let go), or the target does not move: the merge
+is refused (exit 1) when that worktree has local changes or cannot be
+brought along. The lease lives lease.ttl_s (ORCH_LEASE_TTL_S). --check decides and reports without writing (a
 CI pre-merge step). --remote R fetches first and pushes the result with
 --force-with-lease. Without --token the merge takes the target's lease,
 waiting up to --wait (default 10m). Exit 3: conflict, not a fast-forward
@@ -356,6 +358,15 @@ func setupMerge(fs *flag.FlagSet, c *cli) func([]string) error {
 			if _, err := c.openStore(); err != nil {
 				return err
 			}
+			if req.Token == 0 {
+				// The lease this merge takes lives lease.ttl_s
+				// (ORCH_LEASE_TTL_S wins), like every other lease.
+				cfg, err := c.loadConfig()
+				if err != nil {
+					return err
+				}
+				req.TTL = cfg.Lease.TTL()
+			}
 		}
 		res, err := merge.New(r).Merge(c.ctx, req)
 		if res != nil {
@@ -394,6 +405,11 @@ func (c *cli) printMerge(res *merge.Result, check bool) {
 		}
 		return
 	}
+	if !res.Written && (res.Kind == merge.FastForward || res.Kind == merge.Merged) {
+		// Decided but not written (refused, fenced out, failed): the
+		// error says why; claim nothing.
+		return
+	}
 	switch res.Kind {
 	case merge.AlreadyMerged:
 		c.errf("%s is already merged into %s (%s): nothing written\n", res.Branch, res.Target, short(res.OldTarget))
@@ -410,6 +426,8 @@ func (c *cli) printMerge(res *merge.Result, check bool) {
 		c.errf("pushed %s\n", res.Target)
 	}
 	if res.Worktree != "" {
+		// Set only once the worktree's index and files hold the new
+		// commit (merge.moveWithWorktree).
 		c.errf("updated the worktree %s\n", res.Worktree)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orch-hooks/orch-hooks/faultgit"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/rogpeppe/go-internal/testscript"
@@ -23,6 +24,9 @@ import (
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
 		"orch-hooks": func() { os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr)) },
+		// "faultgit install DIR" puts a fault-injecting git in DIR
+		// (merge_* scripts); that git runs this command.
+		"faultgit": func() { os.Exit(faultgit.Main()) },
 	})
 }
 
