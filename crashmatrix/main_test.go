@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/crashpoint"
+	"github.com/orch-hooks/orch-hooks/faultgit"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/gittest"
 	"github.com/orch-hooks/orch-hooks/lease"
@@ -43,6 +44,9 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if faultgit.Invoked() {
+		os.Exit(faultgit.Main()) // this binary started as git (gitfault_test.go)
+	}
 	mode := os.Getenv(helperEnv)
 	if mode == "" {
 		os.Exit(runTests(m))

@@ -102,7 +102,8 @@ func waitGroupsGone(t testing.TB, j *gitstate.Job) {
 
 // outcome is what one scenario run found.
 type outcome struct {
-	reached    bool // a process died of SIGKILL at the armed point
+	reached    bool // a process died of SIGKILL at the armed point (or the armed git invocation happened)
+	gitCalls   int  // with a git fault armed: git invocations the armed processes made
 	violations []string
 	logGaps    int
 	// behind: with a remote, the local target was left behind the
@@ -239,10 +240,11 @@ func runPipeline(t *testing.T, point string) outcome {
 	if err != nil {
 		t.Fatal(err)
 	}
+	fault := newGitFault(t, point)
 	monitor := func(id string, arm bool) {
 		extra := []string{jobEnv + "=" + id}
 		if arm && point != "" {
-			extra = append(extra, armed(point))
+			extra = append(extra, armEnv(fault, point)...)
 		}
 		r := runHelper(t, repo, "monitor", extra...)
 		if j, err := env.Store.Get(id); err == nil {
@@ -261,6 +263,9 @@ func runPipeline(t *testing.T, point string) outcome {
 	mergeID := gitstate.JobID(task, "merge", 1)
 	if j, err := env.Store.Get(mergeID); err == nil && j.Status == gitstate.Queued {
 		monitor(mergeID, true)
+	}
+	if fault != nil {
+		o.reached, o.gitCalls = fault.reached(t)
 	}
 
 	// The user's part: make the task land.
@@ -327,12 +332,18 @@ func runMerge(t *testing.T, point string, remote bool) outcome {
 	}
 	var o outcome
 	arm := extra
+	fault := newGitFault(t, point)
 	if point != "" {
-		arm = append(append([]string(nil), extra...), armed(point))
+		arm = append(append([]string(nil), extra...), armEnv(fault, point)...)
 	}
 	r := runHelper(t, repo, "merge", append(arm, branchEnv+"="+br)...)
 	o.reached = r.killed()
-	if !r.killed() && r.status.ExitStatus() != 0 {
+	if fault != nil {
+		o.reached, o.gitCalls = fault.reached(t)
+	}
+	// A git invocation made to fail may fail the merge: that is the
+	// point; what counts is what the re-run below converges to.
+	if fault == nil && !r.killed() && r.status.ExitStatus() != 0 {
 		o.violations = append(o.violations, fmt.Sprintf("merge helper: %v: %s", r.status, r.out))
 	}
 	o.violations = append(o.violations, recoverPasses(t, env)...)
@@ -616,6 +627,21 @@ func checkInvariants(repo *gittest.Repo, env *pipeline.Env, oldMain string, merg
 			if ok, _ := env.Repo.IsAncestor(ctx, tip, head); !ok {
 				r.bad("branch %s (%s) is said merged but is not in main", m.branch, tip)
 			}
+		}
+	}
+
+	// main is checked out in the main worktree: after recovery its index
+	// holds main's tree (a plain git commit there records main, never an
+	// older tree that reverts a merge), no index.lock is left, and its
+	// tracked files match.
+	if br, _ := repo.TryGit(repo.Dir, "symbolic-ref", "--short", "HEAD"); br == "main" {
+		idx, err := repo.TryGit(repo.Dir, "write-tree")
+		tree, _ := repo.TryGit(repo.Dir, "rev-parse", "main^{tree}")
+		if err != nil || idx != tree {
+			r.bad("main's worktree: index holds tree %s (%v), main's tree is %s", idx, err, tree)
+		}
+		if st, err := repo.TryGit(repo.Dir, "status", "--porcelain", "--untracked-files=no"); err != nil || st != "" {
+			r.bad("main's worktree: tracked files differ from its index: %q (%v)", st, err)
 		}
 	}
 	return r
