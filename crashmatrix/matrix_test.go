@@ -267,6 +267,7 @@ func runPipeline(t *testing.T, point string) outcome {
 	if fault != nil {
 		o.reached, o.gitCalls = fault.reached(t)
 	}
+	o.violations = append(o.violations, commitSafe(repo)...)
 
 	// The user's part: make the task land.
 	for attempt := 1; attempt <= 3; attempt++ {
@@ -341,6 +342,7 @@ func runMerge(t *testing.T, point string, remote bool) outcome {
 	if fault != nil {
 		o.reached, o.gitCalls = fault.reached(t)
 	}
+	o.violations = append(o.violations, commitSafe(repo)...)
 	// A git invocation made to fail may fail the merge: that is the
 	// point; what counts is what the re-run below converges to.
 	if fault == nil && !r.killed() && r.status.ExitStatus() != 0 {
@@ -454,6 +456,30 @@ type mergeCheck struct {
 	// merged: the branch must be in main (its merge job is done, or a
 	// merge of it succeeded).
 	merged bool
+}
+
+// commitSafe checks main's worktree as the user finds it right after the
+// armed processes died or failed, before any recovery: a plain `git commit`
+// there must not record a tree older than main's (which would silently
+// revert a merge). Either git refuses the commit (an index.lock is there)
+// or the index holds main's tree.
+func commitSafe(repo *gittest.Repo) []string {
+	if br, _ := repo.TryGit(repo.Dir, "symbolic-ref", "--short", "HEAD"); br != "main" {
+		return nil
+	}
+	gitDir, err := repo.TryGit(repo.Dir, "rev-parse", "--absolute-git-dir")
+	if err != nil {
+		return []string{fmt.Sprintf("main's worktree: %v", err)}
+	}
+	if _, err := os.Lstat(filepath.Join(gitDir, "index.lock")); err == nil {
+		return nil // git commit refuses: "Another git process seems to be running"
+	}
+	idx, err := repo.TryGit(repo.Dir, "write-tree")
+	tree, _ := repo.TryGit(repo.Dir, "rev-parse", "main^{tree}")
+	if err != nil || idx != tree {
+		return []string{fmt.Sprintf("before recovery, a plain git commit in main's worktree would record tree %s (%v), not main's tree %s: it would revert the merge", idx, err, tree)}
+	}
+	return nil
 }
 
 // checkInvariants checks, after recovery, everything docs/RELIABILITY.md
