@@ -302,6 +302,9 @@ func (c *cli) loadConfig() (*config.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, w := range cfg.Warnings {
+		c.errf("orch-hooks: warning: %v\n", w)
+	}
 	c.cfg = cfg
 	return cfg, nil
 }
