@@ -358,3 +358,52 @@ func TestTier2SparesProgressingMonitor(t *testing.T) {
 		}
 	})
 }
+
+// spawnToml: one finalize step that leaves a file.
+const spawnToml = `target = "main"
+
+[[stages]]
+name = "ship"
+run = "true"
+finalize = [': > "{{D}}/step1"']
+`
+
+// A monitor killed after starting a finalize step's process but before the
+// write that stamps it leaves the step's gate shut: the step never runs, so
+// the record never lacks a step that ran. Then a reaper pass (every process
+// dead) ends the job, and still nothing runs.
+func TestFinalizeStepNeverRunsUnstamped(t *testing.T) {
+	dir := t.TempDir()
+	step1 := filepath.Join(dir, "step1")
+	// Registered first, so it runs last: after runMonitor's cleanup has
+	// waited for every process of the run, the step's included.
+	t.Cleanup(func() {
+		if _, err := os.Stat(step1); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the finalize step ran though its stamp was never written (%v)", err)
+		}
+	})
+	repo, env := newRepo(t, strings.ReplaceAll(spawnToml, "{{D}}", dir))
+	j, _, err := env.Enqueue(pipeline.Request{Task: "gate", Branch: "gate", Stage: "ship"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := runMonitor(t, repo, env.Store, j.ID, "run.finalize_spawned")
+	if !run.status.Signaled() || run.status.Signal() != syscall.SIGKILL {
+		t.Fatalf("monitor ended %v, want SIGKILL at run.finalize_spawned; output:\n%s", run.status, run.out)
+	}
+	got, err := env.Store.Get(j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != gitstate.Running || got.FinalizeStep != 0 || !got.Finalizer.IsZero() || got.ExitCode == nil {
+		t.Fatalf("%s, finalize_step %d, finalizer %+v, exit %v; want running with the exit code and no step stamped",
+			got.Status, got.FinalizeStep, got.Finalizer, got.ExitCode)
+	}
+	// The held process's end is not awaited here: the reaper judges the
+	// job by its monitor (dead) and its command group (gone).
+	env.Config.Reaper.DeadTicks = 1
+	snap := reaperPass(t, env)
+	if snap.Tier2 != 1 {
+		t.Fatalf("tier2 %d, want the job with every process dead finalized: %+v", snap.Tier2, snap.Actions)
+	}
+}

@@ -188,27 +188,44 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	return res, err
 }
 
+// finalizeGate runs a finalize step ($1) only once the monitor says "go" on
+// its stdin; end of input (the monitor died, or did not get its stamp
+// written) ends it without running the step.
+const finalizeGate = `IFS= read -r go || exit 125; exec sh -c "$1" </dev/null`
+
 // finalizeStep runs finalize step k (from 1) and returns a failure reason,
 // or "". The step is fenced: under the job's lock, the record is checked to
-// be still running under this monitor, the step's process is started, and
-// "step k started" — its number, its process and the progress stamp — is
-// written, all before the lock is let go. So a step never starts for a job
-// that was ended or taken over, and whoever ends the job later finds the
-// step's process group in the record and can stop it. err (wrapping
-// errNotOurs, or the store's failure) means the step was not started: the
-// monitor lost its job and must do nothing more.
+// be still running under this monitor, the step's process is started held
+// at a gate, "step k started" — its number, its process and the progress
+// stamp — is written, and only then is the gate opened, all before the lock
+// is let go. So a step never runs for a job that was ended or taken over,
+// never runs unless the record names it (a monitor killed before the write
+// leaves the gate shut), and whoever ends the job later finds the step's
+// process group in the record and can stop it. err (wrapping errNotOurs,
+// or the store's failure) means the step did not run: the monitor lost its
+// job and must do nothing more.
 func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity, j *gitstate.Job, wt string, k int, step string,
 	timeout time.Duration, log io.Writer, say func(string, ...any)) (reason string, err error) {
 	say("finalize: %s", step)
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := shellCmd(sctx, wt, step, mergeEnv(os.Environ(), JobVars(j, wt)), log)
+	gate, open, perr := os.Pipe()
+	if perr != nil {
+		return fmt.Sprintf("finalize step %q: %v", step, perr), nil
+	}
+	defer gate.Close()
+	defer open.Close()
+	cmd.Args = []string{"sh", "-c", finalizeGate, "orch-finalize", step}
+	cmd.Stdin = gate
 	var startErr error
 	var fid procid.Identity
 	_, err = e.whileRunningErr(ctx, id, self, func(r *gitstate.Job) error {
 		if startErr = cmd.Start(); startErr != nil {
 			return startErr
 		}
+		gate.Close() // the step's copy is the only one left
+		crashpoint.Hit("run.finalize_spawned")
 		// The child cannot be reaped before Wait: its /proc entry is
 		// there. Without an identity the group is unnamed, as before.
 		fid, _ = procid.Of(cmd.Process.Pid)
@@ -217,13 +234,17 @@ func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity,
 		r.FinalizeStep, r.Finalizer = k, fid
 		r.ProgressAt, r.ProgressBoot = now, boot
 		return nil
+	}, func(*gitstate.Job) {
+		io.WriteString(open, "go\n")
+		open.Close()
 	})
 	switch {
 	case startErr != nil:
 		return fmt.Sprintf("finalize step %q: %v", step, startErr), nil
 	case err != nil && cmd.Process != nil:
-		// Started, but the stamp was not written (the store failed): a
-		// step nobody can find must not run on.
+		// Started, but the stamp was not written (the store failed): the
+		// gate stays shut, so the step never ran.
+		open.Close()
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
 		return "", fmt.Errorf("finalize step %d %q stopped: %w", k, step, err)
@@ -267,14 +288,15 @@ func (e *Env) whileRunning(ctx context.Context, id string, self procid.Identity,
 
 // whileRunningErr is whileRunning for a write that carries a side effect:
 // fn runs under the job's lock only after the check, and an error from fn
-// declines the write and is returned as it is.
-func (e *Env) whileRunningErr(ctx context.Context, id string, self procid.Identity, fn func(*gitstate.Job) error) (*gitstate.Job, error) {
+// declines the write and is returned as it is; after runs once the write
+// has landed, still under the lock (gitstate.Store.Update).
+func (e *Env) whileRunningErr(ctx context.Context, id string, self procid.Identity, fn func(*gitstate.Job) error, after ...func(*gitstate.Job)) (*gitstate.Job, error) {
 	j, err := e.Store.Update(ctx, id, "", func(j *gitstate.Job) error {
 		if j.Status != gitstate.Running || j.Monitor != self {
 			return gitstate.ErrSkip
 		}
 		return fn(j)
-	})
+	}, after...)
 	if errors.Is(err, gitstate.ErrSkip) {
 		return j, fmt.Errorf("job %s is %s: %w", id, j.Status, errNotOurs)
 	}
