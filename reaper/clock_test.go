@@ -120,6 +120,21 @@ func TestClockTier3(t *testing.T) {
 			t.Fatalf("%s %q, want failed timeout", got.Status, got.Reason)
 		}
 	})
+	t.Run("boot stamp ahead of the boot clock", func(t *testing.T) {
+		// Read in another time namespace: not comparable, so the wall
+		// clock judges instead of the job never growing old.
+		f := newFixture(t)
+		f.cfg.Reaper.MaxRunningS = 60
+		f.running("ns", "build", func(j *gitstate.Job) {
+			j.Monitor, j.StartedBoot = liveProc(t), bootBase+10*time.Hour
+		})
+		if snap := f.passAt(tick{30 * time.Second, 30 * time.Second, false}); snap.Tier3 != 0 {
+			t.Fatalf("30 s by the wall clock: tier3 %d", snap.Tier3)
+		}
+		if snap := f.passAt(tick{61 * time.Second, 61 * time.Second, false}); snap.Tier3 != 1 {
+			t.Fatalf("61 s by the wall clock: tier3 %d, want 1", snap.Tier3)
+		}
+	})
 	t.Run("started_at in the future, another host", func(t *testing.T) {
 		f := newFixture(t)
 		f.cfg.Reaper.MaxRunningS = 60

@@ -51,9 +51,11 @@ func (c clock) stampAge(wall time.Time, boot time.Duration, local bool, seen **S
 			*seen = nil
 		}
 	}
-	if local && boot > 0 && c.boot > 0 {
+	// A boot stamp ahead of the boot clock was not read in this time
+	// namespace: not comparable, so the wall clock judges.
+	if local && boot > 0 && c.boot >= boot {
 		forget()
-		return max(c.boot-boot, 0), true
+		return c.boot - boot, true
 	}
 	if wall.IsZero() {
 		return 0, false
@@ -64,8 +66,8 @@ func (c clock) stampAge(wall time.Time, boot time.Duration, local bool, seen **S
 	}
 	s := *seen
 	if s != nil && s.Stamp.Equal(wall) {
-		if s.BootID == c.bootID && s.AtBoot > 0 && c.boot > 0 {
-			return max(c.boot-s.AtBoot, 0), true
+		if s.BootID == c.bootID && s.AtBoot > 0 && c.boot >= s.AtBoot {
+			return c.boot - s.AtBoot, true
 		}
 		if age := c.now.Sub(s.At); age >= 0 {
 			return age, true
@@ -150,7 +152,7 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 	}
 	v := verdict{}
 	since := c.now.Sub(s.Last)
-	if s.BootID == c.bootID && s.LastBoot > 0 && c.boot > 0 {
+	if s.BootID == c.bootID && s.LastBoot > 0 && c.boot >= s.LastBoot {
 		since = c.boot - s.LastBoot
 	}
 	// A last observation in the future means the clock moved: this
