@@ -163,6 +163,11 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	if code == 0 {
 		for i, step := range stage.Finalize {
 			reason, err := e.finalizeStep(ctx, id, self, j, wt, i+1, step, stage.FinalizeTimeout(), logf, say)
+			if err != nil && !errors.Is(err, errNotOurs) {
+				// The store failed (a lock deadline, a full disk): the
+				// step did not run, and the job fails saying so.
+				return fail(fmt.Sprintf("finalize step %q not started: %v", step, err))
+			}
 			if err != nil {
 				// Lost: the job was ended (cancel, the reaper) or taken
 				// over while this monitor worked. It runs nothing more.
