@@ -57,6 +57,10 @@ type Config struct {
 	// Path is the file this was read from; empty when no file exists and
 	// every value is a default.
 	Path string `toml:"-"`
+	// Warnings are settings that work but will likely not do what the user
+	// wants, located like errors. Load never fails for them; every command
+	// that loads the configuration prints them on stderr.
+	Warnings []*Error `toml:"-"`
 
 	Target         string  `toml:"target"`
 	MaxConcurrency int     `toml:"max_concurrency"`
@@ -405,6 +409,17 @@ func validate(c *Config, src source, env envSet) error {
 		if err := atLeast(s.FinalizeTimeoutS, 1, "stages", i, "finalize_timeout_s"); err != nil {
 			return err
 		}
+	}
+	for _, s := range c.Stages {
+		if len(s.Finalize) == 0 || s.FinalizeTimeoutS <= c.Reaper.FinalizeGraceS {
+			continue
+		}
+		// Tier 2 reaps a live monitor whose last progress stamp (a step
+		// started) is older than the grace: a step allowed to run longer
+		// than that is cut short by the reaper, not by its own timeout.
+		w := bad(fmt.Sprintf("%d s is shorter than stage %q's finalize_timeout_s = %d: the reaper ends a job whose finalize step has run for finalize_grace_s, before the step's own timeout; raise finalize_grace_s to at least %d or lower the stage's finalize_timeout_s",
+			c.Reaper.FinalizeGraceS, s.Name, s.FinalizeTimeoutS, s.FinalizeTimeoutS), "reaper", "finalize_grace_s").(*Error)
+		c.Warnings = append(c.Warnings, w)
 	}
 	for i, s := range c.Stages {
 		if s.Next == "" {

@@ -144,3 +144,59 @@ func TestOversizedFileIsRefused(t *testing.T) {
 		t.Fatalf("Load of an oversized file: %v, want a *config.Error naming %s and the cap", err, path)
 	}
 }
+
+// A finalize_grace_s shorter than a stage's finalize_timeout_s is a warning,
+// not an error: the file loads, and the warning names the file, the line
+// and key of the grace (or the variable that set it) and the stage. Stages
+// without finalize steps, and a grace as long as the timeout, warn nothing.
+func TestWarnGraceShorterThanFinalizeTimeout(t *testing.T) {
+	clearEnv(t)
+	const file = `[reaper]
+finalize_grace_s = 60
+
+[[stages]]
+name = "build"
+run = "true"
+finalize = ["git push origin HEAD"]
+finalize_timeout_s = 120
+
+[[stages]]
+name = "quick"
+run = "true"
+finalize = ["true"]
+finalize_timeout_s = 60
+
+[[stages]]
+name = "nofinalize"
+run = "true"
+finalize_timeout_s = 600
+`
+	path := write(t, file)
+	c, err := Load(path, true)
+	if err != nil {
+		t.Fatalf("a warning stopped the load: %v", err)
+	}
+	if len(c.Warnings) != 1 {
+		t.Fatalf("warnings %v, want one (stage build)", c.Warnings)
+	}
+	w := c.Warnings[0].Error()
+	for _, part := range []string{path + ":2: reaper.finalize_grace_s: ", `stage "build"`, "finalize_timeout_s = 120", "raise finalize_grace_s to at least 120"} {
+		if !strings.Contains(w, part) {
+			t.Errorf("warning %q does not say %q", w, part)
+		}
+	}
+
+	t.Setenv("ORCH_REAPER_FINALIZE_GRACE_S", "1")
+	c, err = Load(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 2 || !strings.HasPrefix(c.Warnings[0].Error(), "ORCH_REAPER_FINALIZE_GRACE_S: 1 s is shorter") {
+		t.Errorf("with the override: %v; want both stages with steps, against the variable", c.Warnings)
+	}
+
+	t.Setenv("ORCH_REAPER_FINALIZE_GRACE_S", "120")
+	if c, err = Load(path, true); err != nil || len(c.Warnings) != 0 {
+		t.Errorf("grace = the longest timeout: %v, %v; want no warning", c.Warnings, err)
+	}
+}

@@ -79,6 +79,21 @@ type Job struct {
 	FinishedAt time.Time `toml:"finished_at,omitempty"` // the command exited
 	EndedAt    time.Time `toml:"ended_at,omitempty"`    // the terminal status was claimed
 
+	// StartedBoot is the monitor's CLOCK_BOOTTIME (see BootTime) at the
+	// claim queued → running, 0 when not recorded. Same-boot ages are
+	// measured from it, not from StartedAt: a wall-clock jump moves
+	// StartedAt's age, never this one's.
+	StartedBoot time.Duration `toml:"started_boottime,omitzero"`
+	// ProgressAt and ProgressBoot are the monitor's last progress stamp,
+	// written by compare-and-swap (status still running, monitor still
+	// this process) when it records the exit code and immediately before
+	// each finalize step. Tier 2 measures a live monitor's stall from them.
+	ProgressAt   time.Time     `toml:"progress_at,omitempty"`
+	ProgressBoot time.Duration `toml:"progress_boottime,omitzero"`
+	// FinalizeStep is the number (from 1) of the last finalize step the
+	// monitor started, 0 before the first.
+	FinalizeStep int `toml:"finalize_step,omitzero"`
+
 	// Monitor is the process that claimed the job and watches its command;
 	// it is written in the same write as queued → running, so a running job
 	// always has one.

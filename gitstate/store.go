@@ -410,7 +410,11 @@ func (s *Store) Lock(ctx context.Context, id string) (unlock func(), err error) 
 // is stamped with its time, recorded in the job's history and appended to
 // the event log, and a terminal status clears the job's active marker.
 // The record of an ended job is never rewritten.
-func (s *Store) Update(ctx context.Context, id string, reason string, fn func(j *Job) error) (*Job, error) {
+//
+// Each after function is called with the written record once the write has
+// landed, while the job's lock is still held: a side effect fenced by that
+// write starts there, before anyone else can change the record.
+func (s *Store) Update(ctx context.Context, id string, reason string, fn func(j *Job) error, after ...func(j *Job)) (*Job, error) {
 	if err := ValidateJobID(id); err != nil {
 		return nil, err
 	}
@@ -476,6 +480,9 @@ func (s *Store) Update(ctx context.Context, id string, reason string, fn func(j 
 			os.Remove(filepath.Join(s.dir, runningDir, id))
 		}
 		s.logEvent(*t)
+	}
+	for _, a := range after {
+		a(next)
 	}
 	return next, nil
 }

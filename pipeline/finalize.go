@@ -42,6 +42,11 @@ type Result struct {
 // failed, claims that status atomically — the claim writes next_job in the
 // same write — and only if the claim was won, advances to the next stage.
 // A loser (the job was no longer running) performs no side effect at all.
+//
+// Gates, cmd: gates included, are not fenced like finalize steps: they run
+// before the claim in whoever finalizes — the monitor and any number of
+// racing reaper passes — so a cmd: gate must be a read-only check. A job
+// seen ended before the gates runs none of them.
 func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, error) {
 	j, err := e.Store.Get(id)
 	if err != nil {

@@ -75,6 +75,7 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	j, won, err := e.Store.Claim(ctx, id, []gitstate.Status{gitstate.Queued}, gitstate.Running, "started by monitor", func(j *gitstate.Job) {
 		j.Monitor = self
 		j.MergeAuthor = author
+		j.StartedBoot, _ = gitstate.BootTime()
 	})
 	if err == nil && !won {
 		err = fmt.Errorf("job %s is %s: %w; only a queued job can be run (orch-hooks retry %s makes a new attempt)", id, j.Status, ErrNotQueued, id)
@@ -149,8 +150,10 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 		say("stopped what the command left running in its process group")
 	}
 	now := time.Now().UTC()
+	boot, _ := gitstate.BootTime()
 	if _, err := e.whileRunning(ctx, id, self, "", func(j *gitstate.Job) {
 		j.ExitCode, j.FinishedAt = &code, now
+		j.ProgressAt, j.ProgressBoot = now, boot // the first progress stamp
 	}); err != nil {
 		say("exit code not recorded: %v", err)
 		return e.Finalize(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor})
@@ -159,7 +162,22 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 
 	if code == 0 {
 		for i, step := range stage.Finalize {
-			if reason := e.finalizeStep(ctx, id, self, j, wt, step, stage.FinalizeTimeout(), logf, say); reason != "" {
+			reason, err := e.finalizeStep(ctx, id, self, j, wt, i+1, step, stage.FinalizeTimeout(), logf, say)
+			if err != nil && !errors.Is(err, errNotOurs) {
+				// The store failed (a lock deadline, a full disk): the
+				// step did not run, and the job fails saying so.
+				return fail(fmt.Sprintf("finalize step %q not started: %v", step, err))
+			}
+			if err != nil {
+				// Lost: the job was ended (cancel, the reaper) or taken
+				// over while this monitor worked. It runs nothing more.
+				say("finalize step %d not started: %v", i+1, err)
+				if cur, gerr := e.Store.Get(id); gerr == nil {
+					j = cur
+				}
+				return Result{Job: j}, err
+			}
+			if reason != "" {
 				return fail(reason)
 			}
 			crashpoint.Hit(fmt.Sprintf("run.finalize_step.%d", i))
@@ -175,23 +193,68 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	return res, err
 }
 
-// finalizeStep runs one finalize step and returns a failure reason, or "".
-func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity, j *gitstate.Job, wt, step string,
-	timeout time.Duration, log io.Writer, say func(string, ...any)) string {
+// finalizeGate runs a finalize step ($1) only once the monitor says "go" on
+// its stdin; end of input (the monitor died, or did not get its stamp
+// written) ends it without running the step.
+const finalizeGate = `IFS= read -r go || exit 125; exec sh -c "$1" </dev/null`
+
+// finalizeStep runs finalize step k (from 1) and returns a failure reason,
+// or "". The step is fenced: under the job's lock, the record is checked to
+// be still running under this monitor, the step's process is started held
+// at a gate, "step k started" — its number, its process and the progress
+// stamp — is written, and only then is the gate opened, all before the lock
+// is let go. So a step never runs for a job that was ended or taken over,
+// never runs unless the record names it (a monitor killed before the write
+// leaves the gate shut), and whoever ends the job later finds the step's
+// process group in the record and can stop it. err (wrapping errNotOurs,
+// or the store's failure) means the step did not run: the monitor lost its
+// job and must do nothing more.
+func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity, j *gitstate.Job, wt string, k int, step string,
+	timeout time.Duration, log io.Writer, say func(string, ...any)) (reason string, err error) {
 	say("finalize: %s", step)
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := shellCmd(sctx, wt, step, mergeEnv(os.Environ(), JobVars(j, wt)), log)
-	if err := cmd.Start(); err != nil {
-		return fmt.Sprintf("finalize step %q: %v", step, err)
+	gate, open, perr := os.Pipe()
+	if perr != nil {
+		return fmt.Sprintf("finalize step %q: %v", step, perr), nil
 	}
-	fid, err := procid.Of(cmd.Process.Pid)
-	if err == nil {
-		if _, err := e.whileRunning(ctx, id, self, "", func(j *gitstate.Job) { j.Finalizer = fid }); err != nil {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			cmd.Wait()
-			return fmt.Sprintf("finalize step %q stopped: %v", step, err)
+	defer gate.Close()
+	defer open.Close()
+	cmd.Args = []string{"sh", "-c", finalizeGate, "orch-finalize", step}
+	cmd.Stdin = gate
+	var startErr error
+	var fid procid.Identity
+	_, err = e.whileRunningErr(ctx, id, self, func(r *gitstate.Job) error {
+		if startErr = cmd.Start(); startErr != nil {
+			return startErr
 		}
+		gate.Close() // the step's copy is the only one left
+		crashpoint.Hit("run.finalize_spawned")
+		// The child cannot be reaped before Wait: its /proc entry is
+		// there. Without an identity the group is unnamed, as before.
+		fid, _ = procid.Of(cmd.Process.Pid)
+		now := time.Now().UTC()
+		boot, _ := gitstate.BootTime()
+		r.FinalizeStep, r.Finalizer = k, fid
+		r.ProgressAt, r.ProgressBoot = now, boot
+		return nil
+	}, func(*gitstate.Job) {
+		io.WriteString(open, "go\n")
+		open.Close()
+	})
+	switch {
+	case startErr != nil:
+		return fmt.Sprintf("finalize step %q: %v", step, startErr), nil
+	case err != nil && cmd.Process != nil:
+		// Started, but the stamp was not written (the store failed): the
+		// gate stays shut, so the step never ran.
+		open.Close()
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		return "", fmt.Errorf("finalize step %d %q stopped: %w", k, step, err)
+	case err != nil:
+		return "", err
 	}
 	crashpoint.Hit("run.finalize_started")
 	code, detail, _ := exitStatus(cmd.Wait())
@@ -200,11 +263,11 @@ func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity,
 	}
 	switch {
 	case sctx.Err() == context.DeadlineExceeded:
-		return fmt.Sprintf("finalize step %q timed out after %s", step, timeout)
+		return fmt.Sprintf("finalize step %q timed out after %s", step, timeout), nil
 	case code != 0:
-		return fmt.Sprintf("finalize step %q failed: %s", step, detail)
+		return fmt.Sprintf("finalize step %q failed: %s", step, detail), nil
 	}
-	return ""
+	return "", nil
 }
 
 // errNotOurs is why a monitor's guarded write was declined: the job was
@@ -222,6 +285,23 @@ func (e *Env) whileRunning(ctx context.Context, id string, self procid.Identity,
 		fn(j)
 		return nil
 	})
+	if errors.Is(err, gitstate.ErrSkip) {
+		return j, fmt.Errorf("job %s is %s: %w", id, j.Status, errNotOurs)
+	}
+	return j, err
+}
+
+// whileRunningErr is whileRunning for a write that carries a side effect:
+// fn runs under the job's lock only after the check, and an error from fn
+// declines the write and is returned as it is; after runs once the write
+// has landed, still under the lock (gitstate.Store.Update).
+func (e *Env) whileRunningErr(ctx context.Context, id string, self procid.Identity, fn func(*gitstate.Job) error, after ...func(*gitstate.Job)) (*gitstate.Job, error) {
+	j, err := e.Store.Update(ctx, id, "", func(j *gitstate.Job) error {
+		if j.Status != gitstate.Running || j.Monitor != self {
+			return gitstate.ErrSkip
+		}
+		return fn(j)
+	}, after...)
 	if errors.Is(err, gitstate.ErrSkip) {
 		return j, fmt.Errorf("job %s is %s: %w", id, j.Status, errNotOurs)
 	}

@@ -15,6 +15,7 @@ type verdict struct {
 	tier     string // "" to leave the job alone
 	why      string
 	ending   pipeline.Ending
+	stop     bool   // the winner stops the job's process groups
 	observed bool   // a dead observation was counted this pass
 	note     string // what happened to a job left alone, worth reporting
 	err      error
@@ -25,18 +26,82 @@ type groupChecker interface {
 	GroupLiveness(leader procid.Identity) (procid.Liveness, error)
 }
 
-// judge applies the three tiers to one running job. count says whether to
-// record the observation in st (false for a dry run, which writes nothing).
-func judge(j *gitstate.Job, st *State, cfg config.Reaper, now time.Time, groups groupChecker, count bool) verdict {
-	// Tier 3 first: it applies to every job, wherever it runs. A start time
-	// in the future (the clock moved back) is never old enough.
-	if !j.StartedAt.IsZero() {
-		if age := now.Sub(j.StartedAt); age > cfg.MaxRunning() {
-			return verdict{tier: TierMaxRunning, why: fmt.Sprintf("running for %s, longer than max_running_s = %d", age.Round(time.Second), cfg.MaxRunningS),
-				ending: pipeline.Ending{EndedBy: gitstate.EndedByReaperMaxRunning, Failure: ReasonTimeout}}
+// clock is one pass's reading of the time: the wall clock, and
+// CLOCK_BOOTTIME on this boot (boot 0 when it could not be read). Same-boot
+// ages are measured on the boot clock, which wall-clock jumps do not move;
+// the wall clock serves stamps from elsewhere (another host, an older
+// record) and is never trusted to run forwards.
+type clock struct {
+	now    time.Time
+	boot   time.Duration
+	bootID string
+}
+
+// stampAge is how long ago a job's monitor made a stamp (wall, and boot, its
+// CLOCK_BOOTTIME, 0 when not recorded), measured for a job whose monitor
+// runs on this boot (local) on the boot clock. A wall stamp in the future
+// means the clock moved: the age is then measured from the first pass that
+// saw the stamp (kept in *seen, written back only when count), so a jump
+// back costs at most the normal wait once more, never the jump. A negative
+// age is never old enough: ok is false when there is no stamp at all, and
+// on a future stamp's first sighting.
+func (c clock) stampAge(wall time.Time, boot time.Duration, local bool, seen **Sighting, count bool) (age time.Duration, ok bool) {
+	forget := func() {
+		if count {
+			*seen = nil
 		}
 	}
-	if !procid.Local(j.Monitor) {
+	// A boot stamp ahead of the boot clock was not read in this time
+	// namespace: not comparable, so the wall clock judges.
+	if local && boot > 0 && c.boot >= boot {
+		forget()
+		return c.boot - boot, true
+	}
+	if wall.IsZero() {
+		return 0, false
+	}
+	if age := c.now.Sub(wall); age >= 0 {
+		forget()
+		return age, true
+	}
+	s := *seen
+	if s != nil && s.Stamp.Equal(wall) {
+		if s.BootID == c.bootID && s.AtBoot > 0 && c.boot >= s.AtBoot {
+			return c.boot - s.AtBoot, true
+		}
+		if age := c.now.Sub(s.At); age >= 0 {
+			return age, true
+		}
+	}
+	// First sighting (or the clock moved back past it too): measured
+	// from now on, not yet old enough for anything.
+	if count {
+		*seen = &Sighting{Stamp: wall, At: c.now, AtBoot: c.boot, BootID: c.bootID}
+	}
+	return 0, false
+}
+
+// judge applies the three tiers to one running job. count says whether to
+// record the observation in st (false for a dry run, which writes nothing).
+func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupChecker, count bool) verdict {
+	local := procid.Local(j.Monitor)
+	seen := st.Seen[j.ID]
+	defer func() {
+		if !count {
+			return
+		}
+		if seen.Started == nil && seen.Progress == nil {
+			delete(st.Seen, j.ID)
+		} else {
+			st.Seen[j.ID] = seen
+		}
+	}()
+	// Tier 3 first: it applies to every job, wherever it runs.
+	if age, ok := c.stampAge(j.StartedAt, j.StartedBoot, local, &seen.Started, count); ok && age > cfg.MaxRunning() {
+		return verdict{tier: TierMaxRunning, why: fmt.Sprintf("running for %s, longer than max_running_s = %d", age.Round(time.Second), cfg.MaxRunningS),
+			ending: pipeline.Ending{EndedBy: gitstate.EndedByReaperMaxRunning, Failure: ReasonTimeout}}
+	}
+	if !local {
 		return verdict{} // another host or boot: only tier 3 can judge it
 	}
 	dead, why, err := allDead(j, groups)
@@ -46,15 +111,32 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, now time.Time, groups 
 
 	if j.ExitCode != nil {
 		// Tier 2: the exit code is recorded, the job never ended. A live
-		// monitor is left to finish inside the grace.
+		// monitor is left alone while it makes progress: until its last
+		// progress stamp (the exit code recorded, or a finalize step
+		// started) is older than the grace.
+		// The claim re-checks what was judged: a progress stamp written
+		// since this pass read the record means the monitor lives on.
 		code := *j.ExitCode
-		onlyIf := func(cur *gitstate.Job) bool { return cur.ExitCode != nil && *cur.ExitCode == code }
+		onlyIf := func(cur *gitstate.Job) bool {
+			return cur.ExitCode != nil && *cur.ExitCode == code && cur.FinalizeStep == j.FinalizeStep &&
+				cur.ProgressAt.Equal(j.ProgressAt) && cur.ProgressBoot == j.ProgressBoot
+		}
 		ending := pipeline.Ending{EndedBy: gitstate.EndedByReaperExitCode, OnlyIf: onlyIf}
 		if dead {
 			return verdict{tier: TierExitCode, why: "exit code recorded and " + why, ending: ending}
 		}
-		if age := now.Sub(j.FinishedAt); !j.FinishedAt.IsZero() && age >= cfg.FinalizeGrace() {
-			return verdict{tier: TierExitCode, why: fmt.Sprintf("exit code recorded %s ago, past finalize_grace_s = %d", age.Round(time.Second), cfg.FinalizeGraceS), ending: ending}
+		wall, boot, what := j.FinishedAt, time.Duration(0), "exit code recorded"
+		if !j.ProgressAt.IsZero() {
+			wall, boot = j.ProgressAt, j.ProgressBoot
+		}
+		if j.FinalizeStep > 0 {
+			what = fmt.Sprintf("finalize step %d started", j.FinalizeStep)
+		}
+		if age, ok := c.stampAge(wall, boot, local, &seen.Progress, count); ok && age >= cfg.FinalizeGrace() {
+			// Ended while its monitor lives: whatever step it is stuck in
+			// is stopped, so the reaped job causes no further effect.
+			return verdict{tier: TierExitCode, stop: true, ending: ending,
+				why: fmt.Sprintf("no progress since %s %s ago, past finalize_grace_s = %d", what, age.Round(time.Second), cfg.FinalizeGraceS)}
 		}
 		return verdict{}
 	}
@@ -69,14 +151,16 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, now time.Time, groups 
 		return verdict{}
 	}
 	v := verdict{}
-	since := now.Sub(s.Last)
-	switch {
-	case !had || since >= cfg.Interval():
+	since := c.now.Sub(s.Last)
+	if s.BootID == c.bootID && s.LastBoot > 0 && c.boot >= s.LastBoot {
+		since = c.boot - s.LastBoot
+	}
+	// A last observation in the future means the clock moved: this
+	// observation counts, and the streak goes on from now.
+	if !had || since >= cfg.Interval() || since < 0 {
 		s.Count++
-		s.Last = now
+		s.Last, s.LastBoot, s.BootID = c.now, c.boot, c.bootID
 		v.observed = true
-	case since < 0:
-		// The clock moved back: neither count nor reset.
 	}
 	if count {
 		st.Streaks[j.ID] = s

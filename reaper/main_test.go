@@ -147,19 +147,30 @@ func newFixture(t *testing.T) *fixture {
 
 func (f *fixture) store() *gitstate.Store { return f.env.Store }
 
+// bootBase is the fixture's CLOCK_BOOTTIME at base: passes read the boot
+// clock at bootBase plus the same offset as the wall clock, unless a test
+// moves the two apart (passAt).
+const bootBase = 100 * time.Hour
+
 // clock returns Options.Now for a pass at base+d.
 func clock(d time.Duration) func() time.Time {
 	return func() time.Time { return base.Add(d) }
 }
 
-// pass runs one reaper pass at base+d (opts.Now is set from d).
+// bootClock returns Options.BootNow for a pass at bootBase+d.
+func bootClock(d time.Duration) func() (time.Duration, bool) {
+	return func() (time.Duration, bool) { return bootBase + d, true }
+}
+
+// pass runs one reaper pass at base+d, with the boot clock at bootBase+d
+// (opts.Now and opts.BootNow are set from d).
 func (f *fixture) pass(d time.Duration, opts ...reaper.Options) *reaper.Snapshot {
 	f.t.Helper()
 	var o reaper.Options
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	o.Now = clock(d)
+	o.Now, o.BootNow = clock(d), bootClock(d)
 	snap, err := reaper.RunOnce(context.Background(), f.env, o)
 	if err != nil {
 		f.t.Fatalf("RunOnce at base%+v: %v", d, err)

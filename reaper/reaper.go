@@ -48,8 +48,12 @@ type Options struct {
 	// DryRun judges everything and writes nothing at all: no claim, no
 	// streak, no snapshot.
 	DryRun bool
-	// Now is the clock (time.Now when nil).
+	// Now is the wall clock (time.Now when nil).
 	Now func() time.Time
+	// BootNow is CLOCK_BOOTTIME (gitstate.BootTime when nil); ok false
+	// when it cannot be read. Same-boot ages that decide a tier are
+	// measured with it, so that wall-clock jumps do not move them.
+	BootNow func() (d time.Duration, ok bool)
 	// Leases, when set and lease reclaim is enabled, is called once per pass.
 	Leases LeaseReclaimer
 	// StopGrace overrides StopGraceDefault.
@@ -70,7 +74,17 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 	if opts.Now != nil {
 		now = opts.Now
 	}
+	bootNow := gitstate.BootTime
+	if opts.BootNow != nil {
+		bootNow = opts.BootNow
+	}
 	start := now()
+	c := clock{now: start}
+	if b, ok := bootNow(); ok {
+		if id, err := procid.BootID(); err == nil {
+			c.boot, c.bootID = b, id
+		}
+	}
 	snap := &Snapshot{At: start.UTC(), DryRun: opts.DryRun, Actions: []Action{}, Errors: []PassError{}}
 	cfg := env.Config.Reaper
 	if opts.DryRun && !env.Store.ReadOnly {
@@ -105,11 +119,16 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		alive := map[string]bool{}
 		for i, j := range running {
 			alive[j.ID] = true
-			verdicts[i] = judge(j, st, cfg, start, table, !opts.DryRun)
+			verdicts[i] = judge(j, st, cfg, c, table, !opts.DryRun)
 		}
 		for id := range st.Streaks {
 			if !alive[id] {
 				delete(st.Streaks, id)
+			}
+		}
+		for id := range st.Seen {
+			if !alive[id] {
+				delete(st.Seen, id)
 			}
 		}
 		return nil
@@ -118,7 +137,7 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		st, err := LoadState(env.Store.Dir())
 		if err != nil {
 			snap.Errors = append(snap.Errors, PassError{Message: err.Error()})
-			st = &State{Streaks: map[string]Streak{}}
+			st = &State{Streaks: map[string]Streak{}, Seen: map[string]Seen{}}
 		}
 		judgeAll(st)
 	} else if err := updateState(ctx, env.Store.Dir(), judgeAll); err != nil {
@@ -177,6 +196,9 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 			snap.Tier2++
 		case TierMaxRunning:
 			snap.Tier3++
+			v.stop = true
+		}
+		if v.stop {
 			grace := opts.StopGrace
 			if grace == 0 {
 				grace = StopGraceDefault

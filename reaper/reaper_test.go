@@ -439,62 +439,6 @@ func TestOtherHostOnlyTier3(t *testing.T) {
 	}
 }
 
-// ---- the clock moves backwards ----
-
-// A negative age is never old enough: passes dated before started_at or
-// finished_at reap nothing by tiers 2 and 3, and count no tier-1
-// observation.
-func TestClockMovedBack(t *testing.T) {
-	f := newFixture(t)
-	f.cfg.Reaper.FinalizeGraceS = 0
-	f.cfg.Reaper.MaxRunningS = 1
-	f.cfg.Reaper.DeadTicks = 3
-	t2 := f.running("t2", "build", func(j *gitstate.Job) {
-		j.Monitor, j.ExitCode, j.FinishedAt = liveProc(t), intp(0), base
-	})
-	t3 := f.running("t3", "build", func(j *gitstate.Job) { j.Monitor = liveProc(t) })
-
-	back := -time.Hour
-	for i := 0; i < 3; i++ {
-		snap := f.pass(back + time.Duration(i)*time.Second)
-		if snap.Tier2 != 0 || snap.Tier3 != 0 {
-			t.Fatalf("pass an hour before started_at/finished_at: tier2 %d tier3 %d, want nothing reaped", snap.Tier2, snap.Tier3)
-		}
-	}
-	for _, j := range []*gitstate.Job{t2, t3} {
-		if got := f.get(j.ID); got.Status != gitstate.Running {
-			t.Fatalf("%s: %s", j.ID, got.Status)
-		}
-	}
-	// The same passes at the right time do reap them.
-	if snap := f.pass(2 * time.Second); snap.Tier3 != 2 {
-		t.Fatalf("at +2s: tier3 %d, want both (errors %v)", snap.Tier3, snap.Errors)
-	}
-
-	// Tier 1: the streak is not counted by a pass dated before its last
-	// observation (interval_s = 0, so any forward step counts).
-	f2 := newFixture(t)
-	j := f2.running("t1", "build", func(j *gitstate.Job) { j.Monitor = deadProc(t) })
-	if snap := f2.pass(0); snap.Observed != 1 {
-		t.Fatalf("first pass: observed %d", snap.Observed)
-	}
-	for _, at := range []time.Duration{-time.Hour, -time.Second} {
-		if snap := f2.pass(at); snap.Observed != 0 || snap.Tier1 != 0 {
-			t.Fatalf("pass at %s (before the last observation): observed %d tier1 %d; want not counted", at, snap.Observed, snap.Tier1)
-		}
-		if c := f2.state().Streaks[j.ID].Count; c != 1 {
-			t.Fatalf("pass at %s: streak %d, want 1 (neither counted nor reset)", at, c)
-		}
-	}
-	f2.pass(time.Second)
-	if got := f2.get(j.ID); got.Status != gitstate.Running {
-		t.Fatalf("reaped on the second real observation: %s", got.Status)
-	}
-	if snap := f2.pass(2 * time.Second); snap.Tier1 != 1 {
-		t.Fatalf("third real observation: tier1 %d", snap.Tier1)
-	}
-}
-
 // ---- dry run ----
 
 type fakeLeases struct {

@@ -23,10 +23,12 @@ const (
 )
 
 // State is what the reaper keeps between passes: the streak of dead
-// observations of each running job, and the snapshot of the last pass.
+// observations of each running job, the first sightings of job timestamps
+// that lay in the future, and the snapshot of the last pass.
 type State struct {
 	Version  int               `toml:"version"`
 	Streaks  map[string]Streak `toml:"streaks,omitempty"`
+	Seen     map[string]Seen   `toml:"seen,omitempty"`
 	LastPass *Snapshot         `toml:"last_pass,omitempty"`
 }
 
@@ -34,6 +36,28 @@ type State struct {
 type Streak struct {
 	Count int       `toml:"count"`
 	Last  time.Time `toml:"last"` // when the last observation was counted
+	// LastBoot is the reaper's CLOCK_BOOTTIME at Last, on boot BootID: on
+	// the same boot the interval is measured with it, so a wall-clock jump
+	// neither freezes nor hurries the streak.
+	LastBoot time.Duration `toml:"last_boottime,omitzero"`
+	BootID   string        `toml:"boot_id,omitempty"`
+}
+
+// Seen holds, per running job, when a pass first saw one of its
+// timestamps lying in the future (the clock moved back, or the job's host
+// runs ahead). Ages that would be measured from such a stamp are measured
+// from its first sighting instead: never "wait until then".
+type Seen struct {
+	Started  *Sighting `toml:"started,omitempty"`
+	Progress *Sighting `toml:"progress,omitempty"`
+}
+
+// Sighting is the first pass that saw Stamp in the future.
+type Sighting struct {
+	Stamp  time.Time     `toml:"stamp"`
+	At     time.Time     `toml:"at"`
+	AtBoot time.Duration `toml:"at_boottime,omitzero"`
+	BootID string        `toml:"boot_id,omitempty"`
 }
 
 // Snapshot is the report of one pass, kept as the last pass and shown by
@@ -88,7 +112,7 @@ func statePath(stateDir string) string { return filepath.Join(stateDir, stateFil
 // LoadState reads the reaper's state. A missing file is an empty state; a
 // file that cannot be parsed is an error naming it (it is left in place).
 func LoadState(stateDir string) (*State, error) {
-	st := &State{Version: 1, Streaks: map[string]Streak{}}
+	st := &State{Version: 1, Streaks: map[string]Streak{}, Seen: map[string]Seen{}}
 	data, err := statefile.ReadFile(statePath(stateDir), statefile.MaxSizeDefault)
 	if errors.Is(err, fs.ErrNotExist) {
 		return st, nil
@@ -101,6 +125,9 @@ func LoadState(stateDir string) (*State, error) {
 	}
 	if st.Streaks == nil {
 		st.Streaks = map[string]Streak{}
+	}
+	if st.Seen == nil {
+		st.Seen = map[string]Seen{}
 	}
 	if p := st.LastPass; p != nil {
 		// Empty lists are not written; read them back as empty, not null.
@@ -131,7 +158,7 @@ func updateState(ctx context.Context, stateDir string, fn func(*State) error) er
 			return fmt.Errorf("%v; moving it aside: %w", loadErr, err)
 		}
 		loadErr = fmt.Errorf("%v (moved to %s, state restarted)", loadErr, aside)
-		st = &State{Version: 1, Streaks: map[string]Streak{}}
+		st = &State{Version: 1, Streaks: map[string]Streak{}, Seen: map[string]Seen{}}
 	}
 	if err := fn(st); err != nil {
 		return err

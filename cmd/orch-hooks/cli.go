@@ -96,6 +96,9 @@ type cli struct {
 	dir            string // -C
 	configFlag     string // --config
 	ctx            context.Context
+	// quietWarnings keeps configuration warnings off stderr: a hook run
+	// prints nothing unless it acted.
+	quietWarnings bool
 
 	repo  *gitstate.Repo
 	cfg   *config.Config
@@ -301,6 +304,11 @@ func (c *cli) loadConfig() (*config.Config, error) {
 	cfg, err := config.Load(path, required)
 	if err != nil {
 		return nil, err
+	}
+	for _, w := range cfg.Warnings {
+		if !c.quietWarnings {
+			c.errf("orch-hooks: warning: %v\n", w)
+		}
 	}
 	c.cfg = cfg
 	return cfg, nil

@@ -112,6 +112,7 @@ func setupHook(fs *flag.FlagSet, c *cli) func([]string) error {
 		if hooks.NotDue(r.StateDir(), cfgPath, time.Now()) {
 			return nil
 		}
+		c.quietWarnings = true
 		env, err := c.env()
 		if err != nil {
 			return nil // not initialised, bad config: a hook never fails git

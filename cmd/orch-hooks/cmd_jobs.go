@@ -127,6 +127,9 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return err
 		}
+		// Status needs no configuration, but shows its warnings; a broken
+		// file is every other command's error to report.
+		c.loadConfig()
 		var l gitstate.Listing
 		if *all {
 			l, err = s.All()
