@@ -36,8 +36,10 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, now time.Time, groups 
 				ending: pipeline.Ending{EndedBy: gitstate.EndedByReaperMaxRunning, Failure: ReasonTimeout}}
 		}
 	}
-	if !procid.Local(j.Monitor) {
-		return verdict{} // another host or boot: only tier 3 can judge it
+	// Another host, boot or pid namespace: only tier 3 can judge it. A
+	// reaper whose /proc is not its own judges nothing and says so.
+	if ok, err := procid.Judgeable(j.Monitor); !ok {
+		return verdict{err: err}
 	}
 	dead, why, err := allDead(j, groups)
 	if err != nil {
