@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // ErrForeignProc is why an identity is neither recorded nor judged: the
@@ -72,6 +73,15 @@ func readPidNS() (uint64, error) {
 		return 0, fmt.Errorf("pid namespace of this process: %w", err)
 	}
 	return st.Ino, nil
+}
+
+// BootOffset is how far this process's time namespace sets CLOCK_BOOTTIME
+// (and /proc/uptime, and the start times in /proc) ahead of the host's, to
+// whole clock ticks: zero outside a time namespace. A boot-time stamp meant
+// to be compared across namespaces is this process's clock minus it.
+func BootOffset() (time.Duration, error) {
+	t, err := bootOffset()
+	return time.Duration(t) * (time.Second / clockTicks), err
 }
 
 // bootOffset returns this process's time namespace boot-time offset in

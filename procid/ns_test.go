@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/orch-hooks/orch-hooks/procid"
 )
@@ -31,6 +32,8 @@ type report struct {
 	ID         procid.Identity `json:"id"`
 	Err        string          `json:"err,omitempty"`
 	BootOffset string          `json:"boot_offset"`
+	// Offset is procid.BootOffset inside.
+	Offset time.Duration `json:"offset"`
 }
 
 // verdict is the helper's judgement of an identity the test sent it.
@@ -57,6 +60,7 @@ func nsHelper() int {
 			}
 		}
 	}
+	r.Offset, _ = procid.BootOffset()
 	enc := json.NewEncoder(os.Stdout)
 	enc.Encode(r)
 	in := bufio.NewScanner(os.Stdin)
@@ -208,6 +212,12 @@ func TestTimeNamespaceKeepsIdentity(t *testing.T) {
 	}
 	if p.rep.BootOffset != "1000" {
 		t.Fatalf("helper's boottime offset %q: want 1000 (the time namespace did not apply)", p.rep.BootOffset)
+	}
+	if p.rep.Offset != 1000*time.Second {
+		t.Errorf("BootOffset() inside = %v, want 1000s", p.rep.Offset)
+	}
+	if off, err := procid.BootOffset(); off != 0 || err != nil {
+		t.Errorf("BootOffset() outside = %v, %v; want 0", off, err)
 	}
 	in := p.rep.ID
 	out, err := procid.Of(in.PID)
