@@ -2,6 +2,7 @@ package reaper_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -115,5 +116,27 @@ func TestForeignNamespaceOnlyTier3(t *testing.T) {
 	}
 	if err := syscall.Kill(victim.PID, 0); err != nil {
 		t.Fatalf("victim: %v", err)
+	}
+}
+
+// cancel of a job whose command was recorded in another pid namespace
+// cancels it but signals nothing here, and says its processes were not
+// stopped rather than that they were.
+func TestCancelSparesForeignNamespace(t *testing.T) {
+	f := newFixture(t)
+	inside := nsInit(t)
+	victim := liveProc(t)
+	collides := victim
+	collides.PidNS = inside.PidNS
+	j := f.running("ns-cancel", "build", func(j *gitstate.Job) { j.Monitor, j.Command, j.PGID = inside, collides, collides.PID })
+	got, won, err := f.env.Cancel(context.Background(), j.ID)
+	if !won || got.Status != gitstate.Cancelled {
+		t.Fatalf("cancel: won %v, %+v; want cancelled", won, got)
+	}
+	if err == nil || !strings.Contains(err.Error(), "not stopped") || !strings.Contains(err.Error(), "another pid namespace") {
+		t.Errorf("cancel error %v; want one saying the group of another pid namespace was not stopped", err)
+	}
+	if l, err := procid.GroupLiveness(victim); l != procid.Alive || err != nil {
+		t.Fatalf("the group of this namespace sharing the foreign record's pid: %v, %v; want untouched, alive", l, err)
 	}
 }
