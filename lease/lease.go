@@ -135,7 +135,8 @@ func (m *Manager) read(target string) (*Lease, error) {
 func (m *Manager) Get(target string) (*Lease, error) { return m.read(target) }
 
 // Stale reports whether l may be reclaimed at now, and why: its owner is
-// confirmed dead by identity (same host and boot only), or it was last
+// confirmed dead by identity (same host, boot and pid namespace only: an
+// owner in another pid namespace is Unknown), or it was last
 // renewed more than its TTL ago. A renewal in the future (the clock moved
 // back) never makes a lease stale by age.
 func Stale(l *Lease, now time.Time) (bool, string) {

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"syscall"
 	"time"
@@ -32,9 +33,31 @@ func (e *Env) Cancel(ctx context.Context, id string) (j *gitstate.Job, won bool,
 // StopGroups stops the process groups of a job that has been claimed
 // terminal by the caller: TERM, then KILL to whatever is left after grace.
 // Groups are confirmed by identity first, so a recycled group id is never
-// signalled. It returns once every group is gone (or was never ours).
+// signalled. It returns once every group is gone (or was never ours). A
+// group of this machine that cannot be judged from here (recorded in
+// another pid namespace, or this process's /proc is not its own) is not
+// signalled, and is an error: it was not stopped.
 func StopGroups(j *gitstate.Job, grace time.Duration) error {
-	leaders := []procid.Identity{j.Command, j.Finalizer}
+	var leaders []procid.Identity
+	var errs []error
+	for _, l := range []procid.Identity{j.Command, j.Finalizer} {
+		ok, err := procid.Judgeable(l)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("process group %s not stopped: %w", l, err))
+		case !ok && procid.Local(l):
+			errs = append(errs, fmt.Errorf("process group %s not stopped: it was recorded in another pid namespace (%d); stop it from inside that namespace", l, l.PidNS))
+		case ok:
+			leaders = append(leaders, l)
+		}
+	}
+	if err := stopJudgeable(leaders, grace); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func stopJudgeable(leaders []procid.Identity, grace time.Duration) error {
 	for _, l := range leaders {
 		if _, err := procid.SignalGroup(l, syscall.SIGTERM); err != nil {
 			return err

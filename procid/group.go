@@ -7,7 +7,8 @@ import (
 )
 
 // GroupLiveness tells whether any process of the process group led by
-// leader is still running. The group id is the leader's pid. Linux does not
+// leader is still running; Unknown, as Check, when leader cannot be judged
+// here (see Judgeable). The group id is the leader's pid. Linux does not
 // hand out a pid while a process group of that id exists, so:
 //   - the leader itself, with its recorded start time, alive: Alive;
 //   - another live process holding the leader's pid: the whole group ended
@@ -39,8 +40,10 @@ func (t *GroupTable) GroupLiveness(leader Identity) (Liveness, error) {
 }
 
 func groupLiveness(leader Identity, members func(pgid int) (int, error)) (Liveness, error) {
-	if leader.IsZero() || !Local(leader) {
-		return Unknown, nil
+	// A group of another pid namespace is Unknown: its id names some other
+	// group here, whose liveness says nothing about it.
+	if ok, err := Judgeable(leader); !ok {
+		return Unknown, err
 	}
 	st, err := ReadStat(leader.PID)
 	switch {
@@ -94,7 +97,8 @@ func scanGroups() (map[int]int, error) {
 }
 
 // SignalGroup sends sig to the process group led by leader, only if that
-// group is confirmed alive by identity: a recycled group id is never
+// group is confirmed alive by identity: a recycled group id, and the group
+// id of another pid namespace (which here names another group), are never
 // signalled. It reports whether the signal was sent.
 func SignalGroup(leader Identity, sig syscall.Signal) (bool, error) {
 	l, err := GroupLiveness(leader)

@@ -1,6 +1,15 @@
 // Package procid identifies processes on this machine in a way that survives
-// pid reuse: a process is (host, boot id, pid, start time), and a pid alone
-// never says whether "our" process is still alive.
+// pid reuse and namespaces: a process is (host, boot id, pid namespace, pid,
+// start time), and a pid alone never says whether "our" process is still
+// alive.
+//
+// A pid means something only in the pid namespace it was read in, so an
+// identity records that namespace (the inode of /proc/self/ns/pid of the
+// process that read it, whose /proc must be its own) and is judged only by
+// a process in the same namespace; anywhere else it is foreign, Unknown,
+// like a process on another host. The start time is normalised to the
+// host's boot-time clock, so a time namespace (whose offset /proc applies
+// to what its members read) does not change it.
 package procid
 
 import (
@@ -15,11 +24,15 @@ import (
 )
 
 // Identity names one process for as long as the machine stays up. The start
-// time is field 22 of /proc/<pid>/stat (clock ticks since boot), so a pid
-// recycled for another process yields a different Identity.
+// time is field 22 of /proc/<pid>/stat (clock ticks since boot, normalised
+// to the host's clock: see StartTime of Stat), so a pid recycled for
+// another process yields a different Identity. PidNS is the pid namespace
+// PID was read in; zero in records written before it was recorded, which
+// are judged as if they were of the judge's own namespace.
 type Identity struct {
 	Host      string `toml:"host,omitempty" json:"host,omitempty"`
 	BootID    string `toml:"boot_id,omitempty" json:"boot_id,omitempty"`
+	PidNS     uint64 `toml:"pid_ns,omitzero" json:"pid_ns,omitempty"`
 	PID       int    `toml:"pid,omitzero" json:"pid"`
 	StartTime uint64 `toml:"start_time,omitzero" json:"start_time,omitempty"`
 }
@@ -39,8 +52,9 @@ func (id Identity) String() string {
 type Liveness int
 
 const (
-	// Unknown: the process belongs to another host or boot, so this machine
-	// cannot tell; callers must not treat it as dead.
+	// Unknown: the process belongs to another host, boot or pid namespace,
+	// or this process's /proc is not its own, so it cannot tell here;
+	// callers must not treat it as dead, nor signal it.
 	Unknown Liveness = iota
 	// Alive: a process with that pid and that start time exists and has not
 	// exited.
@@ -64,9 +78,12 @@ func (l Liveness) String() string {
 
 // Stat is what this package reads from /proc/<pid>/stat.
 type Stat struct {
-	State     byte   // field 3: R, S, D, Z, T, ...
-	PGID      int    // field 5
-	StartTime uint64 // field 22
+	State byte // field 3: R, S, D, Z, T, ...
+	PGID  int  // field 5
+	// StartTime is field 22, which /proc shows shifted by the reader's time
+	// namespace boot-time offset; ReadStat takes that offset off again, so
+	// this is ticks of the host's CLOCK_BOOTTIME wherever it was read.
+	StartTime uint64
 }
 
 // ErrNoProcess is returned by ReadStat when no process has that pid.
@@ -85,7 +102,16 @@ func ReadStat(pid int) (Stat, error) {
 		}
 		return Stat{}, fmt.Errorf("pid %d: %w", pid, err)
 	}
-	return parseStat(b)
+	st, err := parseStat(b)
+	if err != nil {
+		return st, err
+	}
+	off, err := bootOffset()
+	if err != nil {
+		return Stat{}, err
+	}
+	st.StartTime = uint64(int64(st.StartTime) - off)
+	return st, nil
 }
 
 func parseStat(b []byte) (Stat, error) {
@@ -142,7 +168,9 @@ func Host() (string, error) {
 	return hostName, hostErr
 }
 
-// Of returns the identity of the live process pid on this machine.
+// Of returns the identity of the live process pid, a pid of this process's
+// own pid namespace. It fails when this process's /proc is not its own (see
+// ErrForeignProc) rather than record the identity of another process.
 func Of(pid int) (Identity, error) {
 	host, err := Host()
 	if err != nil {
@@ -152,30 +180,53 @@ func Of(pid int) (Identity, error) {
 	if err != nil {
 		return Identity{}, err
 	}
+	ns, err := PidNS()
+	if err != nil {
+		return Identity{}, err
+	}
 	st, err := ReadStat(pid)
 	if err != nil {
 		return Identity{}, err
 	}
-	return Identity{Host: host, BootID: boot, PID: pid, StartTime: st.StartTime}, nil
+	return Identity{Host: host, BootID: boot, PidNS: ns, PID: pid, StartTime: st.StartTime}, nil
 }
 
 // Self returns the identity of the calling process.
 func Self() (Identity, error) { return Of(os.Getpid()) }
 
-// Local reports whether id was recorded on this host and this boot, the only
-// case in which its liveness can be judged here.
+// Local reports whether id was recorded on this host and this boot: the
+// same machine, whatever its pid namespace. Judgeable says whether its
+// liveness can be judged here.
 func Local(id Identity) bool {
 	host, err1 := Host()
 	boot, err2 := BootID()
 	return err1 == nil && err2 == nil && id.Host == host && id.BootID == boot
 }
 
-// Check tells whether the process id is still running. A process on another
-// host or boot is Unknown; an error reading /proc other than "no such
-// process" is returned with Unknown so callers never mistake it for death.
-func Check(id Identity) (Liveness, error) {
+// Judgeable reports whether this process can judge id's liveness: id was
+// recorded on this host and boot, in this process's pid namespace (or
+// before namespaces were recorded), and this process's /proc is its own.
+// A foreign identity is not an error; a /proc that is not this process's
+// own is, since then nothing can be judged here.
+func Judgeable(id Identity) (bool, error) {
 	if id.IsZero() || !Local(id) {
-		return Unknown, nil
+		return false, nil
+	}
+	ns, err := PidNS()
+	if err != nil {
+		return false, err
+	}
+	return id.PidNS == 0 || id.PidNS == ns, nil
+}
+
+// Check tells whether the process id is still running. A process on
+// another host, boot or pid namespace is Unknown; so is any process when
+// this process's /proc is not its own, with that error. An error reading
+// /proc other than "no such process" is returned with Unknown so callers
+// never mistake it for death.
+func Check(id Identity) (Liveness, error) {
+	if ok, err := Judgeable(id); !ok {
+		return Unknown, err
 	}
 	st, err := ReadStat(id.PID)
 	if errors.Is(err, ErrNoProcess) {

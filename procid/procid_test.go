@@ -154,3 +154,27 @@ func mustBoot(t *testing.T) string {
 	}
 	return b
 }
+
+func TestParseBootOffset(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int64
+	}{
+		{"monotonic 0 0\nboottime 0 0\n", 0},
+		{"monotonic           0         0\nboottime         1000         0\n", 100000},
+		{"monotonic 5 0\nboottime -20 0\n", -2000},
+		{"boottime 1 5000000\n", 100},    // 1.005 s: floor to whole ticks
+		{"boottime -1 -5000000\n", -101}, // -1.005 s
+		{"7 3 0\n", 300},
+	} {
+		got, err := parseBootOffset([]byte(c.in))
+		if err != nil || got != c.want {
+			t.Errorf("parseBootOffset(%q) = %d, %v; want %d", c.in, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{"", "monotonic 0 0\n", "boottime x 0\n"} {
+		if _, err := parseBootOffset([]byte(bad)); err == nil {
+			t.Errorf("parseBootOffset(%q): no error", bad)
+		}
+	}
+}

@@ -104,6 +104,11 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 	if !local {
 		return verdict{} // another host or boot: only tier 3 can judge it
 	}
+	// Another pid namespace: only tier 3 can judge it. A reaper whose
+	// /proc is not its own judges nothing and says so.
+	if ok, err := procid.Judgeable(j.Monitor); !ok {
+		return verdict{err: err}
+	}
 	dead, why, err := allDead(j, groups)
 	if err != nil {
 		return verdict{err: err}
