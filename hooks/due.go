@@ -73,7 +73,11 @@ func recordDue(stateDir, configPath string, last time.Time, interval time.Durati
 	boot, up, shellPath := "-", int64(0), "-"
 	if id, err := procid.BootID(); err == nil && id != "" && !strings.ContainsAny(id, " \t\n") {
 		var ts unix.Timespec
-		if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) == nil {
+		// Inside a time namespace /proc/uptime is shifted by its offset,
+		// and a hook may run in another namespace than this pass: the
+		// fast path is written only where no offset applies (the script
+		// checks its own side likewise).
+		if off, err := procid.BootOffset(); err == nil && off == 0 && unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) == nil {
 			if left := time.Until(due); left > 0 {
 				boot, up = id, (ts.Nano()+int64(left))/int64(time.Second)
 			}

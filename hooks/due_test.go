@@ -148,4 +148,22 @@ func TestScriptSkipsWithoutStartingBinary(t *testing.T) {
 			}
 		})
 	}
+
+	// In a time namespace /proc/uptime is shifted by its offset and says
+	// nothing about the due time on the host's clock: the binary decides.
+	t.Run("time namespace", func(t *testing.T) {
+		if out, err := exec.Command("unshare", "--time", "--boottime", "5", "--fork", "true").CombinedOutput(); err != nil {
+			t.Skipf("no time namespace here (unshare --time: %v: %s)", err, out)
+		}
+		fresh(time.Hour)
+		os.Remove(record)
+		cmd := exec.Command("unshare", "--time", "--boottime", "5", "--fork", hook)
+		cmd.Dir = filepath.Join(base, "repo")
+		if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
+			t.Fatalf("hook in a time namespace: %v, output %q", err, out)
+		}
+		if _, err := os.Stat(record); err != nil {
+			t.Error("binary not started in a time namespace whose clock is 5 s ahead: the skip trusted a shifted /proc/uptime")
+		}
+	})
 }

@@ -55,7 +55,8 @@ func Dir(ctx context.Context, dir string) (string, error) {
 // the state dir is ../orch from it) the script first reads the due file
 // (DueFileName) with shell builtins only and exits, without starting the
 // binary, while no pass is due; any doubt (a field that does not match, a
-// shell without test -nt, no /proc) starts the binary, which decides.
+// shell without test -nt, no /proc, a time namespace whose offset shifts
+// /proc/uptime) starts the binary, which decides.
 func Script(name, exe string, skipNotDue bool) []byte {
 	q := shellQuote(exe)
 	skip := ""
@@ -67,6 +68,8 @@ func Script(name, exe string, skipNotDue bool) []byte {
 		if [ -f "$due" ] && { read -r v _ _ _ boot up ivl cfg; } 2>/dev/null <"$due" &&
 			read -r nowboot 2>/dev/null </proc/sys/kernel/random/boot_id &&
 			read -r nowup _ 2>/dev/null </proc/uptime &&
+			{ ! [ -e /proc/self/timens_offsets ] ||
+				{ read -r _ _ _ && read -r _ bs bn && [ "$bs" = 0 ] && [ "$bn" = 0 ]; } 2>/dev/null </proc/self/timens_offsets; } &&
 			[ "$v" = v2 ] && [ "$boot" = "$nowboot" ] && [ "$ivl" = "x${ORCH_REAPER_INTERVAL_S-}" ] &&
 			[ -f "$cfg" ] && [ "$due" -nt "$cfg" ] 2>/dev/null && [ "${nowup%.*}" -lt "$up" ] 2>/dev/null; then
 			exit $status
