@@ -1,11 +1,7 @@
 package reaper_test
 
 import (
-	"bufio"
 	"context"
-	"fmt"
-	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,54 +9,9 @@ import (
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/procid/procidtest"
 	"github.com/orch-hooks/orch-hooks/reaper"
 )
-
-// nsInit starts a shell as pid 1 of a new pid namespace with its own /proc
-// and returns the identity it has there, as a monitor inside a container
-// records it: (host, boot, that namespace, pid 1, its start time). It lives
-// until the test ends. The test is skipped where unshare cannot do it.
-func nsInit(t *testing.T) procid.Identity {
-	t.Helper()
-	flags := []string{"--pid", "--fork", "--mount-proc"}
-	if out, err := exec.Command("unshare", append(flags, "true")...).CombinedOutput(); err != nil {
-		t.Skipf("unshare %s does not work here (needs root or user namespaces): %v: %s", strings.Join(flags, " "), err, out)
-	}
-	// Field 22 of its own stat, with the shell's builtins (its name, sh,
-	// has no spaces); then it waits for the end of its input.
-	script := `read -r l </proc/self/stat; set -- $l; shift 21; echo "$(stat -Lc %i /proc/$$/ns/pid) $$ $1"; read -r _`
-	cmd := exec.Command("unshare", append(flags, "--kill-child", "sh", "-c", script)...)
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("process in a pid namespace: %v", err)
-	}
-	var id procid.Identity
-	if _, err := fmt.Sscan(line, &id.PidNS, &id.PID, &id.StartTime); err != nil {
-		t.Fatalf("process in a pid namespace said %q: %v", line, err)
-	}
-	self, err := procid.Self()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if id.PidNS == self.PidNS || id.PID != 1 {
-		t.Fatalf("process in a new pid namespace: %+v; want pid 1 in a namespace other than %d", id, self.PidNS)
-	}
-	id.Host, id.BootID = self.Host, self.BootID
-	return id
-}
 
 // A job whose processes were recorded in another pid namespace of this
 // machine (a monitor in a container or under unshare) is foreign: tiers 1
@@ -71,7 +22,7 @@ func TestForeignNamespaceOnlyTier3(t *testing.T) {
 	f.cfg.Reaper.DeadTicks = 1
 	f.cfg.Reaper.FinalizeGraceS = 0
 	f.cfg.Reaper.MaxRunningS = 1
-	inside := nsInit(t)
+	inside := procidtest.NamespaceInit(t)
 
 	// The would-be victim: a live group of this namespace whose pid and
 	// start time the record of the other namespace happens to share.
@@ -124,7 +75,7 @@ func TestForeignNamespaceOnlyTier3(t *testing.T) {
 // stopped rather than that they were.
 func TestCancelSparesForeignNamespace(t *testing.T) {
 	f := newFixture(t)
-	inside := nsInit(t)
+	inside := procidtest.NamespaceInit(t)
 	victim := liveProc(t)
 	collides := victim
 	collides.PidNS = inside.PidNS
