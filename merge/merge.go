@@ -524,7 +524,7 @@ func (m *Merger) clearPending(target string) {
 // owed reports whether a sync was recorded as owed (done now, or found
 // moot).
 func (m *Merger) finishSync(ctx context.Context, target string) (owed bool, err error) {
-	data, err := os.ReadFile(m.pendingPath(target))
+	data, err := statefile.ReadFile(m.pendingPath(target), statefile.MaxSizeDefault)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}

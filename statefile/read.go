@@ -25,9 +25,11 @@ var ErrTooLarge = errors.New("file too large")
 // names the path, the size, the cap and the fix. A missing file wraps
 // fs.ErrNotExist as with os.ReadFile. The size is taken from the open file
 // (fstat), and at most max+1 bytes are ever read, so a file that grows
-// between the two, or one with no size (a pipe), is refused as well.
+// between the two, or one with no size (a pipe), is refused as well. It
+// opens with Open: a symlink, FIFO, socket or directory at path is refused
+// (ErrNotRegular), never followed or waited on.
 func ReadFile(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := Open(path, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, err
 	}
