@@ -61,6 +61,7 @@ func exitCode(err error) int {
 		errors.Is(err, gitstate.ErrBadName),
 		errors.Is(err, gitstate.ErrNotInitialised),
 		errors.Is(err, gitstate.ErrNotRepository),
+		errors.Is(err, gitstate.ErrDubiousOwnership),
 		errors.Is(err, pipeline.ErrUnknownStage):
 		return exitUsage
 	case errors.Is(err, pipeline.ErrWrongStatus):
