@@ -173,7 +173,7 @@ func OpenStore(stateDir string) (*Store, error) {
 			return nil, fmt.Errorf("open job store: %w", err)
 		}
 	}
-	return &Store{dir: stateDir, Actor: "cli", Now: time.Now, LockTimeout: statefile.LockTimeoutDefault, LogMode: LogModeDefault}, nil
+	return &Store{dir: stateDir, Actor: "cli", Now: time.Now, LockTimeout: statefile.LockTimeoutDefault}, nil
 }
 
 // Dir is the state dir.

@@ -126,14 +126,16 @@ func PermissionHint(err error, path string) string {
 	if !errors.Is(err, fs.ErrPermission) {
 		return ""
 	}
-	me := userName(os.Geteuid())
-	hint := fmt.Sprintf("; this process runs as %s", me)
+	root := stateRoot(path)
 	if fi, lerr := os.Lstat(path); lerr == nil {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
-			hint += fmt.Sprintf(" and %s belongs to %s", path, userName(int(st.Uid)))
+			return fmt.Sprintf("; %s belongs to %s and this process runs as %s (a command once run as another user, such as root, leaves such files): "+
+				"give the state dir back to the repository's owner (sudo chown -R %s %s) or run orch-hooks as that owner",
+				path, userName(int(st.Uid)), userName(os.Geteuid()), loginName(os.Geteuid()), root)
 		}
 	}
-	return hint + fmt.Sprintf(": run orch-hooks as the user who owns the repository, or give the state back to that user (sudo chown -R USER %s)", stateRoot(path))
+	return fmt.Sprintf("; this process (%s) may not write there: make the state dir writable for the repository's owner (chmod -R u+w %s), or run orch-hooks as that owner",
+		userName(os.Geteuid()), root)
 }
 
 // stateRoot is the state dir that path lies in (<common-git-dir>/orch, the
@@ -152,4 +154,11 @@ func userName(uid int) string {
 		return fmt.Sprintf("uid %d (%s)", uid, u.Username)
 	}
 	return fmt.Sprintf("uid %d", uid)
+}
+
+func loginName(uid int) string {
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		return u.Username
+	}
+	return strconv.Itoa(uid)
 }
