@@ -49,7 +49,9 @@ func inOpen(pid int) bool {
 	return false
 }
 
-func inotify(link string) bool { return strings.HasPrefix(link, "anon_inode:") && strings.Contains(link, "inotify") }
+func inotify(link string) bool {
+	return strings.HasPrefix(link, "anon_inode:") && strings.Contains(link, "inotify")
+}
 
 // TestSignalEndsCommands: SIGINT (Ctrl-C) and SIGTERM end status, reap,
 // dispatch, watch and lease acquire --wait, each while it waits — on a lock
