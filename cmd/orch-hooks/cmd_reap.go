@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"path/filepath"
 
 	"github.com/orch-hooks/orch-hooks/hooks"
 	"github.com/orch-hooks/orch-hooks/lease"
@@ -87,7 +88,9 @@ func passFailure(snap *reaper.Snapshot, lockErr error) error {
 	n := 0
 	var first string
 	for _, e := range snap.Errors {
-		if e.Path != "" && e.Job == "" && e.Lease == "" {
+		// An unreadable record: a job's (Path), or a lease's, which the
+		// lease manager keys by its path rather than a target name.
+		if e.Path != "" && e.Job == "" && e.Lease == "" || filepath.IsAbs(e.Lease) {
 			continue
 		}
 		if n++; n == 1 {
