@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -61,7 +62,7 @@ func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
 		Leases:    lease.Open(env.Store.Dir()),
 	})
 	if err != nil || snap == nil {
-		if err != nil {
+		if err != nil && !busy(err) {
 			Warn(env.Store.Dir(), env.Config.Path, interval, err, out)
 		}
 		return
@@ -70,7 +71,7 @@ func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
 	// Errors on one job or lease are in the snapshot (status shows them);
 	// a state the pass could not write is said here too, once.
 	for _, e := range snap.Errors {
-		if e.Path == "" && e.Job == "" && e.Lease == "" {
+		if e.Path == "" && e.Job == "" && e.Lease == "" && !strings.Contains(e.Message, statefile.ErrLockTimeout.Error()) {
 			fmt.Fprintf(out, "orch-hooks: warning: reaper pass: %s\n", e.Message)
 			break
 		}
@@ -86,6 +87,13 @@ func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
 			fmt.Fprintf(out, "orch-hooks: %d job(s) need a longer reaper pass: started orch-hooks reap in the background\n", snap.Deferred)
 		}
 	}
+}
+
+// busy reports whether err only means that another pass was in the way or
+// the hook's budget ran out: nothing to tell the user about.
+func busy(err error) bool {
+	return errors.Is(err, statefile.ErrLockTimeout) || errors.Is(err, statefile.ErrLocked) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 // Warn says on out, in one line, that a hook could not make its pass, and
