@@ -109,7 +109,7 @@ func safeDirectory(r *Repo) bool {
 		return false
 	}
 	var values []string
-	for _, v := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+	for _, v := range strings.Split(strings.TrimSuffix(string(out), "\n"), "\n") {
 		if v == "" {
 			values = nil
 			continue
