@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"syscall"
 )
 
 // MaxSizeDefault caps every state file orch-hooks reads whole: a job record,
@@ -33,6 +34,25 @@ func ReadFile(path string, max int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return readOpen(f, path, max)
+}
+
+// ReadFileFollow is ReadFile for a file outside the state dir that a user
+// may well keep as a symlink (orch.toml): it follows symlinks, but still
+// never blocks in open and refuses a target that is not a regular file.
+func ReadFileFollow(path string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, NotRegular(path, fi.Mode())
+	}
+	return readOpen(f, path, max)
+}
+
+func readOpen(f *os.File, path string, max int64) ([]byte, error) {
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {

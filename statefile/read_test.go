@@ -185,3 +185,29 @@ func TestFullHint(t *testing.T) {
 		t.Errorf("fullHint(EACCES) = %q, want none", h)
 	}
 }
+
+// TestReadFileFollow: orch.toml may be a symlink (followed), never a FIFO
+// (refused at once, not waited on).
+func TestReadFileFollow(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	writeTestFile(t, good, "content")
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(good, link); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := ReadFileFollow(link, MaxSizeDefault); err != nil || string(b) != "content" {
+		t.Errorf("ReadFileFollow through a symlink: %q, %v", b, err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	fifoLink := filepath.Join(dir, "fifo-link")
+	os.Symlink(fifo, fifoLink)
+	for _, p := range []string{fifo, fifoLink} {
+		if _, err := ReadFileFollow(p, MaxSizeDefault); !errors.Is(err, ErrNotRegular) {
+			t.Errorf("ReadFileFollow(%s): %v; want ErrNotRegular", p, err)
+		}
+	}
+}
