@@ -203,7 +203,9 @@ func (e *Error) Error() string {
 // are applied after the file and validated like it.
 func Load(path string, required bool) (*Config, error) {
 	c := Default()
-	data, err := statefile.ReadFile(path, statefile.MaxSizeDefault)
+	// Followed if a symlink (a user's dotfiles may hold it), never waited
+	// on if a FIFO.
+	data, err := statefile.ReadFileFollow(path, statefile.MaxSizeDefault)
 	switch {
 	case err == nil:
 		c.Path = path

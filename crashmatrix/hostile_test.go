@@ -834,7 +834,9 @@ func TestHostileFullDisk(t *testing.T) {
 	if ids := statusJobs(t, st); len(ids) != 4 || ids[idA] != "queued" || ids[idB] != "queued" {
 		t.Errorf("status on a full disk: %v; want the 4 jobs, %s and %s still queued", ids, idA, idB)
 	}
-	wantCode(t, "reap on a full disk", step("full_reap"), 0, enospc)
+	// A pass that could not write its state says so and exits 1 (DESIGN.md
+	// "State on disk": never silently).
+	wantCode(t, "reap on a full disk", step("full_reap"), 1, enospc)
 
 	// Nothing changed: every record parses, byte for byte as before, and no
 	// temporary file is left anywhere in the state dir.

@@ -30,9 +30,9 @@ func (s *Store) appendEvent(t Transition) error {
 		return err
 	}
 	line = append(line, '\n')
-	f, err := os.OpenFile(s.EventsPath(), os.O_RDWR|os.O_APPEND|os.O_CREATE, statefile.Mode)
+	f, err := statefile.Open(s.EventsPath(), os.O_RDWR|os.O_APPEND|os.O_CREATE, statefile.Mode)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w%s", err, statefile.PermissionHint(err, s.EventsPath()))
 	}
 	// A line left cut short (see below) must not swallow this one: it
 	// then starts on a line of its own.
@@ -84,7 +84,7 @@ func (s *Store) Events() ([]Transition, error) {
 // off, and the offset to read from next time. A line still being written is
 // left for the next call.
 func (s *Store) EventsFrom(off int64) ([]Transition, int64, error) {
-	f, err := os.Open(s.EventsPath())
+	f, err := statefile.Open(s.EventsPath(), os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, 0, nil
 	}
@@ -116,8 +116,8 @@ func (s *Store) EventsFrom(off int64) ([]Transition, int64, error) {
 // EventsEnd is the current size of the event log: EventsFrom(EventsEnd())
 // returns only what is appended afterwards.
 func (s *Store) EventsEnd() int64 {
-	fi, err := os.Stat(s.EventsPath())
-	if err != nil {
+	fi, err := os.Lstat(s.EventsPath())
+	if err != nil || !fi.Mode().IsRegular() {
 		return 0
 	}
 	return fi.Size()
@@ -140,7 +140,7 @@ const backwardLimit = 1 << 20
 // reading a growing chunk at a time, until fn returns false or backwardLimit
 // bytes have been read.
 func (s *Store) scanBackward(fn func(Transition) bool) error {
-	f, err := os.Open(s.EventsPath())
+	f, err := statefile.Open(s.EventsPath(), os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -201,7 +201,10 @@ func (s *Store) Recent(n int) (Listing, error) {
 		return len(l.Jobs)+len(l.Unreadable) < n
 	})
 	if err != nil {
-		return l, fmt.Errorf("recent jobs: %w", err)
+		// The log is the index of ended jobs, not a record: one that cannot
+		// be read (a FIFO or symlink in its place, say) is reported like an
+		// unreadable record and the listing goes on without it.
+		l.Unreadable = append(l.Unreadable, &UnreadableError{Path: s.EventsPath(), Err: withoutPath(errors.Unwrap(err), s.EventsPath())})
 	}
 	return l, nil
 }

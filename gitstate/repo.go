@@ -140,7 +140,11 @@ func fromGitDir(top, gitDir string) (*Repo, error) {
 			top = r
 		}
 	}
-	return &Repo{Worktree: top, GitDir: gitDir, CommonDir: common, MainWorktree: main}, nil
+	r := &Repo{Worktree: top, GitDir: gitDir, CommonDir: common, MainWorktree: main}
+	if err := r.checkOwnership(); err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // A linked worktree's git dir has HEAD and commondir but no objects or refs

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -77,6 +78,65 @@ type Store struct {
 	// ReadOnly stops listings from removing the markers a crash left behind
 	// (a dry run writes nothing at all).
 	ReadOnly bool
+	// LogMode, when set, is the permission of a job log OpenLog creates;
+	// when zero, it follows the repository's core.sharedRepository
+	// (SharedLogMode).
+	LogMode fs.FileMode
+}
+
+// sharedLogMode reads core.sharedRepository of the repository whose common
+// git dir holds the state dir. It runs git, once per log opened (a job's
+// start, not a hook's fast path); any failure means the private default.
+func (s *Store) sharedLogMode() fs.FileMode {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	v, err := Git(ctx, filepath.Dir(s.dir), "--git-dir", filepath.Dir(s.dir), "config", "--get", "core.sharedRepository")
+	if err != nil {
+		return LogModeDefault
+	}
+	return SharedLogMode(v)
+}
+
+// SharedLogMode is the permission of a job log in a repository whose
+// core.sharedRepository is value. Logs may hold secrets, so the default
+// (unset, "umask", "false", "0") is LogModeDefault, owner only. A shared
+// repository (git-config(1): "group"/"true"/"1", "all"/"world"/"everybody"/
+// "2", or an octal mode 0xxx) lets the same people read logs that it lets
+// read the repository: 0640 for group, 0644 for all, the octal mode without
+// execute bits and without write for anyone but the owner (a log is only
+// appended to by its job's monitor).
+func SharedLogMode(value string) fs.FileMode {
+	switch strings.ToLower(strings.TrimSpace(value)) {
+	case "group", "true", "1", "yes", "on":
+		return 0o640
+	case "all", "world", "everybody", "2":
+		return 0o644
+	case "", "umask", "false", "0", "no", "off":
+		return LogModeDefault
+	}
+	if n, err := strconv.ParseUint(strings.TrimSpace(value), 8, 32); err == nil && n&0o600 == 0o600 {
+		return fs.FileMode(n) & 0o644
+	}
+	return LogModeDefault
+}
+
+// LogModeDefault is the permission of a job log: agent output may hold
+// tokens and other secrets, so only the owner reads it.
+const LogModeDefault fs.FileMode = 0o600
+
+// OpenLog opens job id's log for appending, creating it with s.LogMode. A
+// symlink, FIFO, socket or directory in its place is refused
+// (statefile.ErrNotRegular), never followed or waited on.
+func (s *Store) OpenLog(id string) (*os.File, error) {
+	mode := s.LogMode
+	if mode == 0 {
+		mode = s.sharedLogMode()
+	}
+	f, err := statefile.Open(s.LogPath(id), os.O_WRONLY|os.O_APPEND|os.O_CREATE, mode)
+	if err != nil {
+		return nil, fmt.Errorf("job %s: open log: %w%s", id, err, statefile.PermissionHint(err, s.LogPath(id)))
+	}
+	return f, nil
 }
 
 // Init creates the state dir and its subdirectories. It is idempotent.
@@ -89,7 +149,14 @@ func Init(stateDir string) error {
 	return nil
 }
 
-// OpenStore opens the job store of an initialised state dir.
+// stateSubdirs are the directories of the state dir, each checked at open.
+var stateSubdirs = []string{jobsDir, activeDir, runningDir, advanceDir, locksDir, logsDir}
+
+// OpenStore opens the job store of an initialised state dir. The state dir
+// itself may be a symlink (put there by the repository's owner, as .git
+// itself may be one), but each of its subdirectories must be a directory,
+// not a symlink or anything else: every write below it would otherwise go
+// wherever the link points. One that is not is refused with the fix.
 func OpenStore(stateDir string) (*Store, error) {
 	fi, err := os.Stat(filepath.Join(stateDir, jobsDir))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -100,6 +167,11 @@ func OpenStore(stateDir string) (*Store, error) {
 	}
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("open job store: %s is not a directory", filepath.Join(stateDir, jobsDir))
+	}
+	for _, d := range stateSubdirs {
+		if err := statefile.CheckDir(filepath.Join(stateDir, d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("open job store: %w", err)
+		}
 	}
 	return &Store{dir: stateDir, Actor: "cli", Now: time.Now, LockTimeout: statefile.LockTimeoutDefault}, nil
 }
@@ -187,15 +259,15 @@ func (s *Store) touchActive(id string) error { return s.touch(activeDir, id) }
 // touch creates an empty marker file dir/id.
 func (s *Store) touch(dir, id string) error {
 	path := filepath.Join(s.dir, dir, id)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, statefile.Mode)
+	f, err := statefile.Open(path, os.O_WRONLY|os.O_CREATE, statefile.Mode)
 	if errors.Is(err, fs.ErrNotExist) {
 		// A state dir made by an older version may lack the directory.
-		if err = os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
-			f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE, statefile.Mode)
+		if err = os.Mkdir(filepath.Dir(path), 0o755); err == nil || errors.Is(err, fs.ErrExist) {
+			f, err = statefile.Open(path, os.O_WRONLY|os.O_CREATE, statefile.Mode)
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("job %s: mark %s: %w", id, dir, err)
+		return fmt.Errorf("job %s: mark %s: %w%s", id, dir, err, statefile.PermissionHint(err, path))
 	}
 	return f.Close()
 }

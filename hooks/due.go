@@ -43,7 +43,9 @@ func NotDue(stateDir, configPath string, now time.Time) bool {
 	if !ok {
 		return false
 	}
-	b, err := os.ReadFile(filepath.Join(stateDir, DueFileName))
+	// statefile.ReadFile: a FIFO or symlink in its place is refused, never
+	// waited on (a hook must never hang the git command).
+	b, err := statefile.ReadFile(filepath.Join(stateDir, DueFileName), 4096)
 	if err != nil {
 		return false
 	}
@@ -92,12 +94,28 @@ func recordDue(stateDir, configPath string, last time.Time, interval time.Durati
 	// Named as statefile names its temporary files: one convention for
 	// whatever a crash leaves in the state dir.
 	tmp := filepath.Join(stateDir, fmt.Sprintf("%s%s-%d", statefile.TempPrefix, DueFileName, os.Getpid()))
-	if err := os.WriteFile(tmp, []byte(line), 0o644); err != nil {
-		return
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := writeDue(tmp, path, line); err != nil {
 		os.Remove(tmp)
 	}
+}
+
+// writeDue puts line at path through tmp: created exclusively and never
+// through a symlink (one a crash of this pid left is unlinked first), then
+// renamed over path, which replaces whatever is there without following it.
+func writeDue(tmp, path, line string) error {
+	os.Remove(tmp)
+	f, err := statefile.Open(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(line)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // configKey names the config file as it is now — its identity, size and

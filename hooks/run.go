@@ -2,10 +2,12 @@ package hooks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -40,8 +42,14 @@ func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
 		}
 	}
 	unlock, err := statefile.TryLock(env.Store.LockPath(PassLock))
+	if errors.Is(err, statefile.ErrLocked) {
+		return // another pass is running: skip
+	}
 	if err != nil {
-		return // another pass is running (or the lock is unusable): skip
+		// The lock is unusable (left by another user, or not a file): a
+		// pass cannot be made, and saying nothing would hide it for good.
+		Warn(env.Store.Dir(), env.Config.Path, interval, err, out)
+		return
 	}
 	defer unlock()
 	budget := env.Config.Hooks.Budget()
@@ -54,9 +62,20 @@ func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
 		Leases:    lease.Open(env.Store.Dir()),
 	})
 	if err != nil || snap == nil {
+		if err != nil && !busy(err) {
+			Warn(env.Store.Dir(), env.Config.Path, interval, err, out)
+		}
 		return
 	}
 	recordDue(env.Store.Dir(), env.Config.Path, snap.At, interval)
+	// Errors on one job or lease are in the snapshot (status shows them);
+	// a state the pass could not write is said here too, once.
+	for _, e := range snap.Errors {
+		if e.Path == "" && e.Job == "" && e.Lease == "" && !strings.Contains(e.Message, statefile.ErrLockTimeout.Error()) {
+			fmt.Fprintf(out, "orch-hooks: warning: reaper pass: %s\n", e.Message)
+			break
+		}
+	}
 	for _, a := range snap.Actions {
 		if a.Observation {
 			continue
@@ -70,10 +89,27 @@ func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
 	}
 }
 
+// busy reports whether err only means that another pass was in the way or
+// the hook's budget ran out: nothing to tell the user about.
+func busy(err error) bool {
+	return errors.Is(err, statefile.ErrLockTimeout) || errors.Is(err, statefile.ErrLocked) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
+// Warn says on out, in one line, that a hook could not make its pass, and
+// records the pass as made now in the due file so that the next hooks skip
+// until interval has passed: the error is said once per interval, never on
+// every commit and never silently. When even the due file cannot be
+// written (the state dir is not writable at all), every hook says it.
+func Warn(stateDir, configPath string, interval time.Duration, err error, out io.Writer) {
+	fmt.Fprintf(out, "orch-hooks: warning: reaper pass not made: %v\n", err)
+	recordDue(stateDir, configPath, time.Now(), interval)
+}
+
 // background starts `exe reap` detached, in its own session, its output
 // appended to logs/reaper.log.
 func background(exe string, env *pipeline.Env) error {
-	logf, err := os.OpenFile(env.Store.LogPath("reaper"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	logf, err := env.Store.OpenLog("reaper")
 	if err != nil {
 		return err
 	}

@@ -100,8 +100,14 @@ func (m *Manager) lock(ctx context.Context, target string) (func(), error) {
 	if err := gitstate.ValidateBranch(target); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(m.dir, 0o755); err != nil {
-		return nil, fmt.Errorf("lease %s: %w", target, err)
+	if err := os.Mkdir(m.dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("lease %s: %w%s", target, err, statefile.PermissionHint(err, filepath.Dir(m.dir)))
+	}
+	// leases/ and locks/ must be directories, not symlinks to elsewhere.
+	for _, d := range []string{m.dir, filepath.Dir(m.lockPath(target))} {
+		if err := statefile.CheckDir(d); err != nil {
+			return nil, fmt.Errorf("lease %s: %w", target, err)
+		}
 	}
 	unlock, err := statefile.Lock(ctx, m.lockPath(target))
 	if err != nil {
@@ -116,7 +122,7 @@ func (m *Manager) read(target string) (*Lease, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
-	if errors.Is(err, statefile.ErrTooLarge) {
+	if errors.Is(err, statefile.ErrTooLarge) || errors.Is(err, statefile.ErrNotRegular) {
 		// Damaged like a record that does not parse: reported, not trusted.
 		err = errors.Unwrap(err) // the *fs.PathError's inner error: the path is named once
 		return nil, &gitstate.UnreadableError{Path: m.recordPath(target), Err: err}
@@ -334,6 +340,9 @@ func (m *Manager) WithToken(ctx context.Context, target string, token uint64, fn
 // List returns every lease held now, by target, and the records that
 // cannot be read.
 func (m *Manager) List() ([]*Lease, []*gitstate.UnreadableError, error) {
+	if err := statefile.CheckDir(m.dir); errors.Is(err, statefile.ErrNotRegular) {
+		return nil, []*gitstate.UnreadableError{{Path: m.dir, Err: errors.Unwrap(err)}}, nil
+	}
 	ents, err := os.ReadDir(m.dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil

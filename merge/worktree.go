@@ -361,7 +361,7 @@ func indexHolds(ctx context.Context, wt, index, from, to string) (bool, error) {
 // move touched (or the move is undone). owed reports that there was a
 // record.
 func (m *Merger) finishSync(ctx context.Context, target string, token uint64) (owed bool, err error) {
-	data, err := os.ReadFile(m.pendingPath(target))
+	data, err := statefile.ReadFile(m.pendingPath(target), statefile.MaxSizeDefault)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}

@@ -77,7 +77,7 @@ func (e *Env) Dispatch(ctx context.Context, start MonitorStarter) (started []str
 // appended to the job's log.
 func (e *Env) StartMonitor(exe string, args ...string) MonitorStarter {
 	return func(ctx context.Context, id string) error {
-		logf, err := os.OpenFile(e.Store.LogPath(id), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		logf, err := e.Store.OpenLog(id)
 		if err != nil {
 			return err
 		}

@@ -75,7 +75,7 @@ func (e *Env) dispatcherPath() string { return filepath.Join(e.Store.Dir(), "wat
 
 func (e *Env) dispatcherInfo() (DispatcherInfo, error) {
 	var info DispatcherInfo
-	data, err := os.ReadFile(e.dispatcherPath())
+	data, err := statefile.ReadFile(e.dispatcherPath(), statefile.MaxSizeDefault)
 	if err != nil {
 		return info, err
 	}

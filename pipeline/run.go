@@ -86,7 +86,7 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	}
 	crashpoint.Hit("run.claimed")
 
-	logf, err := os.OpenFile(e.Store.LogPath(id), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	logf, err := e.Store.OpenLog(id)
 	if err != nil {
 		return e.Finalize(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor, Failure: fmt.Sprintf("open log: %v", err)})
 	}

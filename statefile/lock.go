@@ -85,10 +85,14 @@ func TryLock(path string) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
+// openLockFile opens (creating) a lock file with Open: a symlink, FIFO,
+// socket or directory in its place is refused, never followed or waited on.
+// A lock file this user may not open (one left by another user, such as
+// root) is an error that names its owner and the fix.
 func openLockFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, Mode)
+	f, err := Open(path, os.O_RDWR|os.O_CREATE, Mode)
 	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
+		return nil, fmt.Errorf("lock %s: %w%s", path, err, PermissionHint(err, path))
 	}
 	return f, nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"syscall"
 )
 
 // MaxSizeDefault caps every state file orch-hooks reads whole: a job record,
@@ -25,12 +26,33 @@ var ErrTooLarge = errors.New("file too large")
 // names the path, the size, the cap and the fix. A missing file wraps
 // fs.ErrNotExist as with os.ReadFile. The size is taken from the open file
 // (fstat), and at most max+1 bytes are ever read, so a file that grows
-// between the two, or one with no size (a pipe), is refused as well.
+// between the two, or one with no size (a pipe), is refused as well. It
+// opens with Open: a symlink, FIFO, socket or directory at path is refused
+// (ErrNotRegular), never followed or waited on.
 func ReadFile(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := Open(path, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, err
 	}
+	return readOpen(f, path, max)
+}
+
+// ReadFileFollow is ReadFile for a file outside the state dir that a user
+// may well keep as a symlink (orch.toml): it follows symlinks, but still
+// never blocks in open and refuses a target that is not a regular file.
+func ReadFileFollow(path string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, NotRegular(path, fi.Mode())
+	}
+	return readOpen(f, path, max)
+}
+
+func readOpen(f *os.File, path string, max int64) ([]byte, error) {
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {

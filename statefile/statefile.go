@@ -43,7 +43,7 @@ func ReplaceMode(path string, data []byte, mode fs.FileMode) error {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("replace %s: %w%s", path, err, fullHint(err, filepath.Dir(path)))
+		return fmt.Errorf("replace %s: %w%s%s", path, err, fullHint(err, filepath.Dir(path)), PermissionHint(err, filepath.Dir(path)))
 	}
 	return SyncDir(filepath.Dir(path))
 }
@@ -62,7 +62,7 @@ func Create(path string, data []byte) (created bool, err error) {
 		if errors.Is(err, fs.ErrExist) {
 			return false, nil
 		}
-		return false, fmt.Errorf("create %s: %w%s", path, err, fullHint(err, filepath.Dir(path)))
+		return false, fmt.Errorf("create %s: %w%s%s", path, err, fullHint(err, filepath.Dir(path)), PermissionHint(err, filepath.Dir(path)))
 	}
 	if err := SyncDir(filepath.Dir(path)); err != nil {
 		return true, err
@@ -77,15 +77,13 @@ func writeTemp(path string, data []byte, mode fs.FileMode) (string, error) {
 	}
 	dir, base := filepath.Split(path)
 	tmp := filepath.Join(dir, TempPrefix+base+"-"+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	// Open: O_EXCL|O_NOFOLLOW, so nothing planted at the temporary name
+	// is written through, and the mode is set exactly.
+	f, err := Open(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
-		return "", fmt.Errorf("write %s: %w%s", path, err, fullHint(err, dir))
+		return "", fmt.Errorf("write %s: %w%s%s", path, err, fullHint(err, dir), PermissionHint(err, dir))
 	}
-	// The umask may have taken bits away; the caller asked for these.
-	err = f.Chmod(mode)
-	if err == nil {
-		_, err = f.Write(data)
-	}
+	_, err = f.Write(data)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -110,8 +108,9 @@ func fullHint(err error, dir string) string {
 }
 
 // SyncDir fsyncs a directory so that renames and links into it are durable.
+// O_DIRECTORY|O_NONBLOCK: whatever sits at dir, the open never waits.
 func SyncDir(dir string) error {
-	d, err := os.Open(dir)
+	d, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", dir, err)
 	}

@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -59,6 +61,7 @@ func exitCode(err error) int {
 		errors.Is(err, gitstate.ErrBadName),
 		errors.Is(err, gitstate.ErrNotInitialised),
 		errors.Is(err, gitstate.ErrNotRepository),
+		errors.Is(err, gitstate.ErrDubiousOwnership),
 		errors.Is(err, pipeline.ErrUnknownStage):
 		return exitUsage
 	case errors.Is(err, pipeline.ErrWrongStatus):
@@ -99,6 +102,9 @@ type cli struct {
 	// quietWarnings keeps configuration warnings off stderr: a hook run
 	// prints nothing unless it acted.
 	quietWarnings bool
+	// monitor is set for `run JOB`, which handles SIGINT and SIGTERM
+	// itself (see Main).
+	monitor atomic.Bool
 
 	repo  *gitstate.Repo
 	cfg   *config.Config
@@ -134,11 +140,47 @@ func printGlobalUsage(w io.Writer) {
 	fmt.Fprintf(w, globalUsage, b.String())
 }
 
+// signalGrace bounds how long a command goes on after SIGINT or SIGTERM:
+// it gets its context cancelled at once (lock and lease waits, watch and
+// log follow end on it), and if it has not returned by then the process
+// exits anyway. DESIGN.md: every command ends within a second of Ctrl-C or
+// SIGTERM. Every write is a crash-safe replace, so ending anywhere is safe;
+// running jobs, in their own sessions, are left running.
+const signalGrace = 800 * time.Millisecond
+
 // Main runs the command line and returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	c := &cli{stdout: stdout, stderr: stderr, ctx: ctx}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	defer close(done)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case sig := <-sigs:
+			cancel()
+			if c.monitor.Load() {
+				// `run JOB` is the job's monitor: it passes the signal on
+				// to the job and records its end (pipeline.Env.Run), which
+				// a forced exit would cut short.
+				return
+			}
+			// A second signal takes its default action: killed at once.
+			signal.Stop(sigs)
+			t := time.NewTimer(signalGrace)
+			select {
+			case <-t.C:
+				fmt.Fprintf(stderr, "orch-hooks: interrupted by %v; stopped (running jobs keep running)\n", sig)
+				os.Exit(exitError)
+			case <-done:
+				t.Stop()
+			}
+		case <-done:
+		}
+	}()
 	err := c.run(args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -193,6 +235,7 @@ command:
 	if cmd == nil {
 		return usageErrorf("unknown command %q; run orch-hooks --help for the list", args[0])
 	}
+	c.monitor.Store(cmd.name == "run")
 	fs := flag.NewFlagSet(cmd.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	runFn := cmd.setup(fs, c)

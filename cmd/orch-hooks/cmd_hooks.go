@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/config"
+	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/hooks"
 )
 
@@ -114,8 +116,16 @@ func setupHook(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		c.quietWarnings = true
 		env, err := c.env()
-		if err != nil {
+		var cfgErr *config.Error
+		switch {
+		case err == nil:
+		case errors.Is(err, gitstate.ErrNotInitialised), errors.As(err, &cfgErr):
 			return nil // not initialised, bad config: a hook never fails git
+		default:
+			// A state dir that cannot be used: said (once per interval),
+			// and git goes on.
+			hooks.Warn(r.StateDir(), cfgPath, config.Default().Reaper.Interval(), err, c.stderr)
+			return nil
 		}
 		exe, _ := os.Executable()
 		hooks.Run(c.ctx, env, exe, c.stderr)

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"path/filepath"
 
 	"github.com/orch-hooks/orch-hooks/hooks"
 	"github.com/orch-hooks/orch-hooks/lease"
@@ -38,17 +40,28 @@ func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
 		env.Store.Actor = "reaper"
 		// Hold the pass lock when free so hooks skip meanwhile; never wait
 		// for it: correctness comes from the per-job claims.
+		// A pass lock this user cannot take (left by another user, or not
+		// a file) is an error to report, not a reason to skip the pass.
+		var lockErr error
 		if !*dry {
-			if unlock, err := statefile.TryLock(env.Store.LockPath(hooks.PassLock)); err == nil {
+			unlock, err := statefile.TryLock(env.Store.LockPath(hooks.PassLock))
+			switch {
+			case err == nil:
 				defer unlock()
+			case !errors.Is(err, statefile.ErrLocked):
+				lockErr = err
 			}
 		}
 		snap, err := reaper.RunOnce(c.ctx, env, reaper.Options{DryRun: *dry, Leases: lease.Open(env.Repo.StateDir())})
 		if err != nil {
 			return err
 		}
+		failed := passFailure(snap, lockErr)
 		if *asJSON {
-			return writeJSON(c.stdout, snap)
+			if err := writeJSON(c.stdout, snap); err != nil {
+				return err
+			}
+			return failed
 		}
 		if snap.Disabled {
 			c.errf("reaper disabled (reaper.enabled = false or ORCH_REAPER_ENABLED=0): nothing done\n")
@@ -61,8 +74,37 @@ func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
 			c.errf("error: %s\n", passErrorString(e))
 		}
 		c.errf("%s\n", passSummary(snap))
+		return failed
+	}
+}
+
+// passFailure is reap's error (exit 1) when the pass could not do its work:
+// the pass lock, a job, a lease or the reaper's own state could not be
+// read or written (a permission error, a full disk, a lock file that is not
+// a file), so a job that should have ended may still be running. Records
+// that cannot be parsed are only reported (status shows them; exit 0): they
+// never stop a pass, and the rest of the pass was done.
+func passFailure(snap *reaper.Snapshot, lockErr error) error {
+	n := 0
+	var first string
+	for _, e := range snap.Errors {
+		// An unreadable record: a job's (Path), or a lease's, which the
+		// lease manager keys by its path rather than a target name.
+		if e.Path != "" && e.Job == "" && e.Lease == "" || filepath.IsAbs(e.Lease) {
+			continue
+		}
+		if n++; n == 1 {
+			first = passErrorString(e)
+		}
+	}
+	if lockErr != nil {
+		n++
+		first = lockErr.Error()
+	}
+	if n == 0 {
 		return nil
 	}
+	return fmt.Errorf("reaper pass incomplete: %d error(s), the first: %s", n, first)
 }
 
 func passErrorString(e reaper.PassError) string {

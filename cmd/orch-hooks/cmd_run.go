@@ -14,6 +14,7 @@ import (
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 func init() {
@@ -147,7 +148,7 @@ func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 		if _, err := s.Get(args[0]); err != nil {
 			return jobLookupError(err)
 		}
-		f, err := os.Open(s.LogPath(args[0]))
+		f, err := statefile.Open(s.LogPath(args[0]), os.O_RDONLY, 0)
 		if errors.Is(err, os.ErrNotExist) {
 			if !*follow {
 				c.errf("%s has no output yet\n", args[0])
@@ -181,7 +182,7 @@ func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 			case <-time.After(200 * time.Millisecond):
 			}
 			if f == nil {
-				f, _ = os.Open(s.LogPath(args[0]))
+				f, _ = statefile.Open(s.LogPath(args[0]), os.O_RDONLY, 0)
 			}
 		}
 		if f != nil {
