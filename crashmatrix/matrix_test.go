@@ -136,6 +136,7 @@ var matrix = []struct {
 	// Armed in every monitor: the build monitor dies at its own hit, and
 	// the merge monitor (a new process) at the merge stage's.
 	{"run.exit_recorded", []scenario{pipelineScenario}},
+	{"run.finalize_spawned", []scenario{pipelineScenario}},
 	{"run.finalize_started", []scenario{pipelineScenario}},
 	{"run.finalize_step.0", []scenario{pipelineScenario}},
 	{"finalize.claimed", []scenario{pipelineScenario}},
@@ -143,7 +144,14 @@ var matrix = []struct {
 	{"lease.release", []scenario{pipelineScenario, mergeScenario, leaseScenario}},
 	{"lease.reclaim", []scenario{leaseScenario}},
 	{"merge.commit_tree", []scenario{pipelineScenario, mergeScenario}},
+	// The target's worktree moved with its ref (main is checked out in
+	// the main worktree): index.lock taken, files moved, new index ready,
+	// ref moved, index in place.
+	{"merge.index_locked", []scenario{pipelineScenario, mergeScenario, remoteScenario}},
+	{"merge.worktree_updated", []scenario{pipelineScenario, mergeScenario, remoteScenario}},
+	{"merge.index_ready", []scenario{pipelineScenario, mergeScenario, remoteScenario}},
 	{"merge.update_ref", []scenario{pipelineScenario, mergeScenario, remoteScenario}},
+	{"merge.index_committed", []scenario{pipelineScenario, mergeScenario, remoteScenario}},
 	{"merge.push", []scenario{remoteScenario}},
 }
 
