@@ -15,6 +15,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/reaper"
 	"github.com/orch-hooks/orch-hooks/statefile"
+	"github.com/orch-hooks/orch-hooks/termtext"
 )
 
 // PassLock is the name of the lock a hook's pass takes without waiting: when
@@ -72,7 +73,7 @@ func Run(ctx context.Context, env *pipeline.Env, exe string, out io.Writer) {
 	// a state the pass could not write is said here too, once.
 	for _, e := range snap.Errors {
 		if e.Path == "" && e.Job == "" && e.Lease == "" && !strings.Contains(e.Message, statefile.ErrLockTimeout.Error()) {
-			fmt.Fprintf(out, "orch-hooks: warning: reaper pass: %s\n", e.Message)
+			fmt.Fprintf(out, "orch-hooks: warning: reaper pass: %s\n", termtext.Line(e.Message))
 			break
 		}
 	}
@@ -102,7 +103,7 @@ func busy(err error) bool {
 // every commit and never silently. When even the due file cannot be
 // written (the state dir is not writable at all), every hook says it.
 func Warn(stateDir, configPath string, interval time.Duration, err error, out io.Writer) {
-	fmt.Fprintf(out, "orch-hooks: warning: reaper pass not made: %v\n", err)
+	fmt.Fprintf(out, "orch-hooks: warning: reaper pass not made: %s\n", termtext.Line(err.Error()))
 	recordDue(stateDir, configPath, time.Now(), interval)
 }
 

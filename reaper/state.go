@@ -13,6 +13,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/orch-hooks/orch-hooks/statefile"
+	"github.com/orch-hooks/orch-hooks/termtext"
 )
 
 // stateFile is the reaper's own record in the state dir; its lock guards
@@ -89,14 +90,16 @@ type Action struct {
 	Observation bool   `toml:"observation,omitempty" json:"observation,omitempty"`
 }
 
-// String is the action as one line: "<job>: <tier>: <outcome>", or
-// "lease <target>: ..." for a lease.
+// String is the action as one line for a person: "<job>: <tier>:
+// <outcome>", or "lease <target>: ..." for a lease, with control characters
+// escaped (termtext.Line): an outcome can quote a holder name or a gate's
+// output.
 func (a Action) String() string {
 	what := a.Job
 	if a.Lease != "" {
 		what = "lease " + a.Lease
 	}
-	return what + ": " + a.Tier + ": " + a.Outcome
+	return termtext.Line(what + ": " + a.Tier + ": " + a.Outcome)
 }
 
 // PassError is an error on one unit of a pass; the pass went on.

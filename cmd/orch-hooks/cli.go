@@ -18,6 +18,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/termtext"
 )
 
 // Exit codes (DESIGN.md "Command line").
@@ -95,10 +96,16 @@ func lookup(name string) *command {
 // cli is one invocation: global flags, output streams, and the lazily opened
 // repository, config and store.
 type cli struct {
-	stdout, stderr io.Writer
-	dir            string // -C
-	configFlag     string // --config
-	ctx            context.Context
+	// stdout and stderr escape control characters (termtext.Writer): text
+	// that came from a job, a gate, a branch or a file name never drives
+	// the terminal. rawStdout and rawStderr are the streams themselves, for
+	// the live view's own escape codes, logs asked for raw and the output
+	// of a command the user runs under lease run.
+	stdout, stderr       io.Writer
+	rawStdout, rawStderr io.Writer
+	dir                  string // -C
+	configFlag           string // --config
+	ctx                  context.Context
 	// quietWarnings keeps configuration warnings off stderr: a hook run
 	// prints nothing unless it acted.
 	quietWarnings bool
@@ -152,7 +159,10 @@ const signalGrace = 800 * time.Millisecond
 func Main(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := &cli{stdout: stdout, stderr: stderr, ctx: ctx}
+	outT, errT := termtext.NewWriter(stdout), termtext.NewWriter(stderr)
+	defer outT.Flush()
+	defer errT.Flush()
+	c := &cli{stdout: outT, stderr: errT, rawStdout: stdout, rawStderr: stderr, ctx: ctx}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	done := make(chan struct{})
@@ -173,7 +183,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			t := time.NewTimer(signalGrace)
 			select {
 			case <-t.C:
-				fmt.Fprintf(stderr, "orch-hooks: interrupted by %v; stopped (running jobs keep running)\n", sig)
+				fmt.Fprintf(errT, "orch-hooks: interrupted by %v; stopped (running jobs keep running)\n", sig)
+				outT.Flush()
+				errT.Flush()
 				os.Exit(exitError)
 			case <-done:
 				t.Stop()
@@ -186,7 +198,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
 		}
-		fmt.Fprintf(stderr, "orch-hooks: %v\n", err)
+		fmt.Fprintf(errT, "orch-hooks: %v\n", err)
 	}
 	return exitCode(err)
 }

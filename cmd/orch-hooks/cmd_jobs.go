@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	orchhooks "github.com/orch-hooks/orch-hooks"
 	"github.com/orch-hooks/orch-hooks/config"
@@ -17,6 +18,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/reaper"
+	"github.com/orch-hooks/orch-hooks/termtext"
 )
 
 func init() {
@@ -187,11 +189,11 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 			c.printLeaseTable(leases, time.Now())
 		}
 		for _, u := range l.Unreadable {
-			fmt.Fprintf(c.stdout, "unreadable: %s: %v\n", u.Path, u.Err)
+			fmt.Fprintf(c.stdout, "unreadable: %s: %s\n", termtext.Line(u.Path), termtext.Line(u.Err.Error()))
 		}
 		switch {
 		case rerr != nil:
-			fmt.Fprintf(c.stdout, "unreadable: %v\n", rerr)
+			fmt.Fprintf(c.stdout, "unreadable: %s\n", termtext.Line(rerr.Error()))
 		case last != nil:
 			fmt.Fprintf(c.stdout, "last reaper pass %s ago: %s\n", age(time.Now(), last.At), passSummary(last))
 			for _, e := range last.Errors {
@@ -218,16 +220,18 @@ func (c *cli) printJobTable(jobs []*gitstate.Job) {
 		case j.Status == gitstate.Running:
 			since = j.StartedAt
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.ID, j.Status, j.Stage, j.Branch,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", termtext.Line(j.ID), termtext.Line(string(j.Status)), termtext.Line(j.Stage), termtext.Line(j.Branch),
 			age(now, since), pidString(j.Command.PID), dash(oneLine(j.Reason)))
 	}
 	tw.Flush()
 }
 
+// oneLine is s for a table cell: control characters escaped, newlines
+// included (termtext.Line), cut to 60 characters (never inside one).
 func oneLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	if len(s) > 60 {
-		s = s[:57] + "..."
+	s = termtext.Line(s)
+	if utf8.RuneCountInString(s) > 60 {
+		s = string([]rune(s)[:57]) + "..."
 	}
 	return s
 }
@@ -264,9 +268,11 @@ func jobLookupError(err error) error {
 
 func (c *cli) printJob(s *gitstate.Store, j *gitstate.Job) {
 	w := tabwriter.NewWriter(c.stdout, 0, 4, 1, ' ', 0)
+	// Every value on one line, control characters escaped: a reason can
+	// hold a gate's whole output.
 	row := func(k, v string) {
 		if v != "" {
-			fmt.Fprintf(w, "%s:\t%s\n", k, v)
+			fmt.Fprintf(w, "%s:\t%s\n", termtext.Line(k), termtext.Line(v))
 		}
 	}
 	ts := func(t time.Time) string {
@@ -318,7 +324,7 @@ func (c *cli) printJob(s *gitstate.Store, j *gitstate.Job) {
 				from = "(new)"
 			}
 			fmt.Fprintf(c.stdout, "  %s  %s → %s  by %s (pid %d on %s)  %s\n",
-				t.At.Local().Format(time.RFC3339), from, t.To, t.Actor, t.PID, t.Host, t.Reason)
+				t.At.Local().Format(time.RFC3339), from, t.To, termtext.Line(t.Actor), t.PID, termtext.Line(t.Host), termtext.Line(t.Reason))
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/merge"
 	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/termtext"
 )
 
 func init() {
@@ -227,7 +228,9 @@ func leaseRun(c *cli, mgr *lease.Manager, target string, req lease.Request, wait
 	release := context.WithoutCancel(c.ctx)
 	defer mgr.Release(release, target, l.Token)
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.stdout, c.stderr
+	// The user's own command, as if run directly: its output is not ours to
+	// escape, and it keeps the terminal.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.rawStdout, c.rawStderr
 	cmd.Env = append(os.Environ(), "ORCH_LEASE_TOKEN="+strconv.FormatUint(l.Token, 10), "ORCH_LEASE_TARGET="+target)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("lease run: %w", err)
@@ -287,7 +290,7 @@ func (c *cli) printLeases(mgr *lease.Manager, asJSON bool) error {
 	}
 	c.printLeaseTable(leases, now)
 	for _, u := range bad {
-		fmt.Fprintf(c.stdout, "unreadable: %s: %v\n", u.Path, u.Err)
+		fmt.Fprintf(c.stdout, "unreadable: %s: %s\n", termtext.Line(u.Path), termtext.Line(u.Err.Error()))
 	}
 	return nil
 }
@@ -303,7 +306,7 @@ func (c *cli) printLeaseTable(leases []*lease.Lease, now time.Time) {
 		if stale, why := lease.Stale(l, now); stale {
 			state = "stale: " + why
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", l.Target, l.Holder, l.Owner.PID, l.Token, age(now, l.AcquiredAt), l.TTL(), state)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", termtext.Line(l.Target), termtext.Line(l.Holder), l.Owner.PID, l.Token, age(now, l.AcquiredAt), l.TTL(), termtext.Line(state))
 	}
 	tw.Flush()
 }
@@ -399,9 +402,9 @@ func (c *cli) printMerge(res *merge.Result, check bool) {
 		merge.Conflict:      "conflict",
 	}[res.Kind]
 	if check {
-		fmt.Fprintf(c.stdout, "%s into %s: %s\n", res.Branch, res.Target, verb)
+		fmt.Fprintf(c.stdout, "%s into %s: %s\n", termtext.Line(res.Branch), termtext.Line(res.Target), verb)
 		for _, p := range res.Conflicts {
-			fmt.Fprintf(c.stdout, "  conflict: %s\n", p)
+			fmt.Fprintf(c.stdout, "  conflict: %s\n", termtext.Line(p))
 		}
 		return
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/reaper"
 	"github.com/orch-hooks/orch-hooks/statefile"
+	"github.com/orch-hooks/orch-hooks/termtext"
 )
 
 func init() {
@@ -107,16 +108,19 @@ func passFailure(snap *reaper.Snapshot, lockErr error) error {
 	return fmt.Errorf("reaper pass incomplete: %d error(s), the first: %s", n, first)
 }
 
+// passErrorString is a pass error on one line, control characters escaped:
+// a message can quote a path or a record's bytes.
 func passErrorString(e reaper.PassError) string {
+	s := e.Message
 	switch {
 	case e.Job != "":
-		return e.Job + ": " + e.Message
+		s = e.Job + ": " + e.Message
 	case e.Lease != "":
-		return "lease " + e.Lease + ": " + e.Message
+		s = "lease " + e.Lease + ": " + e.Message
 	case e.Path != "":
-		return e.Path + ": " + e.Message
+		s = e.Path + ": " + e.Message
 	}
-	return e.Message
+	return termtext.Line(s)
 }
 
 func passSummary(s *reaper.Snapshot) string {

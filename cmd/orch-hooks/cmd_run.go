@@ -15,6 +15,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/statefile"
+	"github.com/orch-hooks/orch-hooks/termtext"
 )
 
 func init() {
@@ -33,7 +34,11 @@ when it ends failed or was not queued, 1 on an operational error.`,
 session: this command may exit, the job goes on), while the jobs running on
 this host are fewer than max_concurrency. Prints the started job ids.`,
 			setup: setupDispatch},
-		&command{name: "logs", args: "JOB [-f]", summary: "the job's output", setup: setupLogs},
+		&command{name: "logs", args: "JOB [-f] [--raw]", summary: "the job's output",
+			help: `Prints the job's output file. On a terminal its control characters are
+escaped (an agent's output could otherwise set the clipboard, the title or
+clear the screen); piped, or with --raw, it is copied byte for byte.`,
+			setup: setupLogs},
 		&command{name: "retry", args: "JOB", summary: "enqueue the next attempt of a failed or cancelled job; print its id", setup: setupRetry},
 		&command{name: "gate", args: "(JOB | --stage S --branch B [--target T]) [--json]", summary: "evaluate a stage's quality gates, read-only",
 			help: `Evaluates every gate of the stage for the branch and prints each result;
@@ -62,13 +67,13 @@ func setupRun(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		j := res.Job
 		if j.Status == gitstate.Done {
-			c.errf("%s: done (%s)\n", j.ID, j.Reason)
+			c.errf("%s: done (%s)\n", j.ID, termtext.Line(j.Reason))
 			if res.Next != nil {
 				c.errf("next: %s\n", res.Next.ID)
 			}
 			return nil
 		}
-		return withCode(exitNo, fmt.Errorf("%s: %s (%s); output: orch-hooks logs %s", j.ID, j.Status, dash(j.Reason), j.ID))
+		return withCode(exitNo, fmt.Errorf("%s: %s (%s); output: orch-hooks logs %s", j.ID, j.Status, dash(termtext.Line(j.Reason)), j.ID))
 	}
 }
 
@@ -137,6 +142,7 @@ func (c *cli) passThroughArgs() []string {
 
 func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 	follow := fs.Bool("f", false, "follow: keep printing new output until the job has ended")
+	raw := fs.Bool("raw", false, "copy the output byte for byte, control characters included, even to a terminal")
 	return func(args []string) error {
 		if err := needArgs("logs", args, 1, 1, "one job id"); err != nil {
 			return err
@@ -147,6 +153,12 @@ func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		if _, err := s.Get(args[0]); err != nil {
 			return jobLookupError(err)
+		}
+		// Piped, the output is the agent's, byte for byte, like cat; on a
+		// terminal it is escaped, as everything else we print.
+		out := c.stdout
+		if *raw || !isTerminal(c.rawStdout) {
+			out = c.rawStdout
 		}
 		f, err := statefile.Open(s.LogPath(args[0]), os.O_RDONLY, 0)
 		if errors.Is(err, os.ErrNotExist) {
@@ -159,7 +171,7 @@ func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		for {
 			if f != nil {
-				if _, err := io.Copy(c.stdout, f); err != nil {
+				if _, err := io.Copy(out, f); err != nil {
 					return err
 				}
 			}
@@ -172,7 +184,7 @@ func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 			}
 			if j.Status.Terminal() {
 				if f != nil {
-					io.Copy(c.stdout, f) // what was written before the end
+					io.Copy(out, f) // what was written before the end
 				}
 				break
 			}
@@ -268,7 +280,7 @@ func setupGate(fs *flag.FlagSet, c *cli) func([]string) error {
 				"passed": !failed, "gates": results,
 			})
 		} else {
-			fmt.Fprintf(c.stdout, "gates of stage %s for %s → %s:\n", stage.Name, in.Branch, in.Target)
+			fmt.Fprintf(c.stdout, "gates of stage %s for %s → %s:\n", termtext.Line(stage.Name), termtext.Line(in.Branch), termtext.Line(in.Target))
 			if len(results) == 0 {
 				fmt.Fprintln(c.stdout, "  (the stage has no gates)")
 			}
@@ -278,7 +290,7 @@ func setupGate(fs *flag.FlagSet, c *cli) func([]string) error {
 				if !r.Passed {
 					mark = "FAIL"
 				}
-				fmt.Fprintf(tw, "  %s\t%s\t%s\n", mark, r.Name, oneLine(r.Detail))
+				fmt.Fprintf(tw, "  %s\t%s\t%s\n", mark, termtext.Line(r.Name), oneLine(r.Detail))
 			}
 			tw.Flush()
 		}

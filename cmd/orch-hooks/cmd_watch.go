@@ -19,6 +19,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/reaper"
 	"github.com/orch-hooks/orch-hooks/statefile"
+	"github.com/orch-hooks/orch-hooks/termtext"
 )
 
 func init() {
@@ -59,7 +60,7 @@ func setupWatch(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return fmt.Errorf("watch: find own executable: %w", err)
 		}
-		w.tty = !*once && isTerminal(c.stdout)
+		w.tty = !*once && isTerminal(c.rawStdout)
 		w.color = w.tty && os.Getenv("NO_COLOR") == ""
 		if w.dispatch {
 			release, _, err := env.HoldDispatcher()
@@ -69,7 +70,7 @@ func setupWatch(fs *flag.FlagSet, c *cli) func([]string) error {
 				}
 				c.errf("standby: %v\n", err)
 				release, err = env.WaitDispatcher(c.ctx, time.Second, func(h pipeline.DispatcherInfo) {
-					w.note = fmt.Sprintf("standby: pid %d on %s dispatches since %s", h.PID, h.Host, h.Since.Local().Format("15:04:05"))
+					w.note = fmt.Sprintf("standby: pid %d on %s dispatches since %s", h.PID, termtext.Line(h.Host), h.Since.Local().Format("15:04:05"))
 				})
 				if errors.Is(err, context.Canceled) {
 					return nil
@@ -136,7 +137,7 @@ func (w *watcher) tick(ctx context.Context) {
 		}
 		snap, err := reaper.RunOnce(ctx, w.env, reaper.Options{Leases: lease.Open(w.env.Store.Dir())})
 		if err != nil {
-			w.say("reaper pass: %v", err)
+			w.say("reaper pass: %s", termtext.Line(err.Error()))
 			return
 		}
 		if !w.tty {
@@ -161,7 +162,7 @@ func (w *watcher) tick(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			w.note = "dispatch: " + oneLine(err.Error())
 			if !w.tty {
-				w.say("dispatch: %v", err)
+				w.say("dispatch: %s", termtext.Line(err.Error()))
 			}
 		}
 	}
@@ -186,9 +187,10 @@ func (w *watcher) printEvents() error {
 }
 
 // live runs the terminal view: the alternate screen, redrawn every second,
-// on resize and after each tick, restored on exit.
+// on resize and after each tick, restored on exit. It writes its own escape
+// codes to the raw stream; render escapes every text it shows.
 func (w *watcher) live(ctx context.Context) error {
-	out := w.c.stdout
+	out := w.c.rawStdout
 	io.WriteString(out, "\x1b[?1049h\x1b[?25l") // alternate screen, hide cursor
 	defer io.WriteString(out, "\x1b[?25h\x1b[?1049l")
 	winch := make(chan os.Signal, 1)
@@ -215,7 +217,7 @@ func (w *watcher) live(ctx context.Context) error {
 // draw renders one frame in a single write: cursor home, each line cleared
 // to its end, the rest of the screen cleared; no blank flash in between.
 func (w *watcher) draw() {
-	width, height := terminalSize(w.c.stdout)
+	width, height := terminalSize(w.c.rawStdout)
 	lines := render(w.collect(), width, height, w.color)
 	var b strings.Builder
 	b.WriteString("\x1b[H")
@@ -227,7 +229,7 @@ func (w *watcher) draw() {
 		}
 	}
 	b.WriteString("\x1b[J")
-	io.WriteString(w.c.stdout, b.String())
+	io.WriteString(w.c.rawStdout, b.String())
 }
 
 func (w *watcher) collect() frame {

@@ -10,6 +10,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/reaper"
+	"github.com/orch-hooks/orch-hooks/termtext"
 )
 
 // frame is everything one redraw of the watch view shows. Collecting it is
@@ -49,9 +50,9 @@ func render(f frame, width, height int, color bool) []string {
 	if !f.Dispatch {
 		mode = "watching only"
 	}
-	add(st.bold + fmt.Sprintf("orch-hooks watch  %s  %s  every %s, %s", f.Repo, f.Now.Local().Format("15:04:05"), f.Interval, mode) + st.reset)
+	add(st.bold + fmt.Sprintf("orch-hooks watch  %s  %s  every %s, %s", termtext.Line(f.Repo), f.Now.Local().Format("15:04:05"), f.Interval, mode) + st.reset)
 	if f.Note != "" {
-		add(st.yellow + f.Note + st.reset)
+		add(st.yellow + termtext.Line(f.Note) + st.reset)
 	}
 
 	groups := map[gitstate.Status][]*gitstate.Job{}
@@ -72,7 +73,7 @@ func render(f frame, width, height int, color bool) []string {
 		}
 		rows := [][]string{{"JOB", "STAGE", "BRANCH", "AGE", "PID", "GATES", "REASON"}}
 		for _, j := range jobs {
-			rows = append(rows, []string{j.ID, j.Stage, j.Branch, age(f.Now, since(j)), pidString(j.Command.PID), gateSummary(j.Gates), dash(oneLine(j.Reason))})
+			rows = append(rows, []string{termtext.Line(j.ID), termtext.Line(j.Stage), termtext.Line(j.Branch), age(f.Now, since(j)), pidString(j.Command.PID), gateSummary(j.Gates), dash(oneLine(j.Reason))})
 		}
 		for i, r := range table(rows) {
 			if i == 0 {
@@ -95,7 +96,7 @@ func render(f frame, width, height int, color bool) []string {
 			if stale, _ := lease.Stale(l, f.Now); stale {
 				state = st.red + "stale" + st.reset
 			}
-			rows = append(rows, []string{l.Target, l.Holder, fmt.Sprint(l.Owner.PID), fmt.Sprint(l.Token), age(f.Now, l.AcquiredAt), state})
+			rows = append(rows, []string{termtext.Line(l.Target), termtext.Line(l.Holder), fmt.Sprint(l.Owner.PID), fmt.Sprint(l.Token), age(f.Now, l.AcquiredAt), state})
 		}
 		for i, r := range table(rows) {
 			if i == 0 {
@@ -169,7 +170,7 @@ func gateSummary(gs []gitstate.GateResult) string {
 		}
 	}
 	if failed != "" {
-		return fmt.Sprintf("%d/%d (%s failed)", pass, len(gs), failed)
+		return fmt.Sprintf("%d/%d (%s failed)", pass, len(gs), termtext.Line(failed))
 	}
 	return fmt.Sprintf("%d/%d", pass, len(gs))
 }
@@ -180,7 +181,7 @@ func eventLine(e gitstate.Transition) string {
 	if from == "" {
 		from = "new"
 	}
-	s := fmt.Sprintf("%s %s → %s by %s pid %d", e.Job, from, e.To, e.Actor, e.PID)
+	s := fmt.Sprintf("%s %s → %s by %s pid %d", termtext.Line(e.Job), termtext.Line(from), termtext.Line(string(e.To)), termtext.Line(e.Actor), e.PID)
 	if e.Reason != "" {
 		s += ": " + oneLine(e.Reason)
 	}

@@ -369,8 +369,19 @@ func TestGateSummaryAndEventLine(t *testing.T) {
 		t.Errorf("eventLine = %q", got)
 	}
 	e.From, e.To, e.Reason = gitstate.Running, gitstate.Failed, "line one\nline two"
-	if got := eventLine(e); got != "j.s.1.00000000 running → failed by cli pid 9: line one" {
+	// On one line: the newline escaped, not cut (what follows may be the
+	// gate's output that says why).
+	if got := eventLine(e); got != `j.s.1.00000000 running → failed by cli pid 9: line one\nline two` {
 		t.Errorf("eventLine (multi-line reason) = %q", got)
+	}
+	// Agent output in a reason never drives the terminal.
+	e.Reason = "gate cmd:t failed: \x1b]52;c;eA==\x07\x1b[2J\u009b2J"
+	if got := eventLine(e); got != `j.s.1.00000000 running → failed by cli pid 9: gate cmd:t failed: \x1b]52;c;eA==\x07\x1b[2J\u009b2J` {
+		t.Errorf("eventLine (control characters) = %q", got)
+	}
+	gs[1].Name = "cmd:\x1b]0;t\x07"
+	if got := gateSummary(gs); got != `1/3 (cmd:\x1b]0;t\x07 failed)` {
+		t.Errorf("gateSummary (control characters) = %q", got)
 	}
 }
 
@@ -522,5 +533,37 @@ func TestWatchLiveViewInTerminal(t *testing.T) {
 	// --no-dispatch started nothing.
 	if out := orch("show", id); !regexp.MustCompile(`(?m)^status: +queued$`).MatchString(out) {
 		t.Errorf("the job after watch --no-dispatch:\n%s", out)
+	}
+}
+
+// TestRenderEscapesAgentText: a reason, a holder, a gate name and a path
+// that hold terminal controls are shown escaped; the only escape codes in a
+// frame are the view's own colours.
+func TestRenderEscapesAgentText(t *testing.T) {
+	inUTC(t)
+	const evil = "\x1b]52;c;eA==\x07\x1b[2J\x1b]0;t\x07\u009b2J\x7f"
+	const shown = `\x1b]52;c;eA==\x07\x1b[2J\x1b]0;t\x07\u009b2J\u007f`
+	f := fixedFrame()
+	f.Repo = "/tmp/" + evil
+	f.Jobs[0].Reason = evil
+	f.Jobs[0].Gates = []gitstate.GateResult{gate("cmd:"+evil, false, evil)}
+	f.Leases[0].Holder = evil
+	f.Events = append(f.Events, gitstate.Transition{Job: f.Jobs[0].ID, From: gitstate.Running, To: gitstate.Failed, Actor: "cli", PID: 1, Reason: evil, At: f.Now})
+	for _, color := range []bool{false, true} {
+		lines := render(f, 400, 80, color)
+		checkFits(t, lines, 400, 80)
+		text := strings.Join(lines, "\n")
+		plain := sgr.ReplaceAllString(text, "")
+		if strings.ContainsAny(plain, "\x1b\x07\x7f\u009b") {
+			t.Errorf("colour %v: a control character reached the frame:\n%q", color, plain)
+		}
+		for _, want := range []string{"orch-hooks watch  /tmp/" + shown, "main         " + shown} {
+			if !strings.Contains(plain, want) {
+				t.Errorf("colour %v: frame lacks %q:\n%s", color, want, plain)
+			}
+		}
+		if n := strings.Count(plain, `\x1b]52;c;eA==`); n < 4 {
+			t.Errorf("colour %v: escaped form shown %d times, want header, reason, gate, holder, event:\n%s", color, n, plain)
+		}
 	}
 }
