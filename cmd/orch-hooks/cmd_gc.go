@@ -3,6 +3,8 @@ package main
 import (
 	"flag"
 	"fmt"
+
+	"github.com/orch-hooks/orch-hooks/termtext"
 )
 
 func init() {
@@ -43,13 +45,13 @@ unreadable records are left in place. Runs git worktree prune afterwards.`,
 					verb = "would remove"
 				}
 				for _, w := range rep.Worktrees {
-					c.errf("%s worktree %s\n", verb, w)
+					c.errf("%s worktree %s\n", verb, termtext.Line(w))
 				}
 				for _, w := range rep.KeptDirty {
-					c.errf("kept worktree %s: uncommitted changes (gc --force removes it)\n", w)
+					c.errf("kept worktree %s: uncommitted changes (gc --force removes it)\n", termtext.Line(w))
 				}
 				for _, t := range rep.Temps {
-					c.errf("%s abandoned temporary file %s\n", verb, t)
+					c.errf("%s abandoned temporary file %s\n", verb, termtext.Line(t))
 				}
 				c.errf("%s %d job record(s) ended more than %s ago, %s of records and logs, %d worktree(s)\n",
 					verb, len(rep.Jobs), d, humanBytes(rep.Bytes), len(rep.Worktrees))

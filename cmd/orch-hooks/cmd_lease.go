@@ -415,23 +415,24 @@ func (c *cli) printMerge(res *merge.Result, check bool) {
 	}
 	switch res.Kind {
 	case merge.AlreadyMerged:
-		c.errf("%s is already merged into %s (%s): nothing written\n", res.Branch, res.Target, short(res.OldTarget))
+		c.errf("%s is already merged into %s (%s): nothing written\n", termtext.Line(res.Branch), termtext.Line(res.Target), short(res.OldTarget))
 	case merge.FastForward:
-		c.errf("%s fast-forwarded %s → %s\n", res.Target, short(res.OldTarget), short(res.NewTarget))
+		c.errf("%s fast-forwarded %s → %s\n", termtext.Line(res.Target), short(res.OldTarget), short(res.NewTarget))
 	case merge.Merged:
-		c.errf("%s merged into %s: %s → %s (merge commit)\n", res.Branch, res.Target, short(res.OldTarget), short(res.NewTarget))
+		c.errf("%s merged into %s: %s → %s (merge commit)\n", termtext.Line(res.Branch), termtext.Line(res.Target), short(res.OldTarget), short(res.NewTarget))
 	case merge.Conflict:
 		for _, p := range res.Conflicts {
-			c.errf("conflict: %s\n", p)
+			// A file name may hold a newline or any other byte.
+			c.errf("conflict: %s\n", termtext.Line(p))
 		}
 	}
 	if res.Pushed {
-		c.errf("pushed %s\n", res.Target)
+		c.errf("pushed %s\n", termtext.Line(res.Target))
 	}
 	if res.Worktree != "" {
 		// Set only once the worktree's index and files hold the new
 		// commit (merge.moveWithWorktree).
-		c.errf("updated the worktree %s\n", res.Worktree)
+		c.errf("updated the worktree %s\n", termtext.Line(res.Worktree))
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/rogpeppe/go-internal/testscript"
+	"golang.org/x/sys/unix"
 )
 
 // TestMain lets the test binary act as orch-hooks: testscript puts a copy of
@@ -27,7 +29,72 @@ func TestMain(m *testing.M) {
 		// "faultgit install DIR" puts a fault-injecting git in DIR
 		// (merge_* scripts); that git runs this command.
 		"faultgit": func() { os.Exit(faultgit.Main()) },
+		// "ttyexec PROGRAM [ARGS...]" runs PROGRAM with its stdout on a
+		// terminal and copies what the terminal received to stdout.
+		"ttyexec": func() { os.Exit(ttyExec(os.Args[1:])) },
 	})
+}
+
+// ttyExec runs args[0] with stdout on a new pseudo-terminal (output
+// post-processing off, so the bytes are the program's own) and copies what
+// the terminal received to its own stdout. It returns the program's exit
+// status.
+func ttyExec(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "usage: ttyexec PROGRAM [ARGS...]")
+		return 2
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(os.Stderr, "ttyexec: %v\n", err)
+		return 2
+	}
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return fail(err)
+	}
+	defer master.Close()
+	if err := unix.IoctlSetPointerInt(int(master.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		return fail(err)
+	}
+	n, err := unix.IoctlGetInt(int(master.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		return fail(err)
+	}
+	slave, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return fail(err)
+	}
+	tio, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+	if err != nil {
+		return fail(err)
+	}
+	tio.Oflag &^= unix.OPOST
+	if err := unix.IoctlSetTermios(int(slave.Fd()), unix.TCSETS, tio); err != nil {
+		return fail(err)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, slave, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return fail(err)
+	}
+	slave.Close()
+	copied := make(chan struct{})
+	go func() {
+		// Ends with EIO once the program (the last holder of the slave)
+		// has exited.
+		io.Copy(os.Stdout, master)
+		close(copied)
+	}()
+	err = cmd.Wait()
+	<-copied
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return fail(err)
+	}
+	return 0
 }
 
 // TestScripts runs the end-to-end scripts in testdata/script against the
