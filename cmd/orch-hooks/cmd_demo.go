@@ -23,7 +23,10 @@ and its retry. Every step is a real command, printed before its output.`,
 				if err != nil {
 					return fmt.Errorf("demo: find own executable: %w", err)
 				}
-				return demo.Run(c.ctx, exe, c.stdout)
+				// The raw stream: the demo's commands inherit it as a file
+				// (no pipe a detached process could hold open), and each
+				// of them is an orch-hooks that escapes its own output.
+				return demo.Run(c.ctx, exe, c.rawStdout)
 			}
 		}})
 }
