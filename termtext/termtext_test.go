@@ -71,7 +71,7 @@ func TestWriterKeepsJSON(t *testing.T) {
 	}
 }
 
-// safe reports why s could drive a terminal, or "".
+// unsafe reports why s could drive a terminal, or "".
 func unsafe(s string, keepLines bool) string {
 	if !utf8.ValidString(s) {
 		return "invalid UTF-8"
