@@ -27,9 +27,15 @@ type Repo struct {
 	GitDir string
 	// CommonDir is the git dir shared by every worktree.
 	CommonDir string
-	// MainWorktree is the top of the main worktree (empty for a bare
-	// repository): where orch.toml and job worktrees live.
+	// MainWorktree is the top of the main worktree: where orch.toml and
+	// job worktrees live. It is empty for a bare repository, and for a
+	// repository whose main worktree git itself does not record (a
+	// --separate-git-dir repository opened from elsewhere than its main
+	// worktree, without core.worktree): MainUnknown tells the two apart.
 	MainWorktree string
+	// MainUnknown is true when the repository has a main worktree
+	// (core.bare is not true) whose location no record names.
+	MainUnknown bool
 
 	graphOnce sync.Once
 	graph     *commitGraph // nil: no commit-graph
@@ -131,16 +137,13 @@ func fromGitDir(top, gitDir string) (*Repo, error) {
 	if r, err := filepath.EvalSymlinks(common); err == nil {
 		common = r
 	}
-	main := ""
-	if filepath.Base(common) == ".git" {
-		main = filepath.Dir(common)
-	}
 	if top != "" {
 		if r, err := filepath.EvalSymlinks(top); err == nil {
 			top = r
 		}
 	}
-	r := &Repo{Worktree: top, GitDir: gitDir, CommonDir: common, MainWorktree: main}
+	main, unknown := findMainWorktree(top, gitDir, common)
+	r := &Repo{Worktree: top, GitDir: gitDir, CommonDir: common, MainWorktree: main, MainUnknown: unknown}
 	if err := r.checkOwnership(); err != nil {
 		return nil, err
 	}
