@@ -69,7 +69,7 @@ var layouts = []string{"normal", "separate-git-dir", "git-symlink", "submodule",
 
 // porcelainWorktree is one entry of git worktree list --porcelain.
 type porcelainWorktree struct {
-	path, branch    string
+	path, branch   string
 	bare, prunable bool
 }
 

@@ -152,7 +152,7 @@ func (w *watcher) tick(ctx context.Context) {
 		}
 	}()
 	if w.dispatch && ctx.Err() == nil {
-		started, err := w.env.Dispatch(ctx, w.env.StartMonitor(w.exe, w.c.passThroughArgs()...))
+		started, err := w.env.Dispatch(ctx, w.env.StartMonitor(w.exe, w.env.MonitorArgs()...))
 		if !w.tty {
 			for _, id := range started {
 				w.say("dispatch: started %s", id)
