@@ -61,8 +61,11 @@ func Open(dir string) (*Repo, error) {
 			gd = filepath.Join(abs, gd)
 		}
 		top := os.Getenv("GIT_WORK_TREE")
-		if top == "" && filepath.Base(gd) == ".git" {
-			top = filepath.Dir(gd)
+		if top != "" && !filepath.IsAbs(top) {
+			top = filepath.Join(abs, top)
+		}
+		if top == "" {
+			top = gitDirWorktree(gd, abs)
 		}
 		return fromGitDir(top, gd)
 	}
@@ -90,6 +93,28 @@ func Open(dir string) (*Repo, error) {
 		}
 		d = parent
 	}
+}
+
+// gitDirWorktree is the worktree git uses when GIT_DIR=gd is set without
+// GIT_WORK_TREE (as git sets it for hooks), in directory cwd: for the
+// common git dir, core.worktree when set and none when core.bare is true;
+// otherwise (and always for a linked worktree's git dir, where git ignores
+// both) the current directory.
+func gitDirWorktree(gd, cwd string) string {
+	if _, err := os.Stat(filepath.Join(gd, "commondir")); err == nil {
+		return cwd
+	}
+	core := readCoreConfig(gd)
+	if wt := core["worktree"]; wt != "" {
+		if !filepath.IsAbs(wt) {
+			wt = filepath.Join(gd, wt)
+		}
+		return filepath.Clean(wt)
+	}
+	if b, ok := core["bare"]; ok && gitBool(b) {
+		return ""
+	}
+	return cwd
 }
 
 // readGitFile reads a linked worktree's ".git" file: "gitdir: <path>".

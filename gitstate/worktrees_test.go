@@ -125,8 +125,18 @@ func TestWorktreesMatchGit(t *testing.T) {
 			if !l.bare {
 				top = r.Git(l.main, "rev-parse", "--show-toplevel")
 			}
-			for _, from := range []string{l.main, l.linked, l.common} {
-				repo, err := Open(from)
+			// As git runs a hook in the main worktree: GIT_DIR set, the
+			// current directory the top.
+			asHook := l.main + " (as a hook, GIT_DIR set)"
+			for _, from := range []string{l.main, l.linked, l.common, asHook} {
+				os.Unsetenv("GIT_DIR")
+				dir := from
+				if from == asHook {
+					dir = l.main
+					t.Setenv("GIT_DIR", r.Git(l.main, "rev-parse", "--absolute-git-dir"))
+				}
+				repo, err := Open(dir)
+				os.Unsetenv("GIT_DIR")
 				if err != nil {
 					t.Fatalf("Open(%s): %v", from, err)
 				}
@@ -145,7 +155,7 @@ func TestWorktreesMatchGit(t *testing.T) {
 				if strings.Join(gotLinked, "\n") != strings.Join(wantLinked, "\n") {
 					t.Errorf("from %s: linked worktrees\n%s\ngit says\n%s", from, strings.Join(gotLinked, "\n"), strings.Join(wantLinked, "\n"))
 				}
-				known := !l.hidden || from == l.main
+				known := !l.hidden || from == l.main || from == asHook
 				switch {
 				case l.bare:
 					if repo.MainWorktree != "" || repo.MainUnknown {
