@@ -231,7 +231,11 @@ func (w *watcher) draw() {
 }
 
 func (w *watcher) collect() frame {
-	f := frame{Now: time.Now(), Repo: w.env.Repo.MainWorktree, Interval: w.interval, Dispatch: w.dispatch, Note: w.note}
+	repo := w.env.Repo.MainWorktree
+	if repo == "" {
+		repo = w.env.MonitorDir() // bare, or a main worktree nothing records
+	}
+	f := frame{Now: time.Now(), Repo: repo, Interval: w.interval, Dispatch: w.dispatch, Note: w.note}
 	if f.Repo == "" {
 		f.Repo = w.env.Repo.CommonDir
 	}
