@@ -66,39 +66,3 @@ func isHexID(s string) bool {
 	}
 	return true
 }
-
-// WorktreeOf returns the top of the worktree that has branch checked out,
-// or "" when none has, from the worktrees' HEAD files (no git process).
-// Worktrees whose directory is gone (prunable) do not count.
-func (r *Repo) WorktreeOf(branch string) (string, error) {
-	want := "ref: refs/heads/" + branch
-	head := func(gitDir string) bool {
-		b, err := os.ReadFile(filepath.Join(gitDir, "HEAD"))
-		return err == nil && strings.TrimSpace(string(b)) == want
-	}
-	if r.MainWorktree != "" && head(r.CommonDir) {
-		return r.MainWorktree, nil
-	}
-	ents, err := os.ReadDir(filepath.Join(r.CommonDir, "worktrees"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("list worktrees: %w", err)
-	}
-	for _, e := range ents {
-		gd := filepath.Join(r.CommonDir, "worktrees", e.Name())
-		if !head(gd) {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(gd, "gitdir"))
-		if err != nil {
-			continue
-		}
-		top := filepath.Dir(strings.TrimSpace(string(b)))
-		if _, err := os.Stat(top); err == nil {
-			return top, nil
-		}
-	}
-	return "", nil
-}

@@ -27,9 +27,15 @@ type Repo struct {
 	GitDir string
 	// CommonDir is the git dir shared by every worktree.
 	CommonDir string
-	// MainWorktree is the top of the main worktree (empty for a bare
-	// repository): where orch.toml and job worktrees live.
+	// MainWorktree is the top of the main worktree: where orch.toml and
+	// job worktrees live. It is empty for a bare repository, and for a
+	// repository whose main worktree git itself does not record (a
+	// --separate-git-dir repository opened from elsewhere than its main
+	// worktree, without core.worktree): MainUnknown tells the two apart.
 	MainWorktree string
+	// MainUnknown is true when the repository has a main worktree
+	// (core.bare is not true) whose location no record names.
+	MainUnknown bool
 
 	graphOnce sync.Once
 	graph     *commitGraph // nil: no commit-graph
@@ -55,8 +61,11 @@ func Open(dir string) (*Repo, error) {
 			gd = filepath.Join(abs, gd)
 		}
 		top := os.Getenv("GIT_WORK_TREE")
-		if top == "" && filepath.Base(gd) == ".git" {
-			top = filepath.Dir(gd)
+		if top != "" && !filepath.IsAbs(top) {
+			top = filepath.Join(abs, top)
+		}
+		if top == "" {
+			top = gitDirWorktree(gd, abs)
 		}
 		return fromGitDir(top, gd)
 	}
@@ -84,6 +93,28 @@ func Open(dir string) (*Repo, error) {
 		}
 		d = parent
 	}
+}
+
+// gitDirWorktree is the worktree git uses when GIT_DIR=gd is set without
+// GIT_WORK_TREE (as git sets it for hooks), in directory cwd: for the
+// common git dir, core.worktree when set and none when core.bare is true;
+// otherwise (and always for a linked worktree's git dir, where git ignores
+// both) the current directory.
+func gitDirWorktree(gd, cwd string) string {
+	if _, err := os.Stat(filepath.Join(gd, "commondir")); err == nil {
+		return cwd
+	}
+	core := readCoreConfig(gd)
+	if wt := core["worktree"]; wt != "" {
+		if !filepath.IsAbs(wt) {
+			wt = filepath.Join(gd, wt)
+		}
+		return filepath.Clean(wt)
+	}
+	if b, ok := core["bare"]; ok && gitBool(b) {
+		return ""
+	}
+	return cwd
 }
 
 // readGitFile reads a linked worktree's ".git" file: "gitdir: <path>".
@@ -131,16 +162,13 @@ func fromGitDir(top, gitDir string) (*Repo, error) {
 	if r, err := filepath.EvalSymlinks(common); err == nil {
 		common = r
 	}
-	main := ""
-	if filepath.Base(common) == ".git" {
-		main = filepath.Dir(common)
-	}
 	if top != "" {
 		if r, err := filepath.EvalSymlinks(top); err == nil {
 			top = r
 		}
 	}
-	r := &Repo{Worktree: top, GitDir: gitDir, CommonDir: common, MainWorktree: main}
+	main, unknown := findMainWorktree(top, gitDir, common)
+	r := &Repo{Worktree: top, GitDir: gitDir, CommonDir: common, MainWorktree: main, MainUnknown: unknown}
 	if err := r.checkOwnership(); err != nil {
 		return nil, err
 	}

@@ -115,11 +115,10 @@ func background(exe string, env *pipeline.Env) error {
 		return err
 	}
 	defer logf.Close()
-	args := []string{"reap"}
-	if env.Config.Path != "" {
-		args = []string{"--config", env.Config.Path, "reap"}
-	}
-	cmd := exec.Command(exe, args...)
+	// The repository and configuration this hook saw (MonitorArgs): from
+	// the state dir alone, a --separate-git-dir repository's main worktree
+	// is not known.
+	cmd := exec.Command(exe, append(env.MonitorArgs(), "reap")...)
 	cmd.Dir = env.Store.Dir()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -74,7 +75,10 @@ func (e *Env) Dispatch(ctx context.Context, start MonitorStarter) (started []str
 // StartMonitor returns a MonitorStarter that runs `exe [args...] run JOB` as
 // a detached monitor: in its own session (so the caller's death or its
 // terminal's hangup does not reach it), stdin from /dev/null, output
-// appended to the job's log.
+// appended to the job's log, in MonitorDir. args should name that directory
+// (-C) and the configuration file this process loaded (--config, absolute)
+// so that the monitor sees the repository and configuration it was
+// dispatched with: MonitorArgs.
 func (e *Env) StartMonitor(exe string, args ...string) MonitorStarter {
 	return func(ctx context.Context, id string) error {
 		logf, err := e.Store.OpenLog(id)
@@ -88,7 +92,7 @@ func (e *Env) StartMonitor(exe string, args ...string) MonitorStarter {
 		}
 		defer r.Close()
 		cmd := exec.Command(exe, append(append([]string(nil), args...), "run", id)...)
-		cmd.Dir = e.gitDir()
+		cmd.Dir = e.MonitorDir()
 		cmd.Env = append(os.Environ(), ReadyFDEnv+"=3")
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.ExtraFiles = []*os.File{w}
@@ -131,6 +135,20 @@ func (e *Env) StartMonitor(exe string, args ...string) MonitorStarter {
 			return ctx.Err()
 		}
 	}
+}
+
+// MonitorArgs are the global flags of a detached monitor (StartMonitor) or
+// background pass started by this process: -C MonitorDir, and --config with
+// the absolute path of the configuration file loaded, when there is one.
+func (e *Env) MonitorArgs() []string {
+	args := []string{"-C", e.MonitorDir()}
+	if p := e.Config.Path; p != "" {
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		args = append(args, "--config", p)
+	}
+	return args
 }
 
 // Retry enqueues the next attempt of a failed or cancelled job: same task,

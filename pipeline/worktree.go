@@ -22,22 +22,30 @@ const worktreeLockWait = 5 * time.Minute
 
 // WorktreePath is where the worktree of task goes: a directory under the
 // configured worktrees dir, named after the task plus a hash so that tasks
-// whose names differ only in unsafe bytes never share one.
+// whose names differ only in unsafe bytes never share one. A relative
+// worktrees dir is under the top of the main worktree; a bare repository
+// has none, so it is under the directory that holds the repository (beside
+// it, never inside the git dir). Where the main worktree exists but is not
+// known (MainUnknown), EnsureWorktree refuses to create one.
 func (e *Env) WorktreePath(task string) string {
-	base := e.Config.Worktrees
-	if !filepath.IsAbs(base) {
-		top := e.Repo.MainWorktree
-		if top == "" {
-			top = e.Repo.CommonDir
-		}
-		base = filepath.Join(top, base)
-	}
 	sum := sha256.Sum256([]byte(task))
 	name := strings.NewReplacer("/", "-", " ", "-").Replace(task)
 	if len(name) > 60 {
 		name = name[:60]
 	}
-	return filepath.Join(base, name+"-"+hex.EncodeToString(sum[:4]))
+	return filepath.Join(e.worktreesBase(), name+"-"+hex.EncodeToString(sum[:4]))
+}
+
+func (e *Env) worktreesBase() string {
+	base := e.Config.Worktrees
+	if filepath.IsAbs(base) {
+		return base
+	}
+	top := e.Repo.MainWorktree
+	if top == "" {
+		top = filepath.Dir(e.Repo.CommonDir)
+	}
+	return filepath.Join(top, base)
 }
 
 // worktreeOf returns the worktree that has branch checked out, or "".
@@ -45,12 +53,26 @@ func (e *Env) worktreeOf(ctx context.Context, branch string) (string, error) {
 	return e.Repo.WorktreeOf(branch)
 }
 
-// gitDir is where git commands about the repository as a whole run.
+// gitDir is where git commands about the repository as a whole run: the
+// main worktree, or the common git dir when there is none (bare) or it is
+// not known.
 func (e *Env) gitDir() string {
 	if e.Repo.MainWorktree != "" {
 		return e.Repo.MainWorktree
 	}
 	return e.Repo.CommonDir
+}
+
+// MonitorDir is where a detached monitor started by this process runs (its
+// -C): the worktree this process runs in, so that it opens the repository
+// the way this process did (a --separate-git-dir repository's main
+// worktree is known only from inside it), else the main worktree, else the
+// common git dir.
+func (e *Env) MonitorDir() string {
+	if e.Repo.Worktree != "" {
+		return e.Repo.Worktree
+	}
+	return e.gitDir()
 }
 
 // FindWorktree returns the worktree in which the job's branch is checked
@@ -75,6 +97,10 @@ func (e *Env) EnsureWorktree(ctx context.Context, j *gitstate.Job) (string, erro
 	defer unlock()
 	if wt, err := e.worktreeOf(ctx, j.Branch); err != nil || wt != "" {
 		return wt, err
+	}
+	if e.Repo.MainUnknown && !filepath.IsAbs(e.Config.Worktrees) {
+		return "", fmt.Errorf("worktree for %s: %w, and worktrees = %q is relative to it; run orch-hooks from the main worktree (dispatch from there), set worktrees to an absolute path, or record the main worktree with git config core.worktree <path>",
+			j.Branch, gitstate.ErrMainWorktreeUnknown, e.Config.Worktrees)
 	}
 	path := e.WorktreePath(j.Task)
 	if _, err := os.Stat(path); err == nil {

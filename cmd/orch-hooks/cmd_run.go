@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -116,7 +115,7 @@ func setupDispatch(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return fmt.Errorf("dispatch: find own executable: %w", err)
 		}
-		started, err := env.Dispatch(c.ctx, env.StartMonitor(exe, c.passThroughArgs()...))
+		started, err := env.Dispatch(c.ctx, env.StartMonitor(exe, env.MonitorArgs()...))
 		for _, id := range started {
 			fmt.Fprintln(c.stdout, id)
 		}
@@ -125,19 +124,6 @@ func setupDispatch(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		return err
 	}
-}
-
-// passThroughArgs are the global flags a detached monitor needs to see the
-// same configuration as this process.
-func (c *cli) passThroughArgs() []string {
-	if c.configFlag == "" {
-		return nil
-	}
-	abs, err := filepath.Abs(c.configFlag)
-	if err != nil {
-		abs = c.configFlag
-	}
-	return []string{"--config", abs}
 }
 
 func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {

@@ -153,7 +153,7 @@ func (w *watcher) tick(ctx context.Context) {
 		}
 	}()
 	if w.dispatch && ctx.Err() == nil {
-		started, err := w.env.Dispatch(ctx, w.env.StartMonitor(w.exe, w.c.passThroughArgs()...))
+		started, err := w.env.Dispatch(ctx, w.env.StartMonitor(w.exe, w.env.MonitorArgs()...))
 		if !w.tty {
 			for _, id := range started {
 				w.say("dispatch: started %s", id)
@@ -233,7 +233,11 @@ func (w *watcher) draw() {
 }
 
 func (w *watcher) collect() frame {
-	f := frame{Now: time.Now(), Repo: w.env.Repo.MainWorktree, Interval: w.interval, Dispatch: w.dispatch, Note: w.note}
+	repo := w.env.Repo.MainWorktree
+	if repo == "" {
+		repo = w.env.MonitorDir() // bare, or a main worktree nothing records
+	}
+	f := frame{Now: time.Now(), Repo: repo, Interval: w.interval, Dispatch: w.dispatch, Note: w.note}
 	if f.Repo == "" {
 		f.Repo = w.env.Repo.CommonDir
 	}

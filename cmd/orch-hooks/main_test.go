@@ -116,17 +116,54 @@ func TestScripts(t *testing.T) {
 		Setup: func(env *testscript.Env) error {
 			return setupGit(env, example)
 		},
-		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"exitcode": cmdExitCode,
-			"capture":  cmdCapture,
-			// Polling for a file, a status or a process, never fixed sleeps.
-			"waitfile":   cmdWaitFile,
-			"waitstatus": cmdWaitStatus,
-			"pidgone":    cmdPIDGone,
-			// Makes a zombie job for real (hooks_*, watch_* scripts).
-			"killjob": cmdKillJob,
-		},
+		Cmds: scriptCmds(),
 	})
+}
+
+func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
+	return map[string]func(ts *testscript.TestScript, neg bool, args []string){
+		"exitcode": cmdExitCode,
+		"capture":  cmdCapture,
+		// Polling for a file, a status or a process, never fixed sleeps.
+		"waitfile":   cmdWaitFile,
+		"waitstatus": cmdWaitStatus,
+		"waitjob":    cmdWaitJob,
+		"pidgone":    cmdPIDGone,
+		// Makes a zombie job for real (hooks_*, watch_* scripts).
+		"killjob": cmdKillJob,
+		// Builds a repository in one of git's layouts (layout scripts).
+		"mklayout": cmdMkLayout,
+	}
+}
+
+// Layouts are the repository shapes of DESIGN.md "Real repositories"
+// (mklayout builds each): the scripts of testdata/layout run once in each.
+var Layouts = []string{"normal", "linked", "separate-git-dir", "submodule", "git-symlink", "bare"}
+
+// TestLayouts runs the scripts of testdata/layout once per repository
+// layout, with LAYOUT set to its name: the whole pipeline in every shape a
+// repository can take.
+func TestLayouts(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git not found on PATH")
+	}
+	example, err := filepath.Abs("../../orch.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, layout := range Layouts {
+		t.Run(layout, func(t *testing.T) {
+			testscript.Run(t, testscript.Params{
+				Dir:                 "../../testdata/layout",
+				RequireExplicitExec: true,
+				Setup: func(env *testscript.Env) error {
+					env.Setenv("LAYOUT", layout)
+					return setupGit(env, example)
+				},
+				Cmds: scriptCmds(),
+			})
+		})
+	}
 }
 
 // setupGit gives each script a private, deterministic git: its own HOME with
@@ -273,8 +310,12 @@ func cmdWaitStatus(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) != 2 {
 		ts.Fatalf("usage: waitstatus JOB STATUS")
 	}
-	path := ts.MkAbs(filepath.Join(".git", "orch", "jobs", args[0]+".toml"))
-	want := gitstate.Status(args[1])
+	waitJob(ts, ts.MkAbs(filepath.Join(".git", "orch", "jobs", args[0]+".toml")), args[0], args[1])
+}
+
+// waitJob waits until the record at path has status (see waitstatus).
+func waitJob(ts *testscript.TestScript, path, id, status string) {
+	want := gitstate.Status(status)
 	var last string
 	ok := pollUntil(func() bool {
 		data, err := os.ReadFile(path)
@@ -288,6 +329,11 @@ func cmdWaitStatus(ts *testscript.TestScript, neg bool, args []string) {
 			return false
 		}
 		last = "status " + string(j.Status)
+		if j.Status != want && j.Status.Terminal() {
+			// An ended job never changes status again: no use waiting.
+			last += " (" + j.Reason + ")"
+			return true
+		}
 		switch {
 		case j.Status != want:
 			return false
@@ -312,8 +358,125 @@ func cmdWaitStatus(ts *testscript.TestScript, neg bool, args []string) {
 		return true
 	})
 	if !ok {
-		ts.Fatalf("waitstatus %s %s: gave up after %s (%s)", args[0], want, waitLimit, last)
+		ts.Fatalf("wait for %s %s: gave up after %s (%s)", id, want, waitLimit, last)
 	}
+	if !strings.HasPrefix(last, "status "+string(want)) {
+		ts.Fatalf("wait for %s %s: it ended %s", id, want, last)
+	}
+}
+
+// cmdWaitJob runs "waitjob JOB STATUS": waitstatus for a repository of
+// any layout, its state dir found by git (rev-parse --git-common-dir in the
+// current directory) rather than at .git/orch.
+func cmdWaitJob(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: waitjob JOB STATUS")
+	}
+	cmd := exec.Command("git", "rev-parse", "--path-format=absolute", "--git-common-dir")
+	cmd.Dir = ts.MkAbs(".")
+	cmd.Env = scriptEnv(ts)
+	out, err := cmd.Output()
+	if err != nil {
+		ts.Fatalf("waitjob: git rev-parse --git-common-dir: %v", err)
+	}
+	waitJob(ts, filepath.Join(strings.TrimSpace(string(out)), "orch", "jobs", args[0]+".toml"), args[0], args[1])
+}
+
+// scriptEnv is the environment of the script's own commands.
+func scriptEnv(ts *testscript.TestScript) []string {
+	var env []string
+	for _, k := range []string{"PATH", "HOME", "XDG_CONFIG_HOME", "GIT_CONFIG_NOSYSTEM", "TZ",
+		"GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"} {
+		env = append(env, k+"="+ts.Getenv(k))
+	}
+	return env
+}
+
+// cmdMkLayout runs "mklayout LAYOUT CONFIG": it builds, under $WORK, a
+// repository in LAYOUT (one of Layouts) whose main branch has one commit
+// with CONFIG as orch.toml, and sets MAIN (the top of the worktree that has
+// main checked out), FROM (where the script runs orch-hooks) and COMMON
+// (the common git dir):
+//
+//   - normal: git init;
+//   - linked: main checked out in a linked worktree (FROM), the main
+//     worktree on another branch;
+//   - separate-git-dir: git init --separate-git-dir;
+//   - submodule: the repository added as a submodule of another, used
+//     inside the submodule;
+//   - git-symlink: .git a symlink to a git dir named otherwise;
+//   - bare: git clone --bare, then git worktree add for main.
+func cmdMkLayout(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: mklayout LAYOUT CONFIG")
+	}
+	work := ts.Getenv("WORK")
+	config := ts.ReadFile(args[1])
+	git := func(dir string, args ...string) {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = dir
+		cmd.Env = scriptEnv(ts)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			ts.Fatalf("mklayout: git %s (in %s): %v\n%s", strings.Join(args, " "), dir, err, out)
+		}
+	}
+	seed := func(dir string) {
+		ts.Check(os.WriteFile(filepath.Join(dir, "orch.toml"), []byte(config), 0o644))
+		git(dir, "add", "orch.toml")
+		git(dir, "commit", "-q", "-m", "seed")
+	}
+	mkdir := func(dir string) string {
+		ts.Check(os.MkdirAll(dir, 0o755))
+		return dir
+	}
+	repo := filepath.Join(work, "repo")
+	main, from, common := repo, repo, filepath.Join(repo, ".git")
+	switch args[0] {
+	case "normal":
+		git(work, "init", "-q", repo)
+		seed(repo)
+	case "linked":
+		git(work, "init", "-q", repo)
+		seed(repo)
+		git(repo, "checkout", "-q", "-b", "base")
+		main = filepath.Join(work, "wt")
+		from = main
+		git(repo, "worktree", "add", "-q", main, "main")
+	case "separate-git-dir":
+		common = filepath.Join(mkdir(filepath.Join(work, "store")), "repo.gitdir")
+		git(work, "init", "-q", "--separate-git-dir", common, repo)
+		seed(repo)
+	case "submodule":
+		src := filepath.Join(work, "src")
+		git(work, "init", "-q", src)
+		seed(src)
+		outer := filepath.Join(work, "outer")
+		git(work, "init", "-q", outer)
+		git(outer, "-c", "protocol.file.allow=always", "submodule", "add", "-q", "-b", "main", src, "sub")
+		git(outer, "commit", "-q", "-m", "add sub")
+		main, from, common = filepath.Join(outer, "sub"), filepath.Join(outer, "sub"), filepath.Join(outer, ".git", "modules", "sub")
+	case "git-symlink":
+		common = filepath.Join(mkdir(filepath.Join(work, "store")), "repo.gitdir")
+		git(work, "init", "-q", "--bare", common)
+		mkdir(repo)
+		ts.Check(os.Symlink(common, filepath.Join(repo, ".git")))
+		git(repo, "config", "core.bare", "false")
+		seed(repo)
+	case "bare":
+		src := filepath.Join(work, "src")
+		git(work, "init", "-q", src)
+		seed(src)
+		common = filepath.Join(work, "repo.git")
+		git(work, "clone", "-q", "--bare", src, common)
+		main = filepath.Join(work, "main")
+		from = main
+		git(common, "worktree", "add", "-q", main, "main")
+	default:
+		ts.Fatalf("mklayout: unknown layout %q (want one of %s)", args[0], strings.Join(Layouts, ", "))
+	}
+	ts.Setenv("MAIN", main)
+	ts.Setenv("FROM", from)
+	ts.Setenv("COMMON", common)
 }
 
 // cmdPIDGone runs "pidgone FILE": the process whose pid FILE holds has
