@@ -72,26 +72,16 @@ func (e *Env) GC(ctx context.Context, olderThan time.Duration, dryRun, force boo
 			all = all && !activeBranch[j.Branch]
 		}
 		if all {
-			wt := e.WorktreePath(task)
-			if _, err := os.Stat(wt); err == nil {
-				dirty, err := gitstate.Git(ctx, wt, "status", "--porcelain")
-				if err != nil {
-					return rep, fmt.Errorf("gc: worktree %s: %w", wt, err)
-				}
-				if dirty != "" && !force {
-					rep.KeptDirty = append(rep.KeptDirty, wt)
-					continue // keep the task's records too
-				}
-				if !dryRun {
-					args := []string{"worktree", "remove", wt}
-					if force {
-						args = []string{"worktree", "remove", "--force", wt}
-					}
-					if _, err := gitstate.Git(ctx, e.gitDir(), args...); err != nil {
-						return rep, fmt.Errorf("gc: %w", err)
-					}
-				}
-				rep.Worktrees = append(rep.Worktrees, wt)
+			removed, dirty, err := e.removeTaskWorktree(ctx, task, jobs, dryRun, force)
+			if err != nil {
+				return rep, err
+			}
+			switch {
+			case dirty != "":
+				rep.KeptDirty = append(rep.KeptDirty, dirty)
+				continue // keep the task's records too
+			case removed != "":
+				rep.Worktrees = append(rep.Worktrees, removed)
 			}
 		}
 		for _, j := range jobs {
@@ -132,6 +122,59 @@ func (e *Env) GC(ctx context.Context, olderThan time.Duration, dryRun, force boo
 		gitstate.Git(ctx, e.gitDir(), "worktree", "prune")
 	}
 	return rep, nil
+}
+
+// removeTaskWorktree removes task's worktree, if there is one, deciding
+// afresh under the task's lock, which a job's start holds from before
+// EnsureWorktree until its command has started: the listing gc began with
+// is old by the time it reaches the task (a retry may have been enqueued
+// and started since). Under the lock, the worktree stays if a queued or
+// running job of the task, or of a branch of its jobs, exists now, or if it has uncommitted changes and not
+// force (dirty names it). removed names the worktree removed (or, dry,
+// that would be).
+func (e *Env) removeTaskWorktree(ctx context.Context, task string, jobs []*gitstate.Job, dryRun, force bool) (removed, dirty string, err error) {
+	wt := e.WorktreePath(task)
+	if _, err := os.Stat(wt); err != nil {
+		return "", "", nil
+	}
+	unlock, err := e.lockTask(ctx, task)
+	if err != nil {
+		return "", "", fmt.Errorf("gc: %w", err)
+	}
+	defer unlock()
+	branches := map[string]bool{}
+	for _, j := range jobs {
+		branches[j.Branch] = true
+	}
+	l, err := e.Store.Active()
+	if err != nil {
+		return "", "", fmt.Errorf("gc: %w", err)
+	}
+	for _, a := range l.Jobs {
+		if a.Task == task || branches[a.Branch] {
+			return "", "", nil // in use now: the next gc looks again
+		}
+	}
+	if _, err := os.Stat(wt); err != nil {
+		return "", "", nil
+	}
+	st, err := gitstate.Git(ctx, wt, "status", "--porcelain")
+	if err != nil {
+		return "", "", fmt.Errorf("gc: worktree %s: %w", wt, err)
+	}
+	if st != "" && !force {
+		return "", wt, nil
+	}
+	if !dryRun {
+		args := []string{"worktree", "remove", wt}
+		if force {
+			args = []string{"worktree", "remove", "--force", wt}
+		}
+		if _, err := gitstate.Git(ctx, e.gitDir(), args...); err != nil {
+			return "", "", fmt.Errorf("gc: %w", err)
+		}
+	}
+	return wt, "", nil
 }
 
 // collect removes ended job id's record, log and lock file, leaving its

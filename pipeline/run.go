@@ -110,8 +110,15 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	if stage.Kind == config.KindMerge {
 		return e.runMerge(ctx, j, self, stage, say)
 	}
+	// From here until the command has started, gc cannot remove the
+	// task's worktree; after it, the job is running and gc sees it.
+	unlockTask, err := e.lockTask(ctx, j.Task)
+	if err != nil {
+		return fail(err.Error())
+	}
 	wt, err := e.EnsureWorktree(ctx, j)
 	if err != nil {
+		unlockTask()
 		return fail(err.Error())
 	}
 	say("job %s stage %s attempt %d in %s: %s", j.ID, j.Stage, j.Attempt, wt, stage.Run)
@@ -119,7 +126,9 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	// The command must not die with the monitor's context: a monitor that is
 	// told to stop passes TERM on and keeps watching.
 	cmd := shellCmd(context.Background(), wt, stage.Run, mergeEnv(os.Environ(), JobVars(j, wt)), logf)
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	unlockTask()
+	if err != nil {
 		return fail(fmt.Sprintf("start %q: %v", stage.Run, err))
 	}
 	stopForwarding := forwardSignals(cmd.Process.Pid)

@@ -48,6 +48,26 @@ func (e *Env) worktreesBase() string {
 	return filepath.Join(top, base)
 }
 
+// taskLockWait bounds the wait for a task's lock: gc holds it across one
+// status check and one git worktree remove, a starting job across one
+// worktree add and one process start.
+const taskLockWait = 5 * time.Minute
+
+// lockTask takes task's lock, which excludes a job of the task starting
+// (EnsureWorktree until its command has started) and gc removing the
+// task's worktree (DESIGN.md "Real repositories"). The lock file is named
+// by a hash of the task, so any task name makes a valid file name.
+func (e *Env) lockTask(ctx context.Context, task string) (unlock func(), err error) {
+	lctx, cancel := context.WithTimeout(ctx, taskLockWait)
+	defer cancel()
+	sum := sha256.Sum256([]byte(task))
+	unlock, err = statefile.Lock(lctx, e.Store.LockPath("task-"+hex.EncodeToString(sum[:8])))
+	if err != nil {
+		return nil, fmt.Errorf("task %q: %w", task, err)
+	}
+	return unlock, nil
+}
+
 // worktreeOf returns the worktree that has branch checked out, or "".
 func (e *Env) worktreeOf(ctx context.Context, branch string) (string, error) {
 	return e.Repo.WorktreeOf(branch)
@@ -84,7 +104,12 @@ func (e *Env) FindWorktree(ctx context.Context, j *gitstate.Job) (string, error)
 // EnsureWorktree returns a worktree with the job's branch checked out:
 // the one that already has it (a later stage of the same task, or the
 // user's own checkout), or a new linked worktree at WorktreePath, with the
-// branch created from the target when it does not exist yet.
+// branch created from the target when it does not exist yet. The caller
+// holds the task's lock (lockTask) from before this call until the job's
+// command has started, and the job is already running: so gc, which
+// re-checks under that lock that the task has no active job, never removes
+// the worktree a job is starting in, and a job that waited for gc finds
+// the worktree gone and makes it again.
 func (e *Env) EnsureWorktree(ctx context.Context, j *gitstate.Job) (string, error) {
 	// Held only across one git worktree add, but many monitors starting at
 	// once queue behind it: a contended wait is not an error.
