@@ -3,10 +3,12 @@ package crashmatrix_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +20,7 @@ import (
 
 // gcRaceTasks is how many old tasks gc has to go through: enough that a
 // start can fall between its first listing and its last removal.
-const gcRaceTasks = 40
+const gcRaceTasks = 24
 
 // gcRaceAgent is the stage command of TestGCRacesStart. Attempt 1 makes a
 // commit and succeeds, except for the last task, which fails (so it can be
@@ -39,14 +41,26 @@ git commit -q -m "the retry's work"
 `
 
 // TestGCRacesStart (issue 13 item 5; DESIGN.md "Real repositories": gc and
-// a job's start exclude each other per task). gc goes through 120 old
-// tasks; it is stopped (faultgit pause=) at its git worktree remove of the
-// last task's worktree, and a retry of that task is started with a real
-// `orch-hooks run` meanwhile. Whatever the order the two then take, the
-// retry's worktree and work survive: the job ends done with its commit on
-// the branch and its worktree in place.
+// a job's start exclude each other per task). gc goes through many old
+// tasks; it is stopped (faultgit pause=) at a git command about the last
+// task's worktree — its git status (is it clean?) or its git worktree
+// remove — and a retry of that task is started with a real `orch-hooks
+// run` meanwhile. Whatever the order the two then take, the retry's
+// worktree and work survive: the job ends done with its commit on the
+// branch and its worktree in place.
 func TestGCRacesStart(t *testing.T) {
 	t.Parallel()
+	for _, at := range []string{"status", "worktree"} {
+		t.Run("pause_at_"+at, func(t *testing.T) {
+			t.Parallel()
+			gcRacesStart(t, at)
+		})
+	}
+}
+
+// gcRacesStart is one TestGCRacesStart: gc paused at its gcRaceTasks-th
+// invocation of git subcommand at (one per task: the last task's).
+func gcRacesStart(t *testing.T, at string) {
 	sync := t.TempDir()
 	last := fmt.Sprintf("t%03d", gcRaceTasks-1)
 	agent := filepath.Join(sync, "agent.sh")
@@ -88,7 +102,7 @@ run = "sh '`+agent+`'"
 	gc := exec.Command(cliBinary(t), "gc", "--older-than", "0s", "--json")
 	gc.Dir = repo.Dir
 	gc.Env = append(repo.Env(), "PATH="+fpath, faultgit.EnvDir+"="+fstate,
-		faultgit.EnvRules+"=worktree#"+fmt.Sprint(gcRaceTasks)+":pause=gc")
+		faultgit.EnvRules+"="+at+"#"+fmt.Sprint(gcRaceTasks)+":pause=gc")
 	var gcOut, gcErr bytes.Buffer
 	gc.Stdout, gc.Stderr = &gcOut, &gcErr
 	if err := gc.Start(); err != nil {
@@ -100,11 +114,11 @@ run = "sh '`+agent+`'"
 		faultgit.Resume(fstate, "gc")
 		<-gcDone
 	}()
-	waitUntil(t, "gc to reach the last task's worktree remove", func() bool {
+	waitUntil(t, "gc to reach the last task's git "+at, func() bool {
 		select {
 		case err := <-gcDone:
 			gcDone <- err
-			t.Fatalf("gc ended (%v) before its last worktree remove:\n%s%s", err, gcOut.String(), gcErr.String())
+			t.Fatalf("gc ended (%v) before its last git %s:\n%s%s", err, at, gcOut.String(), gcErr.String())
 		default:
 		}
 		return faultgit.Paused(fstate, "gc")
@@ -176,8 +190,20 @@ run = "sh '`+agent+`'"
 	if out, err := exec.Command("git", "-C", repo.Dir, "show", "feat/"+last+":work.txt").CombinedOutput(); err != nil {
 		t.Errorf("the retry's commit is not on its branch: %v %s", err, out)
 	}
-	if !strings.Contains(gcOut.String(), `"jobs"`) {
-		t.Errorf("gc printed no report: %s %s", gcOut.String(), gcErr.String())
+	var rep pipeline.GCReport
+	if err := json.Unmarshal(gcOut.Bytes(), &rep); err != nil {
+		t.Fatalf("gc --json: %v\n%s%s", err, gcOut.String(), gcErr.String())
+	}
+	// Stopped before its last status, gc decides about the last worktree
+	// after the retry was claimed: it must keep it. Stopped at its last
+	// remove, it decided before: the worktree goes, and the retry, which
+	// waited, makes it again.
+	removed := slices.Contains(rep.Worktrees, wt)
+	if at == "status" && removed {
+		t.Errorf("gc removed %s, the worktree of a job claimed before gc decided", wt)
+	}
+	if len(rep.Worktrees) < gcRaceTasks-1 {
+		t.Errorf("gc removed %d worktrees, want at least the %d of the other tasks", len(rep.Worktrees), gcRaceTasks-1)
 	}
 }
 

@@ -142,6 +142,17 @@ func (e *Env) removeTaskWorktree(ctx context.Context, task string, jobs []*gitst
 		return "", "", fmt.Errorf("gc: %w", err)
 	}
 	defer unlock()
+	if _, err := os.Stat(wt); err != nil {
+		return "", "", nil
+	}
+	st, err := gitstate.Git(ctx, wt, "status", "--porcelain")
+	if err != nil {
+		return "", "", fmt.Errorf("gc: worktree %s: %w", wt, err)
+	}
+	if st != "" && !force {
+		return "", wt, nil
+	}
+	// Last before the removal: a job claimed while gc worked counts.
 	branches := map[string]bool{}
 	for _, j := range jobs {
 		branches[j.Branch] = true
@@ -154,16 +165,6 @@ func (e *Env) removeTaskWorktree(ctx context.Context, task string, jobs []*gitst
 		if a.Task == task || branches[a.Branch] {
 			return "", "", nil // in use now: the next gc looks again
 		}
-	}
-	if _, err := os.Stat(wt); err != nil {
-		return "", "", nil
-	}
-	st, err := gitstate.Git(ctx, wt, "status", "--porcelain")
-	if err != nil {
-		return "", "", fmt.Errorf("gc: worktree %s: %w", wt, err)
-	}
-	if st != "" && !force {
-		return "", wt, nil
 	}
 	if !dryRun {
 		args := []string{"worktree", "remove", wt}
