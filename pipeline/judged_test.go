@@ -109,7 +109,7 @@ func TestMergeStageRefusesCommitNoGateSaw(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Status != gitstate.Failed || !strings.Contains(got.Reason, "moved") || !strings.Contains(got.Reason, "nothing was merged") {
+	if got.Status != gitstate.Failed || !strings.Contains(got.Reason, "moved") || !strings.Contains(got.Reason, "nothing merged") {
 		t.Errorf("job %s (%s); want failed, saying the branch moved and nothing was merged; monitor output:\n%s", got.Status, got.Reason, out)
 	}
 	if len(got.Gates) != 2 {

@@ -72,7 +72,7 @@ func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identit
 	})
 	var failure string
 	if errors.Is(err, merge.ErrBranchMoved) {
-		failure = fmt.Sprintf("merge refused: %v; nothing was merged — orch-hooks retry %s judges the new tip", err, j.ID)
+		failure = fmt.Sprintf("merge refused: %v; orch-hooks retry %s judges the new tip", err, j.ID)
 	}
 	code := MergeExitOK
 	switch {
