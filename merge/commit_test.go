@@ -109,3 +109,38 @@ func TestFinishOwedWithoutWaiting(t *testing.T) {
 	}
 	f.leaseFree("main")
 }
+
+// A pending-move record that does not parse, or names another target than
+// its file is for, is reported with its path and left in place; the other
+// records are still finished.
+func TestFinishOwedReportsBadRecords(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	dir := filepath.Join(f.repo.StateDir(), "merges")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	garbled := filepath.Join(dir, "main.toml")
+	misnamed := filepath.Join(dir, "other.toml")
+	os.WriteFile(garbled, []byte("target = \n"), 0o644)
+	os.WriteFile(misnamed, []byte("target = \"main\"\n"), 0o644)
+	got, err := f.m.FinishOwed(context.Background(), "reaper", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := map[string]bool{}
+	for _, o := range got {
+		if o.Err == nil || o.Finished {
+			t.Errorf("%+v: want an error, nothing finished", o)
+		}
+		paths[o.Path] = true
+	}
+	if !paths[garbled] || !paths[misnamed] || len(got) != 2 {
+		t.Errorf("reported %+v; want %s and %s", got, garbled, misnamed)
+	}
+	for _, p := range []string{garbled, misnamed} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s: %v; want it left in place", p, err)
+		}
+	}
+}

@@ -22,6 +22,9 @@ import (
 // FinishOwed looked at.
 type OwedSync struct {
 	Target string
+	// Path is set, with Err, for a record that could not be read: it is
+	// reported and left in place.
+	Path string
 	// Finished: the move was finished or undone and its record cleared.
 	Finished bool
 	// Busy: another process holds the target's lease; whoever holds it
@@ -38,36 +41,48 @@ const owedLeaseTTL = 5 * time.Minute
 
 // Owed lists the targets that have a pending worktree move on record.
 func (m *Merger) Owed() ([]string, error) {
+	targets, _, err := m.owed()
+	return targets, err
+}
+
+// owed is Owed that also returns the records it could not read.
+func (m *Merger) owed() ([]string, []OwedSync, error) {
 	dir := filepath.Dir(m.pendingPath("x"))
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list pending worktree moves: %w", err)
+		return nil, nil, fmt.Errorf("list pending worktree moves: %w", err)
 	}
 	var targets []string
+	var bad []OwedSync
 	for _, e := range ents {
-		if !e.Type().IsRegular() || !strings.HasSuffix(e.Name(), ".toml") {
-			continue
+		if !strings.HasSuffix(e.Name(), ".toml") {
+			continue // temp files of a record being replaced
 		}
 		path := filepath.Join(dir, e.Name())
+		// The record names its target; the file name is only its escaped
+		// form. One that cannot be read or does not name the target whose
+		// record it is (planted, damaged) is reported and left in place.
 		data, err := statefile.ReadFile(path, statefile.MaxSizeDefault)
 		if err != nil {
+			bad = append(bad, OwedSync{Path: path, Err: err})
 			continue
 		}
 		var p pending
-		// The record names its target; the file name is only its escaped
-		// form. One that does not name a target whose record this is
-		// (unreadable, planted) is left to finishSync's report when a merge
-		// into that target runs.
-		if _, err := toml.Decode(string(data), &p); err != nil || p.Target == "" || m.pendingPath(p.Target) != path {
+		if _, err := toml.Decode(string(data), &p); err != nil {
+			bad = append(bad, OwedSync{Path: path, Err: fmt.Errorf("pending worktree move %s does not parse: %w", path, err)})
+			continue
+		}
+		if p.Target == "" || m.pendingPath(p.Target) != path {
+			bad = append(bad, OwedSync{Path: path, Err: fmt.Errorf("pending worktree move %s names target %q, not the one its name is for; restore or remove it", path, p.Target)})
 			continue
 		}
 		targets = append(targets, p.Target)
 	}
 	sort.Strings(targets)
-	return targets, nil
+	return targets, bad, nil
 }
 
 // FinishOwed finishes every pending worktree move it can take the lease of
@@ -78,11 +93,10 @@ func (m *Merger) Owed() ([]string, error) {
 // (a reaper pass: hooks, watch, reap), not until the next merge into that
 // target. dryRun lists the owed moves and does nothing.
 func (m *Merger) FinishOwed(ctx context.Context, holder string, dryRun bool) ([]OwedSync, error) {
-	targets, err := m.Owed()
+	targets, out, err := m.owed()
 	if err != nil || len(targets) == 0 {
-		return nil, err
+		return out, err
 	}
-	out := make([]OwedSync, 0, len(targets))
 	if dryRun {
 		for _, t := range targets {
 			out = append(out, OwedSync{Target: t})

@@ -263,6 +263,8 @@ func finishOwed(ctx context.Context, env *pipeline.Env, opts Options, snap *Snap
 	}
 	for _, o := range owed {
 		switch {
+		case o.Path != "":
+			snap.Errors = append(snap.Errors, PassError{Path: o.Path, Message: o.Err.Error()})
 		case opts.DryRun:
 			snap.Actions = append(snap.Actions, Action{Lease: o.Target, Tier: TierSync, Outcome: "would finish the worktree move of the last merge into " + o.Target})
 		case o.Err != nil:
