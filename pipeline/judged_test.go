@@ -159,3 +159,62 @@ func TestMergeStageMergesJudgedCommit(t *testing.T) {
 		t.Errorf("main does not contain the judged commit %s", tip)
 	}
 }
+
+// A merge stage without gates of its own merges the commit the previous
+// stage's gates passed (recorded in the job as prev_commit): a commit made
+// on the branch after that stage ended is not merged, and the job fails
+// saying the branch moved.
+func TestGatelessMergeStageMergesPreviousStagesCommit(t *testing.T) {
+	repo, env := newRepo(t, strings.Replace(judgedToml, `gates = ["commits_ahead", "mergeable"]`, ``, 1))
+	const br = "feat/prev"
+	wt := repo.Worktree("prev", br)
+	b, _, err := env.Enqueue(pipeline.Request{Task: br, Branch: br, Stage: "build"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := startMonitor(t, repo, env.Store, b.ID).wait(t)
+	built, _ := env.Store.Get(b.ID)
+	if built.Status != gitstate.Done {
+		t.Fatalf("build %s (%s); output:\n%s", built.Status, built.Reason, out)
+	}
+	passed := repo.Git(repo.Dir, "rev-parse", br)
+	mainTip := repo.Git(repo.Dir, "rev-parse", "main")
+	repo.Commit(wt, "after the gates", map[string]string{"late.txt": "late\n"})
+
+	out = startMonitor(t, repo, env.Store, built.NextJob).wait(t)
+	m, _ := env.Store.Get(built.NextJob)
+	if m.PrevCommit != passed || m.Merging != passed {
+		t.Errorf("prev_commit %q, merging %q; want both %s", m.PrevCommit, m.Merging, passed)
+	}
+	if m.Status != gitstate.Failed || !strings.Contains(m.Reason, "moved") {
+		t.Errorf("merge job %s (%s); want failed, the branch moved; output:\n%s", m.Status, m.Reason, out)
+	}
+	if now := repo.Git(repo.Dir, "rev-parse", "main"); now != mainTip {
+		t.Errorf("main moved to %s: a commit no gate judged was merged", now)
+	}
+}
+
+// A gate that looks at the worktree (cmd:, clean_worktree) fails when the
+// branch moved while the gates ran: it may have judged another commit than
+// the one the results name. Gates judging by commit id are unaffected.
+func TestWorktreeGateFailsWhenBranchMovesDuringGates(t *testing.T) {
+	repo, env := newRepo(t, pipelineToml)
+	const br = "feat/sneak"
+	wt := repo.Worktree("sneak", br)
+	before := repo.Commit(wt, "work", map[string]string{"w.txt": "w\n"})
+	stage, _ := env.Config.Stage("build")
+	stage.Gates = []string{"commits_ahead", "cmd:git commit -q --allow-empty -m sneaky"}
+	rs := env.EvaluateGates(context.Background(), pipeline.GateInput{Stage: stage, Branch: br, Target: "main", Worktree: wt})
+	if len(rs) != 2 {
+		t.Fatalf("results %+v", rs)
+	}
+	if !rs[0].Passed || rs[0].Commit != before {
+		t.Errorf("commits_ahead %+v; want passed, judging %s", rs[0], before)
+	}
+	if rs[1].Passed || !strings.Contains(rs[1].Detail, "moved") {
+		t.Errorf("cmd gate %+v; want failed: the branch moved while it ran", rs[1])
+	}
+	if c := pipeline.JudgedCommit(rs); c != "" {
+		t.Errorf("JudgedCommit %q with a failed gate; want none", c)
+	}
+}
