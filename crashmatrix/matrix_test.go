@@ -146,12 +146,13 @@ var matrix = []struct {
 	{"merge.commit_tree", []scenario{pipelineScenario, mergeScenario}},
 	// The target's worktree moved with its ref (main is checked out in
 	// the main worktree): index.lock taken, files moved, new index ready,
-	// ref moved, index in place.
-	{"merge.index_locked", []scenario{pipelineScenario, mergeScenario, remoteScenario}},
-	{"merge.worktree_updated", []scenario{pipelineScenario, mergeScenario, remoteScenario}},
-	{"merge.index_ready", []scenario{pipelineScenario, mergeScenario, remoteScenario}},
-	{"merge.update_ref", []scenario{pipelineScenario, mergeScenario, remoteScenario}},
-	{"merge.index_committed", []scenario{pipelineScenario, mergeScenario, remoteScenario}},
+	// ref moved, index in place. "passes only": recovery by reaper passes
+	// alone must finish the owed sync and give the job its true outcome.
+	{"merge.index_locked", []scenario{pipelineScenario, passesOnlyScenario, mergeScenario, remoteScenario}},
+	{"merge.worktree_updated", []scenario{pipelineScenario, passesOnlyScenario, mergeScenario, remoteScenario}},
+	{"merge.index_ready", []scenario{pipelineScenario, passesOnlyScenario, mergeScenario, remoteScenario}},
+	{"merge.update_ref", []scenario{pipelineScenario, passesOnlyScenario, mergeScenario, remoteScenario}},
+	{"merge.index_committed", []scenario{pipelineScenario, passesOnlyScenario, mergeScenario, remoteScenario}},
 	{"merge.push", []scenario{remoteScenario}},
 }
 

@@ -110,6 +110,15 @@ type Job struct {
 	// date; both are fixed by the claim, so a rebuilt merge commit has the
 	// same id.
 	MergeAuthor Signature `toml:"merge_author,omitempty"`
+	// Merging is the commit a merge stage merges — the one its gates
+	// judged and passed — written before the merge starts, so that a
+	// reaper finding the job's monitor dead can tell from the graph
+	// whether the merge landed.
+	Merging string `toml:"merging,omitempty"`
+	// PrevCommit is the commit the previous stage's gates judged and
+	// passed (written when that stage advanced to this job). The job works
+	// on whatever its branch is when it starts; this says what was checked.
+	PrevCommit string `toml:"prev_commit,omitempty"`
 
 	// ExitCode is nil until the command's exit has been recorded.
 	ExitCode *int `toml:"exit_code,omitempty"`
@@ -140,6 +149,12 @@ type GateResult struct {
 	Passed bool      `toml:"passed" json:"passed"`
 	Detail string    `toml:"detail,omitempty" json:"detail,omitempty"`
 	At     time.Time `toml:"at" json:"at"`
+	// Commit and Target are the commit ids the gate judged: the branch's
+	// tip and the target's, both resolved once before the stage's first
+	// gate, so every gate of one evaluation judges the same pair (empty
+	// when the ref did not resolve). A merge merges only such a commit.
+	Commit string `toml:"commit,omitempty" json:"commit,omitempty"`
+	Target string `toml:"target,omitempty" json:"target,omitempty"`
 }
 
 // Transition is one status change of one job.

@@ -39,6 +39,9 @@ var (
 	// ErrIndexLocked: another git process held the index of the target's
 	// worktree past Request.IndexLockWait; nothing was written.
 	ErrIndexLocked = errors.New("index.lock held by another git process")
+	// ErrBranchMoved: Request.Commit is set and the branch no longer
+	// points at it; nothing was written.
+	ErrBranchMoved = errors.New("the branch moved after its gates judged it")
 )
 
 // Defaults.
@@ -63,7 +66,16 @@ type Signature struct {
 // Request is one merge.
 type Request struct {
 	Branch, Target string
-	FFOnly         bool
+	// Commit, when set, is the commit to merge — the one the caller's
+	// gates judged — instead of the branch's tip. The branch must still
+	// point at it when the merge decides under the lease; if it moved
+	// (a commit pushed while the merge waited for the lease), the merge
+	// refuses with ErrBranchMoved rather than merge a commit no gate saw.
+	// The already-merged, fast-forward and merge decision is made for
+	// Commit, so a merge that moved the target before a crash is found
+	// merged on the next run.
+	Commit string
+	FFOnly bool
 	// Check decides and reports without writing anything.
 	Check bool
 	// Remote, when set, is fetched first and receives the result.
@@ -233,6 +245,10 @@ func (m *Merger) decide(ctx context.Context, req Request) (*Result, error) {
 	b, err := m.Repo.ResolveCommit(ctx, branchRef)
 	if err != nil {
 		return nil, fmt.Errorf("merge: branch %s", err)
+	}
+	if req.Commit != "" && b != req.Commit {
+		return nil, fmt.Errorf("merge %s into %s: %w: %s is at %s, its gates judged %s; nothing merged",
+			req.Branch, req.Target, ErrBranchMoved, req.Branch, b, req.Commit)
 	}
 	t, err := m.Repo.ResolveCommit(ctx, targetRef)
 	if err != nil {

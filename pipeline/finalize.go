@@ -58,6 +58,10 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 	status, reason, gates := gitstate.Failed, end.Failure, []gitstate.GateResult(nil)
 	stage, stageOK := e.Config.Stage(j.Stage)
 	switch {
+	case stageOK && stage.Kind == config.KindMerge && e.landed(ctx, j, end):
+		// The merge moved the target and its monitor died before it could
+		// record so: the graph is the record of what happened.
+		status, reason = gitstate.Done, fmt.Sprintf("merged (%s found in %s after the merge job's monitor ended)", shortID(j.Merging), j.Target)
 	case reason != "":
 	case !stageOK:
 		reason = fmt.Sprintf("stage %q is not defined in orch.toml", j.Stage)
@@ -114,6 +118,26 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 	return res, err
 }
 
+// landed reports whether a merge job a reaper is ending (its monitor gone:
+// tier 1, or tier 2 with an exit code that is not a refusal) merged what it
+// set out to: the commit its gates passed (Job.Merging) is in the target.
+// A job refused by the merge (exit code 3) or never past its gates is not;
+// one that recorded exit code 0 ends "merged" by the ordinary path.
+func (e *Env) landed(ctx context.Context, j *gitstate.Job, end Ending) bool {
+	if end.EndedBy != gitstate.EndedByReaperDead && end.EndedBy != gitstate.EndedByReaperExitCode {
+		return false
+	}
+	if j.Merging == "" || FirstFailed(j.Gates) != nil || (j.ExitCode != nil && (*j.ExitCode == MergeExitOK || *j.ExitCode == MergeExitRejected)) {
+		return false
+	}
+	t, err := e.Repo.ResolveCommit(ctx, "refs/heads/"+j.Target)
+	if err != nil {
+		return false
+	}
+	ok, err := e.Repo.IsAncestor(ctx, j.Merging, t)
+	return err == nil && ok
+}
+
 // Advance enqueues the job that done job j advanced to (j.NextJob). It is
 // idempotent — the next job's id is derived and created exclusively — so the
 // reaper's repair and a re-run after a crash can never make a second one.
@@ -137,7 +161,7 @@ func (e *Env) RepairAdvance(ctx context.Context, j *gitstate.Job) (next *gitstat
 	}
 	next, created, err = e.Store.Create(&gitstate.Job{
 		ID: j.NextJob, Task: j.Task, Stage: stage.Next, Branch: j.Branch, Target: j.Target,
-		Attempt: j.Attempt, Status: gitstate.Queued,
+		Attempt: j.Attempt, Status: gitstate.Queued, PrevCommit: JudgedCommit(j.Gates),
 	})
 	if errors.Is(err, gitstate.ErrCollected) {
 		// The next job existed, ran and was collected by gc: the advance

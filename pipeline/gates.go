@@ -27,13 +27,56 @@ type GateInput struct {
 // EvaluateGates runs every gate of the stage, read-only: it changes no
 // record and no ref (mergeable writes a tree object, never a ref). Each gate
 // is evaluated even when an earlier one failed, so the report is whole.
+//
+// The branch's tip and the target's are resolved once, first, and every
+// gate judges that pair (commits_ahead and mergeable by commit id, not by
+// ref); each result names them (GateResult.Commit, .Target). Gates that
+// look at the worktree (clean_worktree, cmd:) see the branch checked out
+// there, so if the branch moved while the gates ran they may have judged
+// another commit: such a result is turned into a failure that says so.
 func (e *Env) EvaluateGates(ctx context.Context, in GateInput) []gitstate.GateResult {
 	out := make([]gitstate.GateResult, 0, len(in.Stage.Gates))
+	if len(in.Stage.Gates) == 0 {
+		return out
+	}
+	commit, _ := e.Repo.ResolveCommit(ctx, "refs/heads/"+in.Branch)
+	target, _ := e.Repo.ResolveCommit(ctx, "refs/heads/"+in.Target)
 	for _, g := range in.Stage.Gates {
-		passed, detail := e.evaluateGate(ctx, g, in)
-		out = append(out, gitstate.GateResult{Name: g, Passed: passed, Detail: detail, At: time.Now().UTC()})
+		passed, detail := e.evaluateGate(ctx, g, in, commit, target)
+		out = append(out, gitstate.GateResult{Name: g, Passed: passed, Detail: detail, At: time.Now().UTC(), Commit: commit, Target: target})
+	}
+	if now, _ := e.Repo.ResolveCommit(ctx, "refs/heads/"+in.Branch); now != commit {
+		for i := range out {
+			if out[i].Passed && (out[i].Name == config.GateCleanWorktree || strings.HasPrefix(out[i].Name, config.GateCmdPrefix)) {
+				out[i].Passed = false
+				out[i].Detail = fmt.Sprintf("%s moved from %s to %s while the gates ran, so this check may not have seen %s", in.Branch, shortID(commit), shortID(now), shortID(commit))
+			}
+		}
 	}
 	return out
+}
+
+// JudgedCommit returns the commit every gate in rs judged and passed, or ""
+// when a gate failed, the gates disagree, or there are none.
+func JudgedCommit(rs []gitstate.GateResult) string {
+	var c string
+	for i, r := range rs {
+		if !r.Passed || r.Commit == "" || (i > 0 && r.Commit != c) {
+			return ""
+		}
+		c = r.Commit
+	}
+	return c
+}
+
+func shortID(id string) string {
+	if id == "" {
+		return "(none)"
+	}
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
 }
 
 // FirstFailed returns the first failed gate, or nil when all passed.
@@ -46,14 +89,15 @@ func FirstFailed(rs []gitstate.GateResult) *gitstate.GateResult {
 	return nil
 }
 
-func (e *Env) evaluateGate(ctx context.Context, gate string, in GateInput) (bool, string) {
-	branch, target := "refs/heads/"+in.Branch, "refs/heads/"+in.Target
+// evaluateGate judges one gate; commit and target are the branch's and the
+// target's tips resolved for this evaluation ("" when missing).
+func (e *Env) evaluateGate(ctx context.Context, gate string, in GateInput, commit, target string) (bool, string) {
 	switch {
 	case gate == config.GateCommitsAhead:
-		if err := e.verifyRefs(ctx, branch, target); err != nil {
+		if err := missingRefs(in, commit, target); err != nil {
 			return false, err.Error()
 		}
-		n, err := gitstate.Git(ctx, e.gitDir(), "rev-list", "--count", target+".."+branch)
+		n, err := gitstate.Git(ctx, e.gitDir(), "rev-list", "--count", target+".."+commit)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -63,10 +107,10 @@ func (e *Env) evaluateGate(ctx context.Context, gate string, in GateInput) (bool
 		return true, fmt.Sprintf("%s commit(s) beyond %s", n, in.Target)
 
 	case gate == config.GateMergeable:
-		if err := e.verifyRefs(ctx, branch, target); err != nil {
+		if err := missingRefs(in, commit, target); err != nil {
 			return false, err.Error()
 		}
-		conflicts, err := e.Conflicts(ctx, target, branch)
+		conflicts, err := e.Conflicts(ctx, target, commit)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -114,13 +158,15 @@ func (e *Env) evaluateGate(ctx context.Context, gate string, in GateInput) (bool
 	return false, fmt.Sprintf("unknown gate %q", gate)
 }
 
-// verifyRefs checks that each ref names a commit. On git 2.39 merge-tree
-// exits 1 for an unknown ref as it does for a conflict, so this comes first.
-func (e *Env) verifyRefs(ctx context.Context, refs ...string) error {
-	for _, r := range refs {
-		if _, err := gitstate.Git(ctx, e.gitDir(), "rev-parse", "--verify", "--quiet", r+"^{commit}"); err != nil {
-			return fmt.Errorf("%s does not exist", strings.TrimPrefix(r, "refs/heads/"))
-		}
+// missingRefs says which of the branch and the target did not resolve to a
+// commit. On git 2.39 merge-tree exits 1 for an unknown ref as it does for
+// a conflict, so this comes first.
+func missingRefs(in GateInput, commit, target string) error {
+	if commit == "" {
+		return fmt.Errorf("%s does not exist", in.Branch)
+	}
+	if target == "" {
+		return fmt.Errorf("%s does not exist", in.Target)
 	}
 	return nil
 }

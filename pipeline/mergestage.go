@@ -25,6 +25,16 @@ const (
 // describe the branch before the merge; after it, commits_ahead could not
 // pass), then merge finalization runs under the target's lease, and its
 // outcome is recorded as the exit code for the shared finalize.
+//
+// The merge merges exactly the commit the gates judged (merge.Request.
+// Commit), never the branch's tip as found after the wait for the lease: if
+// the branch moved meanwhile, the merge refuses (merge.ErrBranchMoved) and
+// the job fails saying so; a retry judges the new tip. Refusing, rather
+// than running the gates again under the lease, keeps a cmd: gate that may
+// take minutes from holding every other merge into the target. A merge
+// stage without gates merges the commit the previous stage's gates passed
+// (Job.PrevCommit), or else the tip found when the job starts, with the
+// same refusal if the branch moves.
 func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identity, stage config.Stage, say func(string, ...any)) (Result, error) {
 	fail := func(reason string) (Result, error) {
 		say("%s", reason)
@@ -32,23 +42,41 @@ func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identit
 	}
 	wt, _ := e.FindWorktree(ctx, j)
 	gates := e.EvaluateGates(ctx, GateInput{Stage: stage, Branch: j.Branch, Target: j.Target, Worktree: wt, Env: JobVars(j, wt)})
-	if _, err := e.whileRunning(ctx, j.ID, self, "", func(r *gitstate.Job) { r.Gates = gates }); err != nil {
+	var commit string
+	if f := FirstFailed(gates); f == nil {
+		switch {
+		case len(gates) > 0:
+			commit = JudgedCommit(gates)
+		case j.PrevCommit != "":
+			commit = j.PrevCommit
+		default:
+			commit, _ = e.Repo.ResolveCommit(ctx, "refs/heads/"+j.Branch)
+		}
+	}
+	if _, err := e.whileRunning(ctx, j.ID, self, "", func(r *gitstate.Job) { r.Gates, r.Merging = gates, commit }); err != nil {
 		return Result{Job: j}, err
 	}
 	if f := FirstFailed(gates); f != nil {
 		return fail(fmt.Sprintf("gate %s failed: %s", f.Name, f.Detail))
 	}
-	say("merge %s into %s", j.Branch, j.Target)
+	if commit == "" {
+		return fail(fmt.Sprintf("merge refused: no commit of %s to merge (the branch does not exist, or its gates judged no single commit)", j.Branch))
+	}
+	say("merge %s (%s) into %s", j.Branch, commit, j.Target)
 	m := merge.New(e.Repo)
 	res, err := m.Merge(ctx, merge.Request{
-		Branch: j.Branch, Target: j.Target, Job: j.ID, Holder: "job " + j.ID,
+		Branch: j.Branch, Target: j.Target, Commit: commit, Job: j.ID, Holder: "job " + j.ID,
 		TTL:    e.Config.Lease.TTL(),
 		Author: merge.Signature{Name: j.MergeAuthor.Name, Email: j.MergeAuthor.Email, When: j.StartedAt},
 		Fence:  e.jobFence(j.ID, self),
 	})
+	var failure string
+	if errors.Is(err, merge.ErrBranchMoved) {
+		failure = fmt.Sprintf("merge refused: %v; orch-hooks retry %s judges the new tip", err, j.ID)
+	}
 	code := MergeExitOK
 	switch {
-	case errors.Is(err, merge.ErrConflict), errors.Is(err, merge.ErrNotFastForward),
+	case errors.Is(err, merge.ErrConflict), errors.Is(err, merge.ErrNotFastForward), errors.Is(err, merge.ErrBranchMoved),
 		errors.Is(err, lease.ErrBusy), errors.Is(err, lease.ErrStaleToken):
 		code = MergeExitRejected
 		say("merge refused: %v", err)
@@ -63,10 +91,10 @@ func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identit
 		r.ExitCode, r.FinishedAt = &code, now
 	}); err != nil {
 		say("exit code not recorded: %v", err)
-		return e.Finalize(ctx, j.ID, Ending{EndedBy: gitstate.EndedByMonitor})
+		return e.Finalize(ctx, j.ID, Ending{EndedBy: gitstate.EndedByMonitor, Failure: failure})
 	}
 	crashpoint.Hit("run.exit_recorded")
-	return e.Finalize(ctx, j.ID, Ending{EndedBy: gitstate.EndedByMonitor})
+	return e.Finalize(ctx, j.ID, Ending{EndedBy: gitstate.EndedByMonitor, Failure: failure})
 }
 
 // jobFence is a merge job's part of the merge's fence (DESIGN.md: "a merge

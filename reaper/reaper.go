@@ -1,6 +1,7 @@
 // Package reaper ends jobs whose processes are gone. One pass (RunOnce)
 // judges every running job by three tiers of liveness, repairs advances lost
-// to a crash, and reclaims stale merge leases. Any number of passes may run
+// to a crash, reclaims stale merge leases and finishes the worktree moves
+// merges left under way (merges/<target>.toml). Any number of passes may run
 // at once: correctness comes from the per-job claims, and the reaper's only
 // write to a job record is the terminal flip, made by the shared finalize.
 package reaper
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/merge"
 	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/procid"
 )
@@ -23,6 +25,7 @@ const (
 	TierMaxRunning = "max_running"
 	TierRepair     = "repair"
 	TierLease      = "lease"
+	TierSync       = "sync"
 )
 
 // ReasonLost and ReasonTimeout are the reasons of tier-1 and tier-3 reaps.
@@ -230,6 +233,10 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		}
 	}
 
+	if ctx.Err() == nil {
+		finishOwed(ctx, env, opts, snap)
+	}
+
 	snap.DurationMS = max(now().Sub(start).Milliseconds(), 0)
 	if !opts.DryRun {
 		// Saved even when the budget ran out: the snapshot says so.
@@ -241,6 +248,31 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		}
 	}
 	return snap, nil
+}
+
+// finishOwed finishes the worktree moves that merges left under way
+// (merges/<target>.toml: a crash just after the ref update), each under its
+// target's lease taken without waiting, so a checked-out target is not left
+// behind its ref until the next merge into it. A lease held by a live
+// holder is left alone: that holder finishes the move before it merges.
+func finishOwed(ctx context.Context, env *pipeline.Env, opts Options, snap *Snapshot) {
+	owed, err := merge.New(env.Repo).FinishOwed(ctx, "reaper", opts.DryRun)
+	if err != nil {
+		snap.Errors = append(snap.Errors, PassError{Message: err.Error()})
+		return
+	}
+	for _, o := range owed {
+		switch {
+		case o.Path != "":
+			snap.Errors = append(snap.Errors, PassError{Path: o.Path, Message: o.Err.Error()})
+		case opts.DryRun:
+			snap.Actions = append(snap.Actions, Action{Lease: o.Target, Tier: TierSync, Outcome: "would finish the worktree move of the last merge into " + o.Target})
+		case o.Err != nil:
+			snap.Errors = append(snap.Errors, PassError{Lease: o.Target, Message: "finish the worktree move of the last merge: " + o.Err.Error()})
+		case o.Finished:
+			snap.Actions = append(snap.Actions, Action{Lease: o.Target, Tier: TierSync, Outcome: "finished the worktree move of the last merge into " + o.Target})
+		}
+	}
 }
 
 // repair advances done jobs whose next job a crash lost.

@@ -308,6 +308,13 @@ func (c *cli) printJob(s *gitstate.Store, j *gitstate.Job) {
 		}
 		row("gate "+g.Name, strings.TrimSpace(res+" "+oneLine(g.Detail)))
 	}
+	if len(j.Gates) > 0 && j.Gates[0].Commit != "" {
+		// Which commit the gates judged (one evaluation judges one pair):
+		// a merge merges only such a commit.
+		row("gates judged", fmt.Sprintf("%s against %s %s", j.Gates[0].Commit, j.Target, j.Gates[0].Target))
+	}
+	row("merging", j.Merging)
+	row("previous stage passed", j.PrevCommit)
 	row("reason", j.Reason)
 	row("ended by", j.EndedBy)
 	row("next job", j.NextJob)

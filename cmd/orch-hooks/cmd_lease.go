@@ -336,7 +336,9 @@ func setupMerge(fs *flag.FlagSet, c *cli) func([]string) error {
 			if err != nil {
 				return jobLookupError(err)
 			}
-			req.Branch, req.Job = j.Branch, j.ID
+			// The commit the job's gates passed, when it got that far: a
+			// re-run merges what was judged, not a later tip.
+			req.Branch, req.Job, req.Commit = j.Branch, j.ID, j.Merging
 			if req.Target == "" {
 				req.Target = j.Target
 			}
@@ -387,6 +389,8 @@ func mergeError(err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, merge.ErrBranchMoved):
+		return withCode(exitNo, fmt.Errorf("%w; orch-hooks retry JOB runs the gates on the new tip (orch-hooks merge --branch B merges it without them)", err))
 	case errors.Is(err, merge.ErrConflict), errors.Is(err, merge.ErrNotFastForward),
 		errors.Is(err, lease.ErrStaleToken), errors.Is(err, lease.ErrBusy):
 		return withCode(exitNo, err)

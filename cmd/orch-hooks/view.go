@@ -33,6 +33,8 @@ type jobJSON struct {
 	FinishedAt *string               `json:"finished_at"`
 	EndedAt    *string               `json:"ended_at"`
 	Gates      []gitstate.GateResult `json:"gates"`
+	Merging    string                `json:"merging,omitempty"`
+	PrevCommit string                `json:"prev_commit,omitempty"`
 }
 
 func rfc3339(t time.Time) *string {
@@ -55,7 +57,7 @@ func toJobJSON(j *gitstate.Job) jobJSON {
 		ExitCode: j.ExitCode, Reason: j.Reason, EndedBy: j.EndedBy, NextJob: j.NextJob,
 		CreatedAt: rfc3339(j.CreatedAt), StartedAt: rfc3339(j.StartedAt),
 		FinishedAt: rfc3339(j.FinishedAt), EndedAt: rfc3339(j.EndedAt),
-		Gates: gates,
+		Gates: gates, Merging: j.Merging, PrevCommit: j.PrevCommit,
 	}
 }
 
