@@ -23,6 +23,9 @@ const (
 	TierMaxRunning = "max_running"
 	TierRepair     = "repair"
 	TierLease      = "lease"
+	// TierUndecodable ends a running job whose record does not decode
+	// (gitstate.Store.EndUndecodable).
+	TierUndecodable = "undecodable"
 )
 
 // ReasonLost and ReasonTimeout are the reasons of tier-1 and tier-3 reaps.
@@ -100,6 +103,9 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		return snap, err
 	}
 	for _, u := range l.Unreadable {
+		if endUndecodable(ctx, env, opts, u, snap) {
+			continue
+		}
 		snap.Errors = append(snap.Errors, PassError{Path: u.Path, Message: u.Err.Error()})
 	}
 	var running []*gitstate.Job
