@@ -230,3 +230,10 @@ func mapStrings(v reflect.Value, f func(string) string) reflect.Value {
 	}
 	return v
 }
+
+// MapStrings returns a deep copy of v with every string in it (as
+// EncodeTOML reaches them) replaced by f of it: how a test puts chosen bytes
+// into every field of a record.
+func MapStrings[T any](v T, f func(string) string) T {
+	return mapStrings(reflect.ValueOf(v), f).Interface().(T)
+}
