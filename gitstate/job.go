@@ -64,7 +64,10 @@ const RecordVersion = 1
 
 // Job is one run of one stage of one task. Its record is replaced atomically
 // as a whole; every status change is a compare-and-swap under the job's lock
-// (see Store.Update).
+// (see Store.Update). Every string in it may hold any bytes (a path git
+// allows, a Latin-1 user identity, binary gate output): the record stores
+// them escaped (statefile.EscapeText) and reads back the same bytes; no
+// field is replaced lossily, so the merge author and paths come back exact.
 type Job struct {
 	Version int    `toml:"version"`
 	ID      string `toml:"id"`
