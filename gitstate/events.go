@@ -25,7 +25,9 @@ func (s *Store) logEvent(t Transition) {
 }
 
 func (s *Store) appendEvent(t Transition) error {
-	line, err := json.Marshal(t)
+	// Escaped as in a record: JSON would otherwise replace bytes that are
+	// not UTF-8 by U+FFFD and the line would not read back as written.
+	line, err := json.Marshal(statefile.EscapeStrings(t))
 	if err != nil {
 		return err
 	}
@@ -128,6 +130,7 @@ func parseEvent(line []byte) (Transition, bool) {
 	if len(line) == 0 || json.Unmarshal(line, &t) != nil || t.Job == "" {
 		return t, false
 	}
+	statefile.UnescapeStrings(&t)
 	return t, true
 }
 

@@ -1,13 +1,11 @@
 package gitstate
 
 import (
-	"bytes"
 	"fmt"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
 	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 // Status is a job's place in the state machine:
@@ -55,6 +53,9 @@ const (
 	EndedByReaperExitCode   = "reaper:exit_code"
 	EndedByReaperMaxRunning = "reaper:max_running"
 	EndedByCancel           = "cancel"
+	// EndedByReaperUndecodable: the reaper ended a job whose record did not
+	// decode (Store.EndUndecodable).
+	EndedByReaperUndecodable = "reaper:undecodable"
 )
 
 // RecordVersion is written into every job record so a later format can be
@@ -63,7 +64,10 @@ const RecordVersion = 1
 
 // Job is one run of one stage of one task. Its record is replaced atomically
 // as a whole; every status change is a compare-and-swap under the job's lock
-// (see Store.Update).
+// (see Store.Update). Every string in it may hold any bytes (a path git
+// allows, a Latin-1 user identity, binary gate output): the record stores
+// them escaped (statefile.EscapeText) and reads back the same bytes; no
+// field is replaced lossily, so the merge author and paths come back exact.
 type Job struct {
 	Version int    `toml:"version"`
 	ID      string `toml:"id"`
@@ -182,18 +186,20 @@ func (j *Job) Clone() *Job {
 }
 
 func encodeJob(j *Job) ([]byte, error) {
-	var buf bytes.Buffer
-	if err := toml.NewEncoder(&buf).Encode(j); err != nil {
+	// Every string is escaped (statefile.EscapeText) so that any bytes in
+	// it — a path, a Latin-1 user.name, binary gate output — read back.
+	data, err := statefile.EncodeTOML(j)
+	if err != nil {
 		return nil, fmt.Errorf("encode job %s: %w", j.ID, err)
 	}
-	return buf.Bytes(), nil
+	return data, nil
 }
 
 // DecodeJob parses a job record and checks what every reader relies on: a
 // valid id and status.
 func DecodeJob(data []byte) (*Job, error) {
 	var j Job
-	if _, err := toml.Decode(string(data), &j); err != nil {
+	if _, err := statefile.DecodeTOML(data, &j); err != nil {
 		return nil, err
 	}
 	if err := ValidateJobID(j.ID); err != nil {

@@ -602,15 +602,31 @@ func (s *Store) transition(id string, from, to Status, reason string) Transition
 // past which readers refuse it.
 const TextMax = 8 << 10
 
-// clampText cuts s to at most TextMax bytes, on a rune boundary, saying how
-// much was cut.
+// clampText cuts s so that its stored form (statefile.EscapeText: a byte
+// that is not UTF-8 takes four) is at most TextMax bytes, on a character
+// boundary, saying how much was cut.
 func clampText(s string) string {
-	if len(s) <= TextMax {
+	if statefile.EscapedLen(s) <= TextMax {
 		return s
 	}
-	cut := TextMax - 64
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	// Room for the escape prefix, the note and the worst case of the last
+	// character taken.
+	budget := TextMax - 64 - len(statefile.TextEscapePrefix)
+	cut, size := 0, 0
+	for cut < len(s) {
+		r, n := utf8.DecodeRuneInString(s[cut:])
+		w := n
+		switch {
+		case r == utf8.RuneError && n <= 1:
+			w = 4
+		case r == '\\':
+			w = 2
+		}
+		if size+w > budget {
+			break
+		}
+		size += w
+		cut += n
 	}
 	return s[:cut] + fmt.Sprintf(" … (%d more bytes cut)", len(s)-cut)
 }

@@ -9,7 +9,6 @@
 package lease
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,8 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/BurntSushi/toml"
 
 	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -131,7 +128,7 @@ func (m *Manager) read(target string) (*Lease, error) {
 		return nil, fmt.Errorf("lease %s: %w", target, err)
 	}
 	var l Lease
-	if _, err := toml.Decode(string(data), &l); err != nil {
+	if _, err := statefile.DecodeTOML(data, &l); err != nil {
 		return nil, &gitstate.UnreadableError{Path: m.recordPath(target), Err: err}
 	}
 	return &l, nil
@@ -259,11 +256,13 @@ func (m *Manager) lastToken(target string) (uint64, error) {
 }
 
 func (m *Manager) write(l *Lease) error {
-	var buf bytes.Buffer
-	if err := toml.NewEncoder(&buf).Encode(l); err != nil {
+	// The holder is any text a user typed (statefile.EncodeTOML escapes
+	// what is not UTF-8, so the lease always reads back).
+	data, err := statefile.EncodeTOML(l)
+	if err != nil {
 		return fmt.Errorf("lease %s: %w", l.Target, err)
 	}
-	if err := statefile.Replace(m.recordPath(l.Target), buf.Bytes()); err != nil {
+	if err := statefile.Replace(m.recordPath(l.Target), data); err != nil {
 		return fmt.Errorf("lease %s: %w", l.Target, err)
 	}
 	return nil

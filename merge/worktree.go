@@ -1,7 +1,6 @@
 package merge
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,8 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/BurntSushi/toml"
 
 	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -105,11 +102,12 @@ func (m *Merger) savePending(p pending) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	var buf bytes.Buffer
-	if err := toml.NewEncoder(&buf).Encode(p); err != nil {
+	// The worktree path may be any bytes: escaped so the record reads back.
+	data, err := statefile.EncodeTOML(p)
+	if err != nil {
 		return err
 	}
-	return statefile.Replace(path, buf.Bytes())
+	return statefile.Replace(path, data)
 }
 
 func (m *Merger) clearPending(target string) error {
@@ -369,7 +367,7 @@ func (m *Merger) finishSync(ctx context.Context, target string, token uint64) (o
 		return true, err
 	}
 	var p pending
-	if _, err := toml.Decode(string(data), &p); err != nil {
+	if _, err := statefile.DecodeTOML(data, &p); err != nil {
 		return true, &gitstate.UnreadableError{Path: m.pendingPath(target), Err: err}
 	}
 	if p.Worktree == "" || p.From == "" || p.To == "" {

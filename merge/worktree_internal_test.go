@@ -9,6 +9,7 @@ import (
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/gittest"
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 // The look at the target's worktree made before the lease must not write
@@ -71,4 +72,32 @@ func TestIdentityAsGitVar(t *testing.T) {
 	if n, e := Identity(context.Background(), repo); n != "Env Name" || e != "config@example.invalid" {
 		t.Errorf("with only GIT_COMMITTER_NAME set: %s <%s>, want git's mix of environment and config", n, e)
 	}
+}
+
+// FuzzPendingRecordBytes: the pending worktree move record keeps any bytes
+// of its paths (a repository path need not be UTF-8) exactly, as
+// savePending writes it and finishSync reads it.
+func FuzzPendingRecordBytes(f *testing.F) {
+	f.Add("/r\xffpo", "caf\xe9")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		n := 0
+		want := statefile.MapStrings(pending{Target: "t", Worktree: "w", GitDir: "g", From: "f", To: "o", Phase: "p", LockDev: 1, LockIno: 2}, func(string) string {
+			n++
+			if n%2 == 0 {
+				return a
+			}
+			return b
+		})
+		data, err := statefile.EncodeTOML(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got pending
+		if _, err := statefile.DecodeTOML(data, &got); err != nil {
+			t.Fatalf("the record written does not read back: %v\n%s", err, data)
+		}
+		if got != want {
+			t.Fatalf("round trip changed the record: %+v, want %+v", got, want)
+		}
+	})
 }

@@ -19,7 +19,24 @@ import (
 func (e *Env) Cancel(ctx context.Context, id string) (j *gitstate.Job, won bool, err error) {
 	j, won, err = e.Store.Claim(ctx, id, []gitstate.Status{gitstate.Queued, gitstate.Running}, gitstate.Cancelled, "cancelled by user",
 		func(j *gitstate.Job) { j.EndedBy = gitstate.EndedByCancel })
-	if err != nil || !won {
+	var ue *gitstate.UnreadableError
+	if errors.As(err, &ue) {
+		// A record that does not decode can be changed by nothing else:
+		// end it with a new record, its bytes kept aside. One that cannot
+		// be read at all (a FIFO, a permission) is left alone: the error
+		// stands.
+		ej, ended, eerr := e.Store.EndUndecodable(ctx, id, gitstate.Cancelled, gitstate.EndedByCancel, "cancelled by user")
+		if errors.Is(eerr, gitstate.ErrDecodable) {
+			return j, false, err
+		}
+		if eerr != nil {
+			return nil, false, fmt.Errorf("%w; ending it anyway: %w", err, eerr)
+		}
+		j, won, err = ej, ended, nil
+		if !won {
+			return j, false, nil
+		}
+	} else if err != nil || !won {
 		return j, won, err
 	}
 	if last := j.History[len(j.History)-1]; last.From == gitstate.Running {

@@ -1,15 +1,12 @@
 package pipeline
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/BurntSushi/toml"
 
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/statefile"
@@ -41,9 +38,8 @@ func (e *Env) HoldDispatcher() (release func(), holder DispatcherInfo, err error
 	}
 	host, _ := procid.Host()
 	info := DispatcherInfo{PID: os.Getpid(), Host: host, Since: time.Now().UTC()}
-	var buf bytes.Buffer
-	toml.NewEncoder(&buf).Encode(info)
-	if err := statefile.Replace(e.dispatcherPath(), buf.Bytes()); err != nil {
+	data, _ := statefile.EncodeTOML(info) // the host name may be any bytes
+	if err := statefile.Replace(e.dispatcherPath(), data); err != nil {
 		unlock()
 		return nil, DispatcherInfo{}, err
 	}
@@ -79,6 +75,6 @@ func (e *Env) dispatcherInfo() (DispatcherInfo, error) {
 	if err != nil {
 		return info, err
 	}
-	_, err = toml.Decode(string(data), &info)
+	_, err = statefile.DecodeTOML(data, &info)
 	return info, err
 }

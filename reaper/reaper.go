@@ -26,6 +26,9 @@ const (
 	TierRepair     = "repair"
 	TierLease      = "lease"
 	TierSync       = "sync"
+	// TierUndecodable ends a running job whose record does not decode
+	// (gitstate.Store.EndUndecodable).
+	TierUndecodable = "undecodable"
 )
 
 // ReasonLost and ReasonTimeout are the reasons of tier-1 and tier-3 reaps.
@@ -103,6 +106,9 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		return snap, err
 	}
 	for _, u := range l.Unreadable {
+		if endUndecodable(ctx, env, opts, u, snap) {
+			continue
+		}
 		snap.Errors = append(snap.Errors, PassError{Path: u.Path, Message: u.Err.Error()})
 	}
 	var running []*gitstate.Job

@@ -672,9 +672,10 @@ func TestRepairLostAdvance(t *testing.T) {
 
 // ---- unreadable records and state ----
 
-// A record that cannot be parsed, and a directory where a record should
-// be, are reported with their path; they are left in place, and the pass
-// still reaps the other jobs.
+// A directory where a record should be is reported with its path and left
+// in place; a running job's record that does not decode is ended failed,
+// its bytes kept aside (it could otherwise never end); the pass still reaps
+// the other jobs.
 func TestUnreadableRecordsDoNotStopThePass(t *testing.T) {
 	f := newFixture(t)
 	f.cfg.Reaper.DeadTicks = 1
@@ -694,8 +695,8 @@ func TestUnreadableRecordsDoNotStopThePass(t *testing.T) {
 	for i := 1; i <= 2; i++ {
 		snap := f.pass(time.Duration(i) * time.Second)
 		paths := errorPaths(snap)
-		if _, ok := paths[f.store().RecordPath(bad.ID)]; !ok {
-			t.Errorf("pass %d: the corrupt record is not reported: %+v", i, snap.Errors)
+		if _, ok := paths[f.store().RecordPath(bad.ID)]; ok {
+			t.Errorf("pass %d: the record that does not decode is reported, not ended: %+v", i, snap.Errors)
 		}
 		if _, ok := paths[f.store().RecordPath(dirID)]; !ok {
 			t.Errorf("pass %d: the directory is not reported: %+v", i, snap.Errors)
@@ -703,20 +704,33 @@ func TestUnreadableRecordsDoNotStopThePass(t *testing.T) {
 		if i == 1 && (snap.Tier1 != 2 || snap.Scanned != 2) {
 			t.Errorf("pass 1: scanned %d tier1 %d; want both readable dead jobs reaped", snap.Scanned, snap.Tier1)
 		}
+		ended := 0
+		for _, a := range snap.Actions {
+			if a.Tier == reaper.TierUndecodable && a.Job == bad.ID {
+				ended++
+			}
+		}
+		if want := map[int]int{1: 1, 2: 0}[i]; ended != want {
+			t.Errorf("pass %d: %d undecodable actions for %s, want %d: %+v", i, ended, bad.ID, want, snap.Actions)
+		}
 	}
-	for _, j := range []*gitstate.Job{a, z} {
+	for _, j := range []*gitstate.Job{a, z, bad} {
 		if got := f.get(j.ID); got.Status != gitstate.Failed {
 			t.Errorf("%s: %s, want failed", j.ID, got.Status)
 		}
 	}
-	if data, _ := os.ReadFile(f.store().RecordPath(bad.ID)); string(data) != string(garbage) {
-		t.Error("the corrupt record was changed")
+	// Ended, never lost: its bytes are kept exactly beside the new record.
+	if got := f.get(bad.ID); got.EndedBy != gitstate.EndedByReaperUndecodable {
+		t.Errorf("ended by %q", got.EndedBy)
+	}
+	if data, err := os.ReadFile(f.store().CorruptPath(bad.ID, 1)); err != nil || string(data) != string(garbage) {
+		t.Errorf("the undecodable record's bytes were not kept: %v", err)
 	}
 	if fi, err := os.Stat(f.store().RecordPath(dirID)); err != nil || !fi.IsDir() {
 		t.Errorf("the directory was removed: %v", err)
 	}
-	if last := f.state().LastPass; last == nil || len(errorPaths(last)) != 2 {
-		t.Errorf("last pass saved without the errors: %+v", last)
+	if last := f.state().LastPass; last == nil || len(errorPaths(last)) != 1 {
+		t.Errorf("last pass saved without the directory's error: %+v", last)
 	}
 }
 

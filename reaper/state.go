@@ -1,7 +1,6 @@
 package reaper
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,8 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/BurntSushi/toml"
 
 	"github.com/orch-hooks/orch-hooks/statefile"
 	"github.com/orch-hooks/orch-hooks/termtext"
@@ -123,7 +120,7 @@ func LoadState(stateDir string) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reaper state: %w", err)
 	}
-	if _, err := toml.Decode(string(data), st); err != nil {
+	if _, err := statefile.DecodeTOML(data, st); err != nil {
 		return nil, fmt.Errorf("reaper state %s: %w", statePath(stateDir), err)
 	}
 	if st.Streaks == nil {
@@ -166,11 +163,12 @@ func updateState(ctx context.Context, stateDir string, fn func(*State) error) er
 	if err := fn(st); err != nil {
 		return err
 	}
-	var buf bytes.Buffer
-	if err := toml.NewEncoder(&buf).Encode(st); err != nil {
+	// Error messages and reasons may carry any bytes: escaped so they read back.
+	data, err := statefile.EncodeTOML(st)
+	if err != nil {
 		return fmt.Errorf("reaper state: %w", err)
 	}
-	if err := statefile.Replace(statePath(stateDir), buf.Bytes()); err != nil {
+	if err := statefile.Replace(statePath(stateDir), data); err != nil {
 		return fmt.Errorf("reaper state: %w", err)
 	}
 	return loadErr

@@ -360,6 +360,11 @@ func setupCancel(fs *flag.FlagSet, c *cli) func([]string) error {
 		default:
 			c.errf("cancelled %s; its processes were stopped\n", j.ID)
 		}
+		if j.Reason != "cancelled by user" {
+			// Ended from a record that did not decode: the reason says
+			// where its bytes were kept.
+			c.errf("%s\n", j.Reason)
+		}
 		return nil
 	}
 }
