@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/orch-hooks/orch-hooks/procid"
 )
 
 // TestJobLogCap (issue 13 item 6): a command that prints three times the
@@ -202,3 +204,96 @@ gates = ["commits_ahead"]
 
 // tailOf is the last n bytes of s.
 func tailOf(s string, n int) string { return s[max(0, len(s)-n):] }
+
+// survivorAgent writes, says it has started, waits for the test, and
+// writes again: "wrote" exists only if that second write succeeded (a
+// pipe without its reader kills sh with SIGPIPE before it).
+const survivorAgent = `printf 'BEFORE-THE-KILL\n'
+: > "%[1]s/started"
+while [ ! -e "%[1]s/go" ]; do sleep 0.02; done
+printf 'AFTER-THE-MONITOR-DIED\n' && : > "%[1]s/wrote"
+: > "%[1]s/done"
+`
+
+// TestJobOutputSurvivesMonitorKill (issue 13 item 6, DESIGN.md "The
+// outcome survives the monitor"): the log's cap keeps the monitor out of
+// the command's data path, so a monitor killed with SIGKILL costs the
+// command nothing — it goes on writing its log. The monitor is the process
+// the test started; the command is found through the job's record (its
+// pid and start time), never by name.
+func TestJobOutputSurvivesMonitorKill(t *testing.T) {
+	t.Parallel()
+	out := t.TempDir()
+	agent := filepath.Join(t.TempDir(), "survivor.sh")
+	if err := os.WriteFile(agent, []byte(fmt.Sprintf(survivorAgent, out)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	repo, env := newWorld(t, `target = "main"
+
+[logs]
+max_bytes = 65536
+
+[[stages]]
+name = "build"
+run = "sh '`+agent+`'"
+`)
+	r := runCLI(t, repo, "enqueue", "--stage", "build", "--branch", "feat/survivor")
+	wantCode(t, "enqueue", r, 0, "")
+	id := strings.TrimSpace(r.stdout)
+	mon := exec.Command(cliBinary(t), "run", id)
+	mon.Dir, mon.Env = repo.Dir, repo.Env()
+	if err := mon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	monitorGone := false
+	t.Cleanup(func() {
+		if !monitorGone {
+			mon.Process.Kill()
+			mon.Wait()
+		}
+	})
+	var command procid.Identity
+	waitUntil(t, "the command to start and its monitor to stamp it", func() bool {
+		if _, err := os.Stat(filepath.Join(out, "started")); err != nil {
+			return false
+		}
+		j, err := env.Store.Get(id)
+		if err != nil || j.Command.IsZero() {
+			return false
+		}
+		command = j.Command
+		return true
+	})
+	// Whatever the outcome, the command (checked by identity) ends with
+	// the test.
+	t.Cleanup(func() { procid.SignalGroup(command, syscall.SIGKILL) })
+	if err := mon.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	mon.Wait()
+	monitorGone = true
+	if l, err := procid.Check(command); l != procid.Alive {
+		t.Fatalf("the command %v is %v (%v) once its monitor was killed, before it wrote again", command, l, err)
+	}
+	if err := os.WriteFile(filepath.Join(out, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Until the command says it is done, or is gone without saying so.
+	waitUntil(t, "the command to write and end", func() bool {
+		if _, err := os.Stat(filepath.Join(out, "done")); err == nil {
+			return true
+		}
+		l, _ := procid.Check(command)
+		return l != procid.Alive
+	})
+	if _, err := os.Stat(filepath.Join(out, "wrote")); err != nil {
+		t.Errorf("the command could not write once its monitor was killed (SIGPIPE/EPIPE on its output?): %v", err)
+	}
+	b, err := os.ReadFile(env.Store.LogPath(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "BEFORE-THE-KILL") || !strings.Contains(string(b), "AFTER-THE-MONITOR-DIED") {
+		t.Errorf("the log does not hold what the command wrote before and after its monitor was killed:\n%s", tailOf(string(b), 600))
+	}
+}
