@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // punchable opens a file in a temporary directory and skips the test when
@@ -22,7 +24,7 @@ func punchable(t *testing.T) *os.File {
 	}
 	t.Cleanup(func() { f.Close() })
 	f.Write(make([]byte, 8192))
-	if err := syscall.Fallocate(int(f.Fd()), 0x02|0x01, 0, 4096); err != nil {
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, 4096); err != nil {
 		t.Skipf("the file system of %s cannot punch holes: %v", f.Name(), err)
 	}
 	f.Truncate(0)
@@ -111,5 +113,31 @@ func TestLogCapShed(t *testing.T) {
 	want := fmt.Sprintf("\n… %d bytes cut (log capped) …\nAFTER\n", 1<<20-logKeepOnFull)
 	if !bytes.HasSuffix(got, []byte(want)) || len(got) != logKeepOnFull+len(want) {
 		t.Errorf("after Shed the log reads %d bytes ending %q; want the first 64 KiB and %q", len(got), got[max(0, len(got)-80):], want)
+	}
+}
+
+// TestLogReaderFollows: a reader at the end of the log (logs -f) gets what
+// is appended later, and a hole punched past where it had read as one cut
+// line, never as zeros.
+func TestLogReaderFollows(t *testing.T) {
+	f := punchable(t)
+	lc := startLogCap(f, 65536, func(string, ...any) {})
+	defer lc.Stop()
+	f.Write([]byte("first\n"))
+	r := NewLogReader(f, 0, 65536)
+	if got, _ := io.ReadAll(r); string(got) != "first\n" {
+		t.Fatalf("read %q", got)
+	}
+	f.Write(bytes.Repeat([]byte("m"), 1<<20))
+	lc.Enforce()
+	got, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.IndexByte(got, 0) >= 0 || !bytes.Contains(got, []byte("bytes cut (log capped at 65536 bytes)")) || !bytes.HasSuffix(got, []byte("mmmm")) {
+		t.Errorf("a follower read %d bytes: %.120q … %q", len(got), got, got[max(0, len(got)-40):])
+	}
+	if r.Pos != 6+1<<20 {
+		t.Errorf("the follower is at %d, want the end, %d", r.Pos, 6+1<<20)
 	}
 }
