@@ -36,6 +36,9 @@ const (
 	FinalizeTimeoutSDefault = 120
 	HookBudgetMSDefault     = 200
 	GCOlderThanSDefault     = 7 * 24 * 3600
+	LogMaxBytesDefault      = 16 << 20
+	// LogMaxBytesMin keeps room for a head, a tail and the cut marker.
+	LogMaxBytesMin = 4096
 )
 
 // Stage kinds.
@@ -69,6 +72,7 @@ type Config struct {
 	Lease          Lease   `toml:"lease"`
 	Hooks          Hooks   `toml:"hooks"`
 	GC             GC      `toml:"gc"`
+	Logs           Logs    `toml:"logs"`
 	Stages         []Stage `toml:"stages"`
 }
 
@@ -81,6 +85,15 @@ type Hooks struct {
 
 // Budget is BudgetMS as a duration.
 func (h Hooks) Budget() time.Duration { return time.Duration(h.BudgetMS) * time.Millisecond }
+
+// Logs holds the settings of job logs.
+type Logs struct {
+	// MaxBytes caps the disk space a job's log takes while its monitor
+	// lives: past it, the monitor punches a hole between the first and
+	// the last MaxBytes/2 bytes (readers print a line naming the bytes
+	// cut in its place).
+	MaxBytes int `toml:"max_bytes"`
+}
 
 // GC holds the settings of gc.
 type GC struct {
@@ -150,6 +163,7 @@ func Default() *Config {
 		Lease: Lease{ReclaimEnabled: true, TTLS: LeaseTTLSDefault},
 		Hooks: Hooks{BudgetMS: HookBudgetMSDefault},
 		GC:    GC{OlderThanS: GCOlderThanSDefault},
+		Logs:  Logs{MaxBytes: LogMaxBytesDefault},
 	}
 }
 
@@ -372,6 +386,7 @@ func validate(c *Config, src source, env envSet) error {
 		atLeast(c.Lease.TTLS, 1, "lease", "ttl_s"),
 		atLeast(c.Hooks.BudgetMS, 1, "hooks", "budget_ms"),
 		atLeast(c.GC.OlderThanS, 0, "gc", "older_than_s"),
+		atLeast(c.Logs.MaxBytes, LogMaxBytesMin, "logs", "max_bytes"),
 	} {
 		if chk != nil {
 			return chk

@@ -98,9 +98,15 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	say := func(format string, args ...any) {
 		fmt.Fprintf(mlog, "== orch-hooks %s: "+format+"\n", append([]any{time.Now().UTC().Format(time.RFC3339)}, args...)...)
 	}
+	// The command writes the log itself (O_APPEND); the cap is kept from
+	// the side, so a monitor that dies never breaks the command's output.
+	logCap := startLogCap(logf, e.Config.Logs.MaxBytes, func(format string, args ...any) {
+		fmt.Fprintf(logf, "== orch-hooks %s: "+format+"\n", append([]any{time.Now().UTC().Format(time.RFC3339)}, args...)...)
+	})
+	defer logCap.Stop()
 	fail := func(reason string) (Result, error) {
 		say("%s", reason)
-		return e.Finalize(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor, Failure: reason})
+		return e.finalizeOnSpace(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor, Failure: reason}, logCap, say)
 	}
 
 	stage, err := e.stageOf(j)
@@ -158,12 +164,24 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	if left, _ := procid.SignalGroup(cmdID, syscall.SIGTERM); left {
 		say("stopped what the command left running in its process group")
 	}
+	// The command may have written all its output between two looks.
+	logCap.Enforce()
 	now := time.Now().UTC()
 	boot, _ := gitstate.BootTime()
-	if _, err := e.whileRunning(ctx, id, self, "", func(j *gitstate.Job) {
-		j.ExitCode, j.FinishedAt = &code, now
-		j.ProgressAt, j.ProgressBoot = now, boot // the first progress stamp
-	}); err != nil {
+	// A full disk is waited out (the log's space given up first): the
+	// outcome is what the job is for.
+	for n := 0; ; n++ {
+		_, err := e.whileRunning(ctx, id, self, "", func(j *gitstate.Job) {
+			j.ExitCode, j.FinishedAt = &code, now
+			j.ProgressAt, j.ProgressBoot = now, boot // the first progress stamp
+		})
+		if err == nil {
+			break
+		}
+		if isNoSpace(err) {
+			e.waitForSpace(fmt.Sprintf("exit code %d of job %s not recorded", code, id), n, err, logCap, say)
+			continue
+		}
 		say("exit code not recorded: %v", err)
 		return e.Finalize(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor})
 	}
@@ -192,7 +210,7 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 			crashpoint.Hit(fmt.Sprintf("run.finalize_step.%d", i))
 		}
 	}
-	res, err := e.Finalize(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor})
+	res, err := e.finalizeOnSpace(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor}, logCap, say)
 	if err == nil {
 		say("job %s: %s (%s)", id, res.Job.Status, res.Job.Reason)
 		if res.Next != nil {
@@ -200,6 +218,36 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 		}
 	}
 	return res, err
+}
+
+// waitForSpace handles retry n (from 0) of a record write that failed for
+// want of space (err names the file system and the fix): the log is shed
+// down to its first 64 KiB, the monitor says so on its stderr and in the
+// log, and waits before the retry.
+func (e *Env) waitForSpace(what string, n int, err error, lc *logCap, say func(string, ...any)) {
+	freed := lc.Shed()
+	msg := fmt.Sprintf("%s: %v (this monitor does that itself: it retries, every %s at most, until the write succeeds)", what, err, noSpaceBackoff(1<<10))
+	if freed > 0 {
+		msg += fmt.Sprintf("; it freed %d bytes of the job's log, keeping its first %d KiB", freed, logKeepOnFull>>10)
+	}
+	if n == 0 || n%30 == 0 || freed > 0 {
+		fmt.Fprintf(os.Stderr, "orch-hooks: %s\n", msg)
+		say("%s", msg)
+	}
+	time.Sleep(noSpaceBackoff(n))
+}
+
+// finalizeOnSpace is Finalize, waiting out a full disk: the terminal
+// record has priority over the log. A retry after a claim that landed
+// finds the job ended and does nothing.
+func (e *Env) finalizeOnSpace(ctx context.Context, id string, end Ending, lc *logCap, say func(string, ...any)) (Result, error) {
+	for n := 0; ; n++ {
+		res, err := e.Finalize(ctx, id, end)
+		if !isNoSpace(err) {
+			return res, err
+		}
+		e.waitForSpace(fmt.Sprintf("the end of job %s not recorded", id), n, err, lc, say)
+	}
 }
 
 // finalizeGate runs a finalize step ($1) only once the monitor says "go" on

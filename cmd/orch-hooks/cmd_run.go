@@ -146,7 +146,18 @@ func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 		if *raw || !isTerminal(c.rawStdout) {
 			out = c.rawStdout
 		}
+		// The cut line names the cap when the config can be read; the
+		// log itself is readable without it.
+		var capBytes int64
+		if cfg, err := c.loadConfig(); err == nil {
+			capBytes = int64(cfg.Logs.MaxBytes)
+		}
+		// Holes the monitor punched (the size cap) read as one line each.
+		var r *pipeline.LogReader
 		f, err := statefile.Open(s.LogPath(args[0]), os.O_RDONLY, 0)
+		if err == nil {
+			r = pipeline.NewLogReader(f, 0, capBytes)
+		}
 		if errors.Is(err, os.ErrNotExist) {
 			if !*follow {
 				c.errf("%s has no output yet\n", args[0])
@@ -156,8 +167,8 @@ func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 			return err
 		}
 		for {
-			if f != nil {
-				if _, err := io.Copy(out, f); err != nil {
+			if r != nil {
+				if _, err := io.Copy(out, r); err != nil {
 					return err
 				}
 			}
@@ -169,8 +180,8 @@ func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 				return err
 			}
 			if j.Status.Terminal() {
-				if f != nil {
-					io.Copy(out, f) // what was written before the end
+				if r != nil {
+					io.Copy(out, r) // what was written before the end
 				}
 				break
 			}
@@ -180,7 +191,9 @@ func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 			case <-time.After(200 * time.Millisecond):
 			}
 			if f == nil {
-				f, _ = statefile.Open(s.LogPath(args[0]), os.O_RDONLY, 0)
+				if f, _ = statefile.Open(s.LogPath(args[0]), os.O_RDONLY, 0); f != nil {
+					r = pipeline.NewLogReader(f, 0, capBytes)
+				}
 			}
 		}
 		if f != nil {
