@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 // ErrDubiousOwnership is returned (wrapped) by Open for a repository, or a
@@ -53,7 +55,7 @@ func (r *Repo) checkOwnership() error {
 		}
 		return fmt.Errorf("%s is %w (%s), not by %s, who runs orch-hooks: refused, as git refuses such a repository (safe.directory). "+
 			"Run orch-hooks as the owner (sudo -u %s orch-hooks ...); or, if you trust it, mark it safe: git config --global --add safe.directory %s",
-			p, ErrDubiousOwnership, userName(int(st.Uid)), userName(os.Geteuid()), loginName(int(st.Uid)), safeName(r))
+			p, ErrDubiousOwnership, statefile.UserName(int(st.Uid)), statefile.UserName(os.Geteuid()), loginName(int(st.Uid)), safeName(r))
 	}
 	return nil
 }
@@ -149,13 +151,8 @@ func safeDirectory(r *Repo) bool {
 	return false
 }
 
-func userName(uid int) string {
-	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
-		return fmt.Sprintf("uid %d (%s)", uid, u.Username)
-	}
-	return fmt.Sprintf("uid %d", uid)
-}
-
+// loginName is the user as sudo -u takes it ("#1000" when the account
+// cannot be looked up).
 func loginName(uid int) string {
 	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
 		return u.Username

@@ -131,11 +131,11 @@ func PermissionHint(err error, path string) string {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
 			return fmt.Sprintf("; %s belongs to %s and this process runs as %s (a command once run as another user, such as root, leaves such files): "+
 				"give the state dir back to the repository's owner (sudo chown -R %s %s) or run orch-hooks as that owner",
-				path, userName(int(st.Uid)), userName(os.Geteuid()), loginName(os.Geteuid()), root)
+				path, UserName(int(st.Uid)), UserName(os.Geteuid()), loginName(os.Geteuid()), root)
 		}
 	}
 	return fmt.Sprintf("; this process (%s) may not write there: make the state dir writable for the repository's owner (chmod -R u+w %s), or run orch-hooks as that owner",
-		userName(os.Geteuid()), root)
+		UserName(os.Geteuid()), root)
 }
 
 // stateRoot is the state dir that path lies in (<common-git-dir>/orch, the
@@ -149,7 +149,9 @@ func stateRoot(path string) string {
 	return filepath.Dir(path)
 }
 
-func userName(uid int) string {
+// UserName names a user for a message: "uid 1000 (alice)", or "uid 1000"
+// when the account cannot be looked up.
+func UserName(uid int) string {
 	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
 		return fmt.Sprintf("uid %d (%s)", uid, u.Username)
 	}
