@@ -17,6 +17,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/reaper"
 	"github.com/orch-hooks/orch-hooks/termtext"
 )
@@ -357,6 +358,10 @@ func setupCancel(fs *flag.FlagSet, c *cli) func([]string) error {
 			c.errf("cancelled %s\n", j.ID)
 		case j.Command.IsZero():
 			c.errf("cancelled %s; its command had not started yet: the monitor stops it\n", j.ID)
+		case !procid.Local(j.Command):
+			// StopGroups signals only what it can identify on this
+			// machine and boot: nothing was stopped here.
+			c.errf("cancelled %s; its processes run on %s (another host or boot) and were not signalled from here: stop them there\n", j.ID, j.Command.Host)
 		default:
 			c.errf("cancelled %s; its processes were stopped\n", j.ID)
 		}
