@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/testproc"
 )
 
 // helperEnv makes the test binary a namespace helper (nsHelper) instead of
@@ -86,8 +86,7 @@ func nsHelper() int {
 
 // nsProc is a helper running under unshare.
 type nsProc struct {
-	cmd *exec.Cmd
-	in  io.WriteCloser
+	*testproc.Proc
 	out *json.Decoder
 	rep report
 }
@@ -104,20 +103,8 @@ func startInNS(t *testing.T, flags ...string) *nsProc {
 	args := append(append([]string{}, flags...), "--kill-child", os.Args[0], "-test.run=^$")
 	cmd := exec.Command("unshare", args...)
 	cmd.Env = append(os.Environ(), helperEnv+"=1")
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &nsProc{cmd: cmd, in: in, out: json.NewDecoder(out)}
-	t.Cleanup(func() { p.end(); cmd.Process.Kill(); cmd.Wait() })
+	p := &nsProc{Proc: testproc.StartCommand(t, cmd)}
+	p.out = json.NewDecoder(p.Out)
 	if err := p.out.Decode(&p.rep); err != nil {
 		t.Fatalf("helper under unshare %v: no report: %v", flags, err)
 	}
@@ -128,7 +115,7 @@ func startInNS(t *testing.T, flags ...string) *nsProc {
 func (p *nsProc) judge(t *testing.T, id procid.Identity) verdict {
 	t.Helper()
 	b, _ := json.Marshal(id)
-	if _, err := fmt.Fprintf(p.in, "%s\n", b); err != nil {
+	if _, err := fmt.Fprintf(p.In, "%s\n", b); err != nil {
 		t.Fatal(err)
 	}
 	var v verdict
@@ -136,12 +123,6 @@ func (p *nsProc) judge(t *testing.T, id procid.Identity) verdict {
 		t.Fatalf("helper verdict: %v", err)
 	}
 	return v
-}
-
-// end closes the helper's input and waits for it (and unshare) to exit.
-func (p *nsProc) end() error {
-	p.in.Close()
-	return p.cmd.Wait()
 }
 
 // js shows every field of an identity (its String is for users).
@@ -191,7 +172,7 @@ func TestPidNamespaceIsForeign(t *testing.T) {
 		t.Errorf("the live host test process judged from inside the namespace: %+v; want unknown, not signalled", v)
 	}
 
-	if err := p.end(); err != nil {
+	if err := p.Close(); err != nil {
 		t.Fatalf("helper: %v", err)
 	}
 	if l, _ := procid.Check(in); l == procid.Alive {

@@ -6,6 +6,7 @@ package testproc
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -33,7 +34,17 @@ func Start(t testing.TB, env []string) *Proc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = env
-	cmd.Stderr = os.Stderr
+	return StartCommand(t, cmd)
+}
+
+// StartCommand starts cmd with its stdin and stdout piped to the test (its
+// stderr the test's unless set), for a helper that runs under another
+// program (unshare, a shell), and registers Stop as a cleanup of t.
+func StartCommand(t testing.TB, cmd *exec.Cmd) *Proc {
+	t.Helper()
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -48,6 +59,15 @@ func Start(t testing.TB, env []string) *Proc {
 	p := &Proc{Cmd: cmd, In: in, Out: bufio.NewReader(out)}
 	t.Cleanup(func() { p.stop.Do(func() { p.end(t.Failed()) }) })
 	return p
+}
+
+// Close closes the helper's stdin and waits for it to exit by itself (it
+// must, on end of input), returning how it exited; once only, and before
+// the cleanup Start registered, which then does nothing.
+func (p *Proc) Close() error {
+	err := errors.New("helper already stopped")
+	p.stop.Do(func() { p.In.Close(); err = p.Cmd.Wait() })
+	return err
 }
 
 // Stop closes the helper's stdin, kills it and waits for it; once only, and

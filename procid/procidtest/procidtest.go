@@ -4,14 +4,13 @@
 package procidtest
 
 import (
-	"bufio"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/testproc"
 )
 
 // NamespaceInit starts a shell as pid 1 of a new pid namespace with its own
@@ -29,20 +28,8 @@ func NamespaceInit(t testing.TB) procid.Identity {
 	// has no spaces); then it waits for the end of its input.
 	script := `read -r l </proc/self/stat; set -- $l; shift 21; echo "$(stat -Lc %i /proc/$$/ns/pid) $$ $1"; read -r _`
 	cmd := exec.Command("unshare", append(flags, "--kill-child", "sh", "-c", script)...)
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
+	p := testproc.StartCommand(t, cmd)
+	line, err := p.Out.ReadString('\n')
 	if err != nil {
 		t.Fatalf("process in a pid namespace: %v", err)
 	}
