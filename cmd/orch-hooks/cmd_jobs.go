@@ -30,7 +30,7 @@ func init() {
 and, when the main worktree has no orch.toml, writes the documented example
 there, with target set to this repository's branch: the default branch of
 its remote (refs/remotes/<remote>/HEAD, of the only remote or origin), else
-the current branch, else main; it says which. Running it again changes
+the current branch of the main worktree, else main; it says which. Running it again changes
 nothing.`,
 			setup: setupInit},
 		&command{name: "enqueue", args: "--branch B [--stage S] [--task T] [--attempt N] [--target T]", summary: "queue a job; print its id (idempotent)",
@@ -96,7 +96,8 @@ func setupInit(fs *flag.FlagSet, c *cli) func([]string) error {
 // initTarget is the branch init writes as target, and why: the default
 // branch of the repository's remote (the only remote, else origin) as
 // its local refs/remotes/<remote>/HEAD names it (no network), else the
-// branch checked out where init runs, else main.
+// current branch of the main worktree (of a bare repository: its HEAD),
+// else main.
 func initTarget(c *cli, r *gitstate.Repo) (branch, why string) {
 	dir := r.Worktree
 	if dir == "" {
@@ -123,12 +124,18 @@ func initTarget(c *cli, r *gitstate.Repo) (branch, why string) {
 			}
 		}
 	}
-	if ref, err := gitstate.Git(c.ctx, dir, "symbolic-ref", "-q", "HEAD"); err == nil && strings.HasPrefix(ref, "refs/heads/") {
+	// The main worktree's HEAD (the common dir's), not a linked worktree's:
+	// init run in a task's worktree must not make the task its target.
+	if ref, err := gitstate.Git(c.ctx, dir, "--git-dir="+r.CommonDir, "symbolic-ref", "-q", "HEAD"); err == nil && strings.HasPrefix(ref, "refs/heads/") {
 		if b := strings.TrimPrefix(ref, "refs/heads/"); gitstate.ValidateBranch(b) == nil {
-			if remote != "" {
-				return b, fmt.Sprintf("the current branch; remote %s names no default branch (git remote set-head %s --auto sets one)", remote, remote)
+			why := "the current branch"
+			if r.Worktree != r.MainWorktree {
+				why += " of the main worktree"
 			}
-			return b, "the current branch"
+			if remote != "" {
+				why += fmt.Sprintf("; remote %s names no default branch (git remote set-head %s --auto sets one)", remote, remote)
+			}
+			return b, why
 		}
 	}
 	return "main", "the default: no remote names a default branch and HEAD is not on a branch"
