@@ -40,7 +40,7 @@ func TestExampleIsTheDefaults(t *testing.T) {
 	want := Default()
 	want.Path = c.Path
 	want.Stages = []Stage{
-		{Name: "implement", Kind: KindCommand, Run: "./agent.sh", Gates: []string{"commits_ahead", "cmd:go test ./..."},
+		{Name: "implement", Kind: KindCommand, Run: `sh "$ORCH_REPO_ROOT/agent.sh"`, Gates: []string{"commits_ahead", "cmd:go test ./..."},
 			Finalize: []string{"git push origin HEAD"}, FinalizeTimeoutS: 120, Next: "merge"},
 		{Name: "merge", Kind: KindMerge, Gates: []string{"mergeable"}, FinalizeTimeoutS: FinalizeTimeoutSDefault},
 	}

@@ -83,7 +83,7 @@ func TestScriptSkipsWithoutStartingBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	hook := filepath.Join(hooksDir, "post-commit")
-	if err := os.WriteFile(hook, Script("post-commit", exe, true), 0o755); err != nil {
+	if err := os.WriteFile(hook, Script("post-commit", true), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	dueFile := filepath.Join(state, DueFileName)
@@ -94,7 +94,7 @@ func TestScriptSkipsWithoutStartingBinary(t *testing.T) {
 		os.Remove(record)
 		cmd := exec.Command(hook)
 		cmd.Dir = filepath.Join(base, "repo")
-		cmd.Env = append(os.Environ(), env...)
+		cmd.Env = append(append(os.Environ(), BinEnv+"="+exe), env...)
 		out, err := cmd.CombinedOutput()
 		if err != nil || len(out) > 0 {
 			t.Fatalf("hook: %v, output %q", err, out)
@@ -120,6 +120,16 @@ func TestScriptSkipsWithoutStartingBinary(t *testing.T) {
 	if started() {
 		b, _ := os.ReadFile(dueFile)
 		t.Fatalf("the binary was started although no pass is due; %s: %q", DueFileName, b)
+	}
+	// The same, with the binary found on PATH rather than named by
+	// ORCH_HOOKS_BIN: the lookup is a builtin and starts nothing either.
+	onPath := []string{BinEnv + "=", "PATH=" + base + string(filepath.ListSeparator) + os.Getenv("PATH")}
+	if started(onPath...) {
+		t.Fatal("the binary, found on PATH, was started although no pass is due")
+	}
+	os.Remove(dueFile)
+	if !started(onPath...) {
+		t.Fatal("the binary, found on PATH, was not started when a pass is due")
 	}
 	for _, tc := range []struct {
 		name   string
@@ -159,6 +169,7 @@ func TestScriptSkipsWithoutStartingBinary(t *testing.T) {
 		os.Remove(record)
 		cmd := exec.Command("unshare", "--time", "--boottime", "5", "--fork", hook)
 		cmd.Dir = filepath.Join(base, "repo")
+		cmd.Env = append(os.Environ(), BinEnv+"="+exe)
 		if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
 			t.Fatalf("hook in a time namespace: %v, output %q", err, out)
 		}

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -46,19 +47,28 @@ func Dir(ctx context.Context, dir string) (string, error) {
 	return filepath.Clean(out), nil
 }
 
-// Script is the hook script for name, calling the binary at exe. If exe is
-// gone, the hook does no pass: it prints one line on stderr naming exe
-// and, when there is one, the orch-hooks on PATH that it did not run (an
-// unknown build must not act on the state silently), and exits with the
-// chained hook's status (0 without one), so git goes on. With
+// BinEnv names the environment variable that, when set, is the orch-hooks
+// a hook runs (a path, or a name looked up on PATH) in place of
+// orch-hooks on PATH: for a binary kept off PATH. It is read when the
+// hook runs, so it lives in the environment of whoever runs git, never in
+// the script.
+const BinEnv = "ORCH_HOOKS_BIN"
+
+// Script is the hook script for name. It holds no path of this machine
+// (the same bytes on every machine, so it is safe to commit in a tracked
+// core.hooksPath): it runs $ORCH_HOOKS_BIN when that is set, else
+// orch-hooks found on PATH. When there is none, the hook does no pass: it
+// prints one line on stderr saying what is missing and the fix, and exits
+// with the chained hook's status (0 without one), so git goes on. With
 // skipNotDue (the hooks dir is the repository's own <git-dir>/hooks, so
 // the state dir is ../orch from it) the script first reads the due file
 // (DueFileName) with shell builtins only and exits, without starting the
 // binary, while no pass is due; any doubt (a field that does not match, a
 // shell without test -nt, no /proc, a time namespace whose offset shifts
-// /proc/uptime) starts the binary, which decides.
-func Script(name, exe string, skipNotDue bool) []byte {
-	q := shellQuote(exe)
+// /proc/uptime) starts the binary, which decides. Finding the binary uses
+// builtins only (command -v, test), so the fast path still starts no
+// process.
+func Script(name string, skipNotDue bool) []byte {
 	skip := ""
 	if skipNotDue {
 		skip = `		# No pass due (the last one is younger than reaper.interval_s and
@@ -78,6 +88,8 @@ func Script(name, exe string, skipNotDue bool) []byte {
 	}
 	return []byte(`#!/bin/sh
 ` + Marker + ` (` + name + `), written by orch-hooks install; orch-hooks uninstall removes it.
+# It runs orch-hooks from PATH, or $` + BinEnv + ` when set, and holds no path
+# of this machine: it is the same on every machine, so it can be committed.
 # A hook that was here before is kept as ` + name + ChainedSuffix + ` and runs first,
 # with the same arguments and input; its exit status is this hook's.
 status=0
@@ -87,13 +99,17 @@ if [ -x "$chained" ]; then
 	status=$?
 fi
 if [ "${ORCH_HOOKS:-1}" != 0 ]; then
-	bin=` + q + `
-	if [ -x "$bin" ]; then
+	bin=${` + BinEnv + `:-orch-hooks}
+	case $bin in
+	*/*) [ -f "$bin" ] && [ -x "$bin" ] ;;
+	*) command -v "$bin" >/dev/null 2>&1 ;;
+	esac
+	if [ $? = 0 ]; then
 ` + skip + `		"$bin" hook ` + name + ` "$@" </dev/null
-	elif other=$(command -v orch-hooks 2>/dev/null) && [ -n "$other" ]; then
-		printf 'orch-hooks: %s hook skipped: %s is gone; not running %s from PATH, which may be another build (%s install switches the hooks to it)\n' ` + name + ` "$bin" "$other" "$other" >&2
+	elif [ -n "${` + BinEnv + `-}" ]; then
+		printf 'orch-hooks: %s hook skipped: ` + BinEnv + `=%s names no executable (set it to the path of orch-hooks, or unset it to use orch-hooks on PATH)\n' ` + name + ` "$bin" >&2
 	else
-		printf 'orch-hooks: %s hook skipped: %s is gone and no orch-hooks is on PATH (install it again, or orch-hooks uninstall removes the hooks)\n' ` + name + ` "$bin" >&2
+		printf 'orch-hooks: %s hook skipped: orch-hooks is not on PATH (put its directory on PATH, or set ` + BinEnv + ` to its path; ORCH_HOOKS=0 turns the hooks off)\n' ` + name + ` >&2
 	fi
 fi
 exit $status
@@ -115,11 +131,6 @@ func ownHooksDir(dir string) bool {
 	return true
 }
 
-// shellQuote quotes s for sh: single quotes, with ' written as '\”.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
 // IsOurs reports whether the hook file content was written by orch-hooks.
 func IsOurs(content []byte) bool {
 	lines := bytes.SplitN(content, []byte("\n"), 3)
@@ -129,15 +140,18 @@ func IsOurs(content []byte) bool {
 // Change is one thing Install or Uninstall did (or found done).
 type Change struct {
 	Hook   string
-	Action string // "installed", "chained", "unchanged", "removed", "restored", "kept"
+	Action string // "installed", "updated", "chained", "unchanged", "removed", "restored", "kept"
 }
 
-// Install writes the hooks into dir for the binary exe. A foreign hook is
-// moved aside to <name>.orch-hooks-chained (a rename: bytes and mode kept)
-// and run first by ours. Installing twice changes nothing. A foreign hook
-// that would replace an existing chained one is refused unless force, which
-// then replaces the foreign hook and keeps the chained one as it was.
-func Install(dir, exe string, force bool) ([]Change, error) {
+// Install writes the hooks into dir. A foreign hook is moved aside to
+// <name>.orch-hooks-chained (a rename: bytes and mode kept) and run first
+// by ours. Installing twice changes nothing. A hook of ours that differs
+// from Script (an older version's, such as one naming the binary by an
+// absolute path, or one whose mode was changed) is replaced: "updated". A
+// foreign hook that would replace an existing chained one is refused
+// unless force, which then replaces the foreign hook and keeps the chained
+// one as it was.
+func Install(dir string, force bool) ([]Change, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("install hooks: %w", err)
 	}
@@ -145,7 +159,7 @@ func Install(dir, exe string, force bool) ([]Change, error) {
 	skipNotDue := ownHooksDir(dir)
 	for _, name := range Names {
 		path := filepath.Join(dir, name)
-		script := Script(name, exe, skipNotDue)
+		script := Script(name, skipNotDue)
 		cur, err := os.ReadFile(path)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
@@ -164,7 +178,7 @@ func Install(dir, exe string, force bool) ([]Change, error) {
 			if err := writeHook(path, script); err != nil {
 				return changes, err
 			}
-			changes = append(changes, Change{name, "installed"})
+			changes = append(changes, Change{name, "updated"})
 		default:
 			chained := path + ChainedSuffix
 			if _, err := os.Lstat(chained); err == nil {
@@ -223,4 +237,64 @@ func Uninstall(dir string) ([]Change, error) {
 		}
 	}
 	return changes, nil
+}
+
+// Shared describes a hooks dir that git tracks, or could: one inside the
+// worktree (a core.hooksPath such as .githooks), not ignored, not under
+// the git dir.
+type Shared struct {
+	// Dir is the hooks dir relative to the top of the worktree.
+	Dir string
+	// Tracked is true when git tracks files in Dir (git ls-files).
+	Tracked bool
+	// Uncommitted are our hook files (the hooks and the chained ones) that
+	// differ from what is committed, relative to the top of the worktree:
+	// modified, new or removed. These are what to commit so that every
+	// clone runs the same hooks.
+	Uncommitted []string
+}
+
+// SharedDir reports whether dir, the hooks dir of the worktree whose top
+// is top, lies inside that worktree where git sees files, and what of ours
+// in it is not committed. It returns nil, nil for a hooks dir git does not
+// see: outside the worktree, under .git, or ignored with nothing tracked.
+// It reads only (git --no-optional-locks: no index refresh).
+func SharedDir(ctx context.Context, top, dir string) (*Shared, error) {
+	if top == "" {
+		return nil, nil // a bare repository: no worktree to commit from
+	}
+	rel, err := filepath.Rel(top, dir)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
+		return nil, nil
+	}
+	rel = filepath.ToSlash(rel)
+	ls, err := gitstate.GitBytes(ctx, top, nil, "--no-optional-locks", "ls-files", "-z", "--", ":(literal)"+rel)
+	if err != nil {
+		return nil, fmt.Errorf("hooks dir %s: %w", dir, err)
+	}
+	args := []string{"--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=all", "--"}
+	for _, name := range Names {
+		args = append(args, ":(literal)"+rel+"/"+name, ":(literal)"+rel+"/"+name+ChainedSuffix)
+	}
+	st, err := gitstate.GitBytes(ctx, top, nil, args...)
+	if err != nil {
+		return nil, fmt.Errorf("hooks dir %s: %w", dir, err)
+	}
+	s := &Shared{Dir: rel, Tracked: len(ls) > 0}
+	entries := strings.Split(string(st), "\x00")
+	for i := 0; i < len(entries); i++ {
+		e := entries[i]
+		if len(e) < 4 {
+			continue
+		}
+		s.Uncommitted = append(s.Uncommitted, e[3:])
+		if e[0] == 'R' || e[0] == 'C' {
+			i++ // -z: the source path of a rename or copy follows
+		}
+	}
+	sort.Strings(s.Uncommitted)
+	if !s.Tracked && len(s.Uncommitted) == 0 {
+		return nil, nil // under .git, or ignored: git does not see it
+	}
+	return s, nil
 }

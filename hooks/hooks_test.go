@@ -84,7 +84,7 @@ func changes(cs []hooks.Change) []string {
 
 func TestScriptIsOurs(t *testing.T) {
 	for _, name := range hooks.Names {
-		s := hooks.Script(name, "/usr/local/bin/orch-hooks", true)
+		s := hooks.Script(name, true)
 		if !hooks.IsOurs(s) {
 			t.Errorf("Script(%s) is not recognised as ours:\n%s", name, s)
 		}
@@ -122,8 +122,7 @@ func TestInstallUninstallRestoresExactly(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "pre-commit.sample"), "#!/bin/sh\n", 0o644)
 	before := snapshotDir(t, dir)
 
-	exe := "/opt/orch hooks/it's $HOME/orch-hooks"
-	got, err := hooks.Install(dir, exe, false)
+	got, err := hooks.Install(dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +133,7 @@ func TestInstallUninstallRestoresExactly(t *testing.T) {
 	after := snapshotDir(t, dir)
 	for _, name := range hooks.Names {
 		st := after[name]
-		if st.Mode != 0o755 || st.Content != string(hooks.Script(name, exe, false)) {
+		if st.Mode != 0o755 || st.Content != string(hooks.Script(name, false)) {
 			t.Errorf("%s after install: mode %v, content:\n%s\nwant mode 0755 and Script(%s)", name, st.Mode, st.Content, name)
 		}
 	}
@@ -177,7 +176,7 @@ func TestInstallUninstallRestoresExactly(t *testing.T) {
 func TestInstallTwiceChangesNothing(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "post-merge"), "#!/bin/sh\necho merged\n", 0o755)
-	if _, err := hooks.Install(dir, "/bin/orch-hooks", false); err != nil {
+	if _, err := hooks.Install(dir, false); err != nil {
 		t.Fatal(err)
 	}
 	first := snapshotDir(t, dir)
@@ -189,7 +188,7 @@ func TestInstallTwiceChangesNothing(t *testing.T) {
 		}
 		mtimes = append(mtimes, fi.ModTime())
 	}
-	got, err := hooks.Install(dir, "/bin/orch-hooks", false)
+	got, err := hooks.Install(dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,27 +210,52 @@ func TestInstallTwiceChangesNothing(t *testing.T) {
 	}
 }
 
+// oldScript is a hook as orch-hooks wrote it before its scripts found the
+// binary on PATH: ours (the marker), with this machine's absolute path.
+const oldScript = `#!/bin/sh
+# orch-hooks: managed hook (post-commit), written by orch-hooks install; orch-hooks uninstall removes it.
+status=0
+chained="${0%/*}/post-commit.orch-hooks-chained"
+if [ -x "$chained" ]; then
+	"$chained" "$@"
+	status=$?
+fi
+if [ "${ORCH_HOOKS:-1}" != 0 ]; then
+	bin='/home/me/go/bin/orch-hooks'
+	if [ -x "$bin" ]; then
+		"$bin" hook post-commit "$@" </dev/null
+	fi
+fi
+exit $status
+`
+
 func TestInstallUpdatesOurOutdatedHook(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "post-commit"), "#!/bin/sh\necho mine\n", 0o755)
-	if _, err := hooks.Install(dir, "/old/orch-hooks", false); err != nil {
+	if _, err := hooks.Install(dir, false); err != nil {
 		t.Fatal(err)
 	}
-	// Our hook with a mode someone changed counts as outdated too.
+	// An older version's hook, naming a binary by its absolute path,
+	// replaces ours; and our hook with a mode someone changed counts as
+	// outdated too.
+	writeFile(t, filepath.Join(dir, "post-commit"), oldScript, 0o755)
 	if err := os.Chmod(filepath.Join(dir, "post-merge"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	got, err := hooks.Install(dir, "/new/orch-hooks", false)
+	got, err := hooks.Install(dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"post-commit: installed", "post-merge: installed", "post-checkout: installed", "post-rewrite: installed"}
+	want := []string{"post-commit: updated", "post-merge: updated", "post-checkout: unchanged", "post-rewrite: unchanged"}
 	if diff := cmp.Diff(want, changes(got)); diff != "" {
 		t.Errorf("Install over an older install (-want +got):\n%s", diff)
 	}
 	st := snapshotDir(t, dir)
-	if st["post-commit"].Content != string(hooks.Script("post-commit", "/new/orch-hooks", false)) || st["post-merge"].Mode != 0o755 {
-		t.Errorf("hooks not rewritten for the new binary: %+v", st["post-merge"])
+	if st["post-commit"].Content != string(hooks.Script("post-commit", false)) || st["post-merge"].Mode != 0o755 {
+		t.Errorf("outdated hooks not rewritten: %+v", st["post-merge"])
+	}
+	if strings.Contains(st["post-commit"].Content, "/home/me") {
+		t.Error("the updated hook still names the old absolute path")
 	}
 	// The chained hook is still the user's, not our old script.
 	if c := st["post-commit"+hooks.ChainedSuffix].Content; c != "#!/bin/sh\necho mine\n" {
@@ -240,18 +264,50 @@ func TestInstallUpdatesOurOutdatedHook(t *testing.T) {
 	if _, ok := st["post-commit"+hooks.ChainedSuffix+hooks.ChainedSuffix]; ok {
 		t.Error("a chained hook was chained a second time")
 	}
+	// Uninstall still knows the old script as ours.
+	if !hooks.IsOurs([]byte(oldScript)) {
+		t.Error("an older version's hook is not recognised as ours")
+	}
+}
+
+// The scripts are the same bytes wherever and by whichever binary they
+// are installed, and name no path of the machine: a tracked core.hooksPath
+// holds them unchanged across clones.
+func TestScriptHoldsNoMachinePath(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := t.TempDir(), filepath.Join(t.TempDir(), "other place")
+	for _, d := range []string{a, b} {
+		if _, err := hooks.Install(d, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	home, _ := os.UserHomeDir()
+	for _, name := range hooks.Names {
+		sa, sb := snapshotDir(t, a)[name], snapshotDir(t, b)[name]
+		if sa != sb {
+			t.Errorf("%s differs between two hooks dirs:\n%s\n---\n%s", name, sa.Content, sb.Content)
+		}
+		for _, p := range []string{exe, filepath.Dir(exe), a, b, home, os.TempDir()} {
+			if p != "" && p != "/" && strings.Contains(sa.Content, p) {
+				t.Errorf("%s names a path of this machine, %s:\n%s", name, p, sa.Content)
+			}
+		}
+	}
 }
 
 func TestInstallForeignHookOverOurs(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "post-commit"), "#!/bin/sh\necho original\n", 0o755)
-	if _, err := hooks.Install(dir, "/bin/orch-hooks", false); err != nil {
+	if _, err := hooks.Install(dir, false); err != nil {
 		t.Fatal(err)
 	}
 	// Another tool replaces our post-commit while the original is chained.
 	writeFile(t, filepath.Join(dir, "post-commit"), "#!/bin/sh\necho intruder\n", 0o755)
 	before := snapshotDir(t, dir)
-	_, err := hooks.Install(dir, "/bin/orch-hooks", false)
+	_, err := hooks.Install(dir, false)
 	if !errors.Is(err, hooks.ErrForeignHook) {
 		t.Fatalf("Install over a foreign hook with a chained one kept: err = %v, want ErrForeignHook", err)
 	}
@@ -276,7 +332,7 @@ func TestInstallForeignHookOverOurs(t *testing.T) {
 	}
 
 	// --force replaces the intruder and keeps the chained original.
-	got, err = hooks.Install(dir, "/bin/orch-hooks", true)
+	got, err = hooks.Install(dir, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,6 +381,11 @@ type scriptEnv struct {
 	record string // the fake binary writes its arguments and stdin here
 }
 
+// onPath is the PATH under which hooks find the fake orch-hooks first.
+func (s *scriptEnv) onPath() string {
+	return "PATH=" + filepath.Dir(s.exe) + string(filepath.ListSeparator) + os.Getenv("PATH")
+}
+
 // newScriptEnv makes a hooks dir and a fake orch-hooks at a path with a
 // space, a single quote and a dollar sign, which records how it was run.
 func newScriptEnv(t *testing.T) *scriptEnv {
@@ -351,7 +412,9 @@ func (s *scriptEnv) run(hook string, stdin string, env []string, args ...string)
 	s.t.Helper()
 	cmd := exec.Command(filepath.Join(s.dir, hook), args...)
 	cmd.Dir = s.dir
-	cmd.Env = append(os.Environ(), env...)
+	// The fake binary is on PATH unless env says otherwise (the last
+	// value of a variable wins).
+	cmd.Env = append(append(os.Environ(), s.onPath()), env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -388,7 +451,7 @@ func TestScriptChainsAndCallsBinary(t *testing.T) {
 	// commits there) and fails with 7: the hook's status must be 7.
 	writeFile(t, filepath.Join(s.dir, "post-rewrite"),
 		"#!/bin/sh\n{ echo \"args: $*\"; cat; } > '"+chainedRecord+"'\nexit 7\n", 0o755)
-	if _, err := hooks.Install(s.dir, s.exe, false); err != nil {
+	if _, err := hooks.Install(s.dir, false); err != nil {
 		t.Fatal(err)
 	}
 	clean := []string{"ORCH_HOOKS="}
@@ -435,7 +498,7 @@ func TestScriptChainsAndCallsBinary(t *testing.T) {
 func TestScriptDisabledByEnv(t *testing.T) {
 	s := newScriptEnv(t)
 	writeFile(t, filepath.Join(s.dir, "post-merge"), "#!/bin/sh\nexit 3\n", 0o755)
-	if _, err := hooks.Install(s.dir, s.exe, false); err != nil {
+	if _, err := hooks.Install(s.dir, false); err != nil {
 		t.Fatal(err)
 	}
 	stderr, code := s.run("post-merge", "", []string{"ORCH_HOOKS=0"}, "0")
@@ -456,58 +519,69 @@ func TestScriptDisabledByEnv(t *testing.T) {
 	}
 }
 
-func TestScriptBinaryGone(t *testing.T) {
-	s := newScriptEnv(t)
-	if _, err := hooks.Install(s.dir, s.exe, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(s.exe); err != nil {
-		t.Fatal(err)
-	}
-	sh, err := exec.LookPath("sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Only sh's directory on PATH: no orch-hooks anywhere.
-	noOrch := t.TempDir()
-	if err := os.Symlink(sh, filepath.Join(noOrch, "sh")); err != nil {
-		t.Fatal(err)
-	}
-	for _, tool := range []string{"dirname", "cat"} {
+// noOrchPath is a PATH directory with sh and cat but no orch-hooks.
+func noOrchPath(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, tool := range []string{"sh", "cat"} {
 		p, err := exec.LookPath(tool)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Symlink(p, filepath.Join(noOrch, tool)); err != nil {
+		if err := os.Symlink(p, filepath.Join(dir, tool)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	stderr, code := s.run("post-checkout", "", []string{"PATH=" + noOrch, "ORCH_HOOKS="}, "a", "b", "1")
-	want := "orch-hooks: post-checkout hook skipped: " + s.exe + " is gone and no orch-hooks is on PATH (install it again, or orch-hooks uninstall removes the hooks)\n"
-	if code != 0 || stderr != want {
-		t.Errorf("binary gone: exit %d, stderr %q; want 0 and %q", code, stderr, want)
-	}
+	return dir
+}
 
-	// Another orch-hooks on PATH may be another build: it is named, not
-	// run, in one line; the hook still succeeds.
-	other := filepath.Join(noOrch, "orch-hooks")
-	writeFile(t, other, fakeBinary(s.record), 0o755)
-	stderr, code = s.run("post-checkout", "", []string{"PATH=" + noOrch, "ORCH_HOOKS="}, "a", "b", "1")
-	want = "orch-hooks: post-checkout hook skipped: " + s.exe + " is gone; not running " + other +
-		" from PATH, which may be another build (" + other + " install switches the hooks to it)\n"
+func TestScriptBinaryNotOnPath(t *testing.T) {
+	s := newScriptEnv(t)
+	if _, err := hooks.Install(s.dir, false); err != nil {
+		t.Fatal(err)
+	}
+	noOrch := noOrchPath(t)
+	stderr, code := s.run("post-checkout", "", []string{"PATH=" + noOrch, "ORCH_HOOKS=", "ORCH_HOOKS_BIN="}, "a", "b", "1")
+	want := "orch-hooks: post-checkout hook skipped: orch-hooks is not on PATH (put its directory on PATH, or set ORCH_HOOKS_BIN to its path; ORCH_HOOKS=0 turns the hooks off)\n"
 	if code != 0 || stderr != want {
-		t.Errorf("binary gone, another on PATH: exit %d, stderr %q; want 0 and %q", code, stderr, want)
+		t.Errorf("not on PATH: exit %d, stderr %q; want 0 and %q", code, stderr, want)
 	}
 	if got := s.recorded(); got != "" {
-		t.Errorf("the orch-hooks on PATH was run in place of the missing %s: %q", s.exe, got)
+		t.Errorf("orch-hooks ran: %q", got)
+	}
+
+	// ORCH_HOOKS_BIN names it (a path with a space, quotes and a $): run.
+	stderr, code = s.run("post-checkout", "", []string{"PATH=" + noOrch, "ORCH_HOOKS=", "ORCH_HOOKS_BIN=" + s.exe}, "a", "b", "1")
+	if code != 0 || stderr != "" {
+		t.Errorf("ORCH_HOOKS_BIN set: exit %d, stderr %q", code, stderr)
+	}
+	if got, want := s.recorded(), "called from "+s.exe+"\narg: hook\narg: post-checkout\narg: a\narg: b\narg: 1\nstdin: \n"; got != want {
+		t.Errorf("ORCH_HOOKS_BIN: orch-hooks was run as:\n%s\nwant:\n%s", got, want)
+	}
+
+	// ORCH_HOOKS_BIN naming nothing runnable (a file without x, a missing
+	// path, a name not on PATH) is said, in one line, and not run; orch-hooks
+	// on PATH is not run in its place.
+	plain := filepath.Join(t.TempDir(), "orch-hooks")
+	writeFile(t, plain, "#!/bin/sh\necho ran > '"+s.record+"'\n", 0o644)
+	for _, bad := range []string{plain, "/nonexistent/orch-hooks", "orch-hooks-nowhere"} {
+		os.Remove(s.record)
+		stderr, code = s.run("post-checkout", "", []string{"ORCH_HOOKS=", "ORCH_HOOKS_BIN=" + bad}, "a", "b", "1")
+		want := "orch-hooks: post-checkout hook skipped: ORCH_HOOKS_BIN=" + bad + " names no executable (set it to the path of orch-hooks, or unset it to use orch-hooks on PATH)\n"
+		if code != 0 || stderr != want {
+			t.Errorf("ORCH_HOOKS_BIN=%s: exit %d, stderr %q; want 0 and %q", bad, code, stderr, want)
+		}
+		if got := s.recorded(); got != "" {
+			t.Errorf("ORCH_HOOKS_BIN=%s: something ran: %q", bad, got)
+		}
 	}
 
 	// A chained hook still runs first and its status is still the hook's.
 	chainedRecord := filepath.Join(filepath.Dir(s.dir), "chained")
 	writeFile(t, filepath.Join(s.dir, "post-checkout"+hooks.ChainedSuffix), "#!/bin/sh\necho ran > '"+chainedRecord+"'\nexit 5\n", 0o755)
-	stderr, code = s.run("post-checkout", "", []string{"PATH=" + noOrch, "ORCH_HOOKS="}, "a", "b", "1")
+	stderr, code = s.run("post-checkout", "", []string{"PATH=" + noOrch, "ORCH_HOOKS=", "ORCH_HOOKS_BIN="}, "a", "b", "1")
 	if code != 5 || stderr != want {
-		t.Errorf("binary gone, chained hook: exit %d, stderr %q; want 5 and %q", code, stderr, want)
+		t.Errorf("not on PATH, chained hook: exit %d, stderr %q; want 5 and %q", code, stderr, want)
 	}
 	if _, err := os.Stat(chainedRecord); err != nil {
 		t.Errorf("chained hook not run: %v", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -69,6 +70,9 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 		return Result{Job: j}, fmt.Errorf("job %s: no exit code recorded, so there is nothing to finalize yet", id)
 	case *j.ExitCode != 0 && stage.Kind == config.KindMerge:
 		reason = fmt.Sprintf("merge exit code %d (3: conflict, not a fast-forward or lease busy; see orch-hooks logs %s)", *j.ExitCode, j.ID)
+	case *j.ExitCode == exitNotFound:
+		wt, _ := e.FindWorktree(ctx, j)
+		reason = "exit code 127: " + notFoundHint(stage.Run, wt, j) + " (the shell's message: orch-hooks logs " + j.ID + ")"
 	case *j.ExitCode != 0:
 		reason = "exit code " + strconv.Itoa(*j.ExitCode)
 	case stage.Kind == config.KindMerge:
@@ -80,7 +84,7 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 		if needsWorktree(stage) {
 			wt, _ = e.FindWorktree(ctx, j)
 		}
-		gates = e.EvaluateGates(ctx, GateInput{Stage: stage, Branch: j.Branch, Target: j.Target, Worktree: wt, Env: JobVars(j, wt)})
+		gates = e.EvaluateGates(ctx, GateInput{Stage: stage, Branch: j.Branch, Target: j.Target, Worktree: wt, Env: e.JobVars(j, wt)})
 		if f := FirstFailed(gates); f != nil {
 			reason = fmt.Sprintf("gate %s failed: %s", f.Name, f.Detail)
 		} else {
@@ -216,16 +220,65 @@ func (e *Env) HasCommandGates(j *gitstate.Job) bool {
 	return false
 }
 
-// JobVars are the ORCH_* variables a stage command and its cmd: gates see.
-func JobVars(j *gitstate.Job, worktree string) map[string]string {
+// JobVars are the ORCH_* variables a stage command, its finalize steps
+// and its cmd: gates see. ORCH_REPO_ROOT is RepoRoot: the command runs in
+// the task's worktree, which holds only what is committed on the branch,
+// so a script kept beside orch.toml is run as "$ORCH_REPO_ROOT/agent.sh".
+func (e *Env) JobVars(j *gitstate.Job, worktree string) map[string]string {
 	return map[string]string{
-		"ORCH_JOB_ID":   j.ID,
-		"ORCH_TASK":     j.Task,
-		"ORCH_STAGE":    j.Stage,
-		"ORCH_BRANCH":   j.Branch,
-		"ORCH_TARGET":   j.Target,
-		"ORCH_ATTEMPT":  strconv.Itoa(j.Attempt),
-		"ORCH_WORKTREE": worktree,
+		"ORCH_JOB_ID":    j.ID,
+		"ORCH_TASK":      j.Task,
+		"ORCH_STAGE":     j.Stage,
+		"ORCH_BRANCH":    j.Branch,
+		"ORCH_TARGET":    j.Target,
+		"ORCH_ATTEMPT":   strconv.Itoa(j.Attempt),
+		"ORCH_WORKTREE":  worktree,
+		"ORCH_REPO_ROOT": e.RepoRoot(),
+	}
+}
+
+// RepoRoot is the top of the main worktree, where orch.toml is; in a
+// repository without one (bare), or whose main worktree git does not
+// record, the directory of the orch.toml read.
+func (e *Env) RepoRoot() string {
+	if e.Repo.MainWorktree != "" {
+		return e.Repo.MainWorktree
+	}
+	if e.Config.Path != "" {
+		if abs, err := filepath.Abs(e.Config.Path); err == nil {
+			return filepath.Dir(abs)
+		}
+	}
+	return e.Repo.Worktree
+}
+
+// exitNotFound is the shell's exit status for a command it did not find
+// (or could not run as a program: a script whose #! interpreter is missing).
+const exitNotFound = 127
+
+// notFoundHint says, for a command (a stage's run, a finalize step) that
+// exited 127, what was not found, where it was looked for, and the fix.
+// The usual cause: a script kept in the main worktree (beside orch.toml)
+// but not committed, named relative to the directory, while the command
+// runs in the task's worktree, which holds only what the branch commits.
+func notFoundHint(command, worktree string, j *gitstate.Job) string {
+	where := worktree
+	if where == "" {
+		where = "the task's worktree"
+	}
+	prog := command
+	if f := strings.Fields(command); len(f) > 0 {
+		prog = strings.Trim(f[0], `"'`)
+	}
+	msg := fmt.Sprintf("not found: sh -c %q ran in %s, the task's worktree, which holds only what is committed on %s", command, where, j.Branch)
+	switch {
+	case filepath.IsAbs(prog) || strings.HasPrefix(prog, "$"):
+		return msg + fmt.Sprintf("; check that %s exists there and that the interpreter its #! line names is installed", prog)
+	case strings.Contains(prog, "/"):
+		rel := strings.TrimPrefix(prog, "./")
+		return msg + fmt.Sprintf("; run the copy in the main worktree as \"$ORCH_REPO_ROOT/%s\" (ORCH_REPO_ROOT is set for every command), or commit %s on %s (the task's branch is made from %s)", rel, rel, j.Target, j.Target)
+	default:
+		return msg + fmt.Sprintf("; %s is not on PATH: install it, or name it by its path (\"$ORCH_REPO_ROOT/...\" for a script beside orch.toml)", prog)
 	}
 }
 

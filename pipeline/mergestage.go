@@ -41,7 +41,7 @@ func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identit
 		return e.Finalize(ctx, j.ID, Ending{EndedBy: gitstate.EndedByMonitor, Failure: reason})
 	}
 	wt, _ := e.FindWorktree(ctx, j)
-	gates := e.EvaluateGates(ctx, GateInput{Stage: stage, Branch: j.Branch, Target: j.Target, Worktree: wt, Env: JobVars(j, wt)})
+	gates := e.EvaluateGates(ctx, GateInput{Stage: stage, Branch: j.Branch, Target: j.Target, Worktree: wt, Env: e.JobVars(j, wt)})
 	var commit string
 	if f := FirstFailed(gates); f == nil {
 		switch {

@@ -131,7 +131,7 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 
 	// The command must not die with the monitor's context: a monitor that is
 	// told to stop passes TERM on and keeps watching.
-	cmd := shellCmd(context.Background(), wt, stage.Run, mergeEnv(os.Environ(), JobVars(j, wt)), logf)
+	cmd := shellCmd(context.Background(), wt, stage.Run, mergeEnv(os.Environ(), e.JobVars(j, wt)), logf)
 	err = cmd.Start()
 	unlockTask()
 	if err != nil {
@@ -271,7 +271,7 @@ func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity,
 	say("finalize: %s", step)
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := shellCmd(sctx, wt, step, mergeEnv(os.Environ(), JobVars(j, wt)), log)
+	cmd := shellCmd(sctx, wt, step, mergeEnv(os.Environ(), e.JobVars(j, wt)), log)
 	gate, open, perr := os.Pipe()
 	if perr != nil {
 		return fmt.Sprintf("finalize step %q: %v", step, perr), nil
@@ -321,6 +321,8 @@ func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity,
 	switch {
 	case sctx.Err() == context.DeadlineExceeded:
 		return fmt.Sprintf("finalize step %q timed out after %s", step, timeout), nil
+	case code == exitNotFound:
+		return fmt.Sprintf("finalize step %q failed: exit code 127: %s", step, notFoundHint(step, wt, j)), nil
 	case code != 0:
 		return fmt.Sprintf("finalize step %q failed: %s", step, detail), nil
 	}

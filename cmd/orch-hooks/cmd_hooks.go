@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -21,9 +22,11 @@ func init() {
 shared by every worktree. Each hook makes a reaper pass within hooks.budget_ms
 and prints nothing unless it acted. A hook already there that is not ours is
 kept as <name>.orch-hooks-chained and run first, with its arguments, input
-and exit status. Installing twice changes nothing. The hooks call this
-binary by its absolute path, falling back to orch-hooks on PATH; with
-neither they print one line and let git go on.`,
+and exit status. Installing twice changes nothing; a hook of an older
+version is updated. The hooks hold no path of this machine: they run
+orch-hooks from PATH (or $ORCH_HOOKS_BIN when set), and without one they
+print one line and let git go on. When the hooks directory is tracked by
+git (core.hooksPath = .githooks, say), install names the files to commit.`,
 			setup: setupInstall},
 		&command{name: "uninstall", args: "", summary: "remove our git hooks and restore the ones they chained", setup: setupUninstall},
 		&command{name: "hook", args: "NAME [ARGS...]", summary: "what an installed hook runs (a budgeted reaper pass)",
@@ -44,23 +47,89 @@ func setupInstall(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return err
 		}
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("install: find own executable: %w", err)
-		}
-		if strings.Contains(exe, string(filepath.Separator)+"go-build") {
-			c.errf("warning: %s is a temporary build (go run); the hooks will fall back to orch-hooks on PATH once it is gone. Use go install, then orch-hooks install.\n", exe)
-		}
-		changes, err := hooks.Install(dir, exe, *force)
+		changes, err := hooks.Install(dir, *force)
 		for _, ch := range changes {
 			c.errf("%s: %s\n", ch.Hook, ch.Action)
 		}
 		if err != nil {
 			return err
 		}
-		c.errf("hooks in %s call %s\n", dir, exe)
+		c.errf("hooks in %s run %s\n", dir, c.hookBinary())
+		c.sayShared(dir, "install")
 		return nil
 	}
+}
+
+// hookBinary says which orch-hooks the installed hooks will run from this
+// environment, and warns when that is none or another file than this one.
+func (c *cli) hookBinary() string {
+	exe, _ := os.Executable()
+	name, how := "orch-hooks", "orch-hooks from PATH"
+	if v := os.Getenv(hooks.BinEnv); v != "" {
+		name, how = v, hooks.BinEnv+"="+v
+	}
+	found, err := exec.LookPath(name)
+	if err != nil {
+		fix := fmt.Sprintf("put it on PATH, or set %s to its path", hooks.BinEnv)
+		if exe != "" && !strings.Contains(exe, string(filepath.Separator)+"go-build") {
+			fix = fmt.Sprintf("put %s on PATH (export PATH=\"%s:$PATH\"), or set %s=%s", filepath.Dir(exe), filepath.Dir(exe), hooks.BinEnv, exe)
+		} else if exe != "" {
+			fix = fmt.Sprintf("%s is a temporary build (go run): go install ./cmd/orch-hooks and put $(go env GOPATH)/bin on PATH, or set %s", exe, hooks.BinEnv)
+		}
+		c.errf("warning: %s finds no executable here, so the hooks skip their pass (one line on each git command) until it does: %s\n", how, fix)
+		return how
+	}
+	if abs, err := filepath.Abs(found); err == nil {
+		found = abs
+	}
+	if fi, err := os.Stat(found); err == nil && exe != "" {
+		if self, err := os.Stat(exe); err == nil && !os.SameFile(fi, self) {
+			return fmt.Sprintf("%s: %s (not this binary, %s)", how, found, exe)
+		}
+	}
+	return fmt.Sprintf("%s: %s", how, found)
+}
+
+// sayShared tells, after install or uninstall (what), when the hooks dir is
+// one git tracks or could (inside the worktree), which of our files to
+// commit so that every clone gets the same hooks.
+func (c *cli) sayShared(dir, what string) {
+	r, err := c.openRepo()
+	if err != nil || r.Worktree == "" {
+		return
+	}
+	sh, err := hooks.SharedDir(c.ctx, r.Worktree, dir)
+	if err != nil {
+		c.errf("warning: could not tell whether git tracks %s: %v\n", dir, err)
+		return
+	}
+	if sh == nil || len(sh.Uncommitted) == 0 {
+		return
+	}
+	state := "is tracked by git"
+	if !sh.Tracked {
+		state = "is in the worktree (not tracked yet)"
+	}
+	quoted := make([]string, len(sh.Uncommitted))
+	for i, p := range sh.Uncommitted {
+		quoted[i] = shellWord(p)
+	}
+	files := strings.Join(quoted, " ")
+	if what == "install" {
+		c.errf("%s %s: %s wrote files to commit so that every clone runs these hooks (they hold no path of this machine): from %s run\n  git add -- %s && git commit -m 'orch-hooks hooks'\n",
+			sh.Dir, state, what, r.Worktree, files)
+	} else {
+		c.errf("%s %s: %s changed files to commit so that every clone drops these hooks: from %s run\n  git add -- %s && git commit -m 'remove orch-hooks hooks'\n",
+			sh.Dir, state, what, r.Worktree, files)
+	}
+}
+
+// shellWord quotes s for a shell command line when it needs it.
+func shellWord(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./+=:@%") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func setupUninstall(fs *flag.FlagSet, c *cli) func([]string) error {
@@ -82,6 +151,9 @@ func setupUninstall(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		if len(changes) == 0 && err == nil {
 			c.errf("no orch-hooks hooks in %s\n", dir)
+		}
+		if err == nil {
+			c.sayShared(dir, "uninstall")
 		}
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/BurntSushi/toml"
 	orchhooks "github.com/orch-hooks/orch-hooks"
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -27,7 +28,10 @@ func init() {
 		&command{name: "init", args: "", summary: "create the state dir; write orch.toml from the example if missing",
 			help: `Creates <common-git-dir>/orch/ (shared by every worktree of the repository)
 and, when the main worktree has no orch.toml, writes the documented example
-there. Running it again changes nothing.`,
+there, with target set to this repository's branch: the default branch of
+its remote (refs/remotes/<remote>/HEAD, of the only remote or origin), else
+the current branch of the main worktree, else main; it says which. Running it again changes
+nothing.`,
 			setup: setupInit},
 		&command{name: "enqueue", args: "--branch B [--stage S] [--task T] [--attempt N] [--target T]", summary: "queue a job; print its id (idempotent)",
 			help: `The job id is derived from (task, stage, attempt): enqueuing the same job
@@ -60,13 +64,18 @@ func setupInit(fs *flag.FlagSet, c *cli) func([]string) error {
 		if _, err := os.Stat(path); err == nil {
 			c.errf("config: %s (kept)\n", path)
 		} else {
+			target, why := initTarget(c, r)
+			line, err := toml.Marshal(map[string]string{"target": target})
+			if err != nil {
+				return fmt.Errorf("write %s: target %q: %w", path, target, err)
+			}
 			f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 			if errors.Is(err, os.ErrExist) {
 				c.errf("config: %s (kept)\n", path)
 			} else if err != nil {
 				return fmt.Errorf("write %s: %w", path, err)
 			} else {
-				_, werr := f.WriteString(orchhooks.ExampleConfig)
+				_, werr := f.WriteString(orchhooks.ExampleConfigFor(string(line)))
 				if cerr := f.Close(); werr == nil {
 					werr = cerr
 				}
@@ -75,12 +84,61 @@ func setupInit(fs *flag.FlagSet, c *cli) func([]string) error {
 					return fmt.Errorf("write %s: %w", path, werr)
 				}
 				c.errf("config: %s (written from the example; edit its [[stages]])\n", path)
+				c.errf("target: %s (%s; edit target in orch.toml to merge elsewhere)\n", termtext.Line(target), why)
 			}
 		}
 		// Validate what is there now, so a broken orch.toml shows at once.
 		_, err = c.loadConfig()
 		return err
 	}
+}
+
+// initTarget is the branch init writes as target, and why: the default
+// branch of the repository's remote (the only remote, else origin) as
+// its local refs/remotes/<remote>/HEAD names it (no network), else the
+// current branch of the main worktree (of a bare repository: its HEAD),
+// else main.
+func initTarget(c *cli, r *gitstate.Repo) (branch, why string) {
+	dir := r.Worktree
+	if dir == "" {
+		dir = r.CommonDir
+	}
+	remote := ""
+	if out, err := gitstate.Git(c.ctx, dir, "remote"); err == nil && out != "" {
+		remotes := strings.Split(out, "\n")
+		if len(remotes) == 1 {
+			remote = remotes[0]
+		} else {
+			for _, name := range remotes {
+				if name == "origin" {
+					remote = name
+				}
+			}
+		}
+	}
+	if remote != "" {
+		prefix := "refs/remotes/" + remote + "/"
+		if ref, err := gitstate.Git(c.ctx, dir, "symbolic-ref", "-q", prefix+"HEAD"); err == nil && strings.HasPrefix(ref, prefix) {
+			if b := strings.TrimPrefix(ref, prefix); gitstate.ValidateBranch(b) == nil {
+				return b, fmt.Sprintf("the default branch of remote %s, %sHEAD", remote, prefix)
+			}
+		}
+	}
+	// The main worktree's HEAD (the common dir's), not a linked worktree's:
+	// init run in a task's worktree must not make the task its target.
+	if ref, err := gitstate.Git(c.ctx, dir, "--git-dir="+r.CommonDir, "symbolic-ref", "-q", "HEAD"); err == nil && strings.HasPrefix(ref, "refs/heads/") {
+		if b := strings.TrimPrefix(ref, "refs/heads/"); gitstate.ValidateBranch(b) == nil {
+			why := "the current branch"
+			if r.Worktree != r.MainWorktree {
+				why += " of the main worktree"
+			}
+			if remote != "" {
+				why += fmt.Sprintf("; remote %s names no default branch (git remote set-head %s --auto sets one)", remote, remote)
+			}
+			return b, why
+		}
+	}
+	return "main", "the default: no remote names a default branch and HEAD is not on a branch"
 }
 
 func setupEnqueue(fs *flag.FlagSet, c *cli) func([]string) error {

@@ -267,7 +267,7 @@ func setupGate(fs *flag.FlagSet, c *cli) func([]string) error {
 		if in.Worktree == "" {
 			in.Worktree = env.Repo.Worktree
 		}
-		in.Env = pipeline.JobVars(j, in.Worktree)
+		in.Env = env.JobVars(j, in.Worktree)
 		results := env.EvaluateGates(c.ctx, in)
 		failed := pipeline.FirstFailed(results) != nil
 		if *asJSON {
