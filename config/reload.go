@@ -145,9 +145,15 @@ func (r *Reloader) Check() (Change, error) {
 	if st == r.stamp && !r.dirty && !racy {
 		return Unchanged, r.err
 	}
+	data, readErr := statefile.ReadFileFollow(r.path, statefile.MaxSizeDefault)
+	if after := StatStamp(r.path); after != st {
+		// Written while being read (an editor that truncates, then
+		// writes): what was read may be half the file.
+		r.dirty = true
+		return Unchanged, r.err
+	}
 	r.dirty = false
 	r.stamp, r.readAt = st, now
-	data, readErr := statefile.ReadFileFollow(r.path, statefile.MaxSizeDefault)
 	if errors.Is(readErr, fs.ErrNotExist) && !r.noFile {
 		// The file was there and is gone (an editor never leaves it gone:
 		// it renames the new file over the old). The defaults would drop
@@ -223,7 +229,11 @@ func Changes(old, new *Config) []string {
 		switch {
 		case o == n:
 		case f.key == "stages":
-			out = append(out, "stages ("+strings.Join(new.StageNames(), ", ")+")")
+			names := strings.Join(new.StageNames(), ", ")
+			if names == "" {
+				names = "none"
+			}
+			out = append(out, "stages ("+names+")")
 		default:
 			out = append(out, fmt.Sprintf("%s %s → %s", f.key, o, n))
 		}
