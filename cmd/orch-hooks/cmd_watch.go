@@ -32,6 +32,9 @@ by status with stage, branch, age, pid and gates; leases; the last pass; the
 newest events), redrawn every second and on resize. Piped, or with --once,
 it prints one line per event instead, without escape codes. Ctrl-C or TERM
 exits cleanly; running jobs keep running (their monitors are detached).
+orch.toml is re-read when it changes and applied from the next tick; a bad
+file keeps the last good configuration (no job is started until it is
+fixed) and is shown with its file, line and key.
 One dispatcher per repository: a second watch says who holds it and exits
 1, or with --standby waits to take over. NO_COLOR turns colour off.`,
 		setup: setupWatch})
