@@ -216,10 +216,24 @@ func (e *Error) Error() string {
 // unless required is set (the user named the file). Environment overrides
 // are applied after the file and validated like it.
 func Load(path string, required bool) (*Config, error) {
-	c := Default()
+	c, _, err := load(path, required)
+	return c, err
+}
+
+// load is Load that also returns the bytes it decoded (nil without a
+// file), so that a Reloader can tell a changed file from a touched one.
+func load(path string, required bool) (*Config, []byte, error) {
 	// Followed if a symlink (a user's dotfiles may hold it), never waited
 	// on if a FIFO.
 	data, err := statefile.ReadFileFollow(path, statefile.MaxSizeDefault)
+	c, err := parse(path, required, data, err)
+	return c, data, err
+}
+
+// parse decodes data, read from path with readErr, applies the
+// environment and validates.
+func parse(path string, required bool, data []byte, err error) (*Config, error) {
+	c := Default()
 	switch {
 	case err == nil:
 		c.Path = path

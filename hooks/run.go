@@ -107,6 +107,23 @@ func Warn(stateDir, configPath string, interval time.Duration, err error, out io
 	recordDue(stateDir, configPath, time.Now(), interval)
 }
 
+// WarnConfig says on out, in one line, that hooks make no reaper pass
+// because the configuration is bad (err names file:line:key) and what to
+// do, at most once per interval as Warn does: the due file records the
+// config file as it is now, so the same broken file is not said again
+// before interval has passed, and a change to it (another mistake, or the
+// fix) is looked at by the next hook. interval comes from the environment
+// or the default (config.IntervalFallback): the file cannot say it.
+func WarnConfig(stateDir, configPath string, interval time.Duration, err error, out io.Writer) {
+	again := "this warning repeats on every hook"
+	if interval > 0 {
+		again = fmt.Sprintf("this warning repeats every %s", interval)
+	}
+	fmt.Fprintf(out, "orch-hooks: warning: hooks make no reaper pass until the configuration is fixed: %s; fix it (orch-hooks status shows it too; %s)\n",
+		termtext.Line(err.Error()), again)
+	recordDue(stateDir, configPath, time.Now(), interval)
+}
+
 // background starts `exe reap` detached, in its own session, its output
 // appended to logs/reaper.log.
 func background(exe string, env *pipeline.Env) error {

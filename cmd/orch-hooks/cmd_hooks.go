@@ -31,8 +31,10 @@ git (core.hooksPath = .githooks, say), install names the files to commit.`,
 		&command{name: "uninstall", args: "", summary: "remove our git hooks and restore the ones they chained", setup: setupUninstall},
 		&command{name: "hook", args: "NAME [ARGS...]", summary: "what an installed hook runs (a budgeted reaper pass)",
 			help: `Run by the installed hooks. Does nothing when ORCH_HOOKS=0, when the
-repository is not initialised, or when another reaper pass is running;
-never fails.`,
+repository is not initialised, or when another reaper pass is running.
+A broken orch.toml (or a state dir it cannot use) is said in one line on
+stderr, at most once per reaper interval (ORCH_REAPER_INTERVAL_S, else 30 s,
+since the file cannot say it); never fails.`,
 			setup: setupHook},
 	)
 }
@@ -187,16 +189,28 @@ func setupHook(fs *flag.FlagSet, c *cli) func([]string) error {
 			return nil
 		}
 		c.quietWarnings = true
+		// Not initialised: orch-hooks is not used here (the hooks may be
+		// in a shared core.hooksPath), so there is nothing to say, not
+		// even about an orch.toml.
+		if _, err := c.openStore(); errors.Is(err, gitstate.ErrNotInitialised) {
+			return nil
+		}
 		env, err := c.env()
 		var cfgErr *config.Error
 		switch {
 		case err == nil:
-		case errors.Is(err, gitstate.ErrNotInitialised), errors.As(err, &cfgErr):
-			return nil // not initialised, bad config: a hook never fails git
+		case errors.Is(err, gitstate.ErrNotInitialised):
+			return nil
+		case errors.As(err, &cfgErr):
+			// Said once per interval, never silently: a hook that skips
+			// its pass without a word leaves the reaper off unnoticed.
+			// A hook never fails git.
+			hooks.WarnConfig(r.StateDir(), cfgPath, config.IntervalFallback(), err, c.stderr)
+			return nil
 		default:
 			// A state dir that cannot be used: said (once per interval),
 			// and git goes on.
-			hooks.Warn(r.StateDir(), cfgPath, config.Default().Reaper.Interval(), err, c.stderr)
+			hooks.Warn(r.StateDir(), cfgPath, config.IntervalFallback(), err, c.stderr)
 			return nil
 		}
 		exe, _ := os.Executable()

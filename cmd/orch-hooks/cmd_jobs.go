@@ -188,9 +188,10 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return err
 		}
-		// Status needs no configuration, but shows its warnings; a broken
-		// file is every other command's error to report.
-		c.loadConfig()
+		// Status needs no configuration, but shows its warnings, and a
+		// broken file first: everything else is still listed (a user
+		// debugging needs it most then), and status exits 2 after.
+		_, cfgErr := c.loadConfig()
 		var l gitstate.Listing
 		if *all {
 			l, err = s.All()
@@ -235,12 +236,19 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 			for _, l := range leases {
 				leasesJSON = append(leasesJSON, toLeaseJSON(l, now))
 			}
-			return writeJSON(c.stdout, map[string]any{
-				"jobs":       jobs,
-				"leases":     leasesJSON,
-				"reaper":     last,
-				"unreadable": unreadable,
-			})
+			if err := writeJSON(c.stdout, map[string]any{
+				"jobs":         jobs,
+				"leases":       leasesJSON,
+				"reaper":       last,
+				"unreadable":   unreadable,
+				"config_error": toConfigErrorJSON(cfgErr),
+			}); err != nil {
+				return err
+			}
+			return withCode(exitUsage, cfgErr)
+		}
+		if cfgErr != nil {
+			fmt.Fprintf(c.stdout, "config error: %s\n  hooks make no reaper pass and a running watch keeps its last good config until it is fixed\n\n", termtext.Line(cfgErr.Error()))
 		}
 		c.printJobTable(l.Jobs)
 		if len(leases) > 0 {
@@ -258,6 +266,9 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 			for _, e := range last.Errors {
 				fmt.Fprintf(c.stdout, "  error: %s\n", passErrorString(e))
 			}
+		}
+		if cfgErr != nil {
+			return withCode(exitUsage, errors.New("status: the configuration has an error (the first line above); fix it"))
 		}
 		return nil
 	}

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/hooks"
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/pipeline"
@@ -31,6 +32,9 @@ by status with stage, branch, age, pid and gates; leases; the last pass; the
 newest events), redrawn every second and on resize. Piped, or with --once,
 it prints one line per event instead, without escape codes. Ctrl-C or TERM
 exits cleanly; running jobs keep running (their monitors are detached).
+orch.toml is re-read when it changes and applied from the next tick; a bad
+file keeps the last good configuration (no job is started until it is
+fixed) and is shown with its file, line and key.
 One dispatcher per repository: a second watch says who holds it and exits
 1, or with --standby waits to take over. NO_COLOR turns colour off.`,
 		setup: setupWatch})
@@ -45,17 +49,27 @@ func setupWatch(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err := needArgs("watch", args, 0, 0, "no arguments"); err != nil {
 			return err
 		}
+		r, err := c.openRepo()
+		if err != nil {
+			return err
+		}
+		// The configuration is watched: a bad file at start is an error
+		// like any command's, a bad file later keeps this one.
+		path, required := config.Find(c.configFlag, r.MainWorktree, r.Worktree)
+		rl, err := config.NewReloader(path, required)
+		if err != nil {
+			return err
+		}
+		c.cfg = rl.Config()
+		for _, w := range c.cfg.Warnings {
+			c.errf("orch-hooks: warning: %v\n", w)
+		}
 		env, err := c.env()
 		if err != nil {
 			return err
 		}
-		w := &watcher{c: c, env: env, interval: *interval, dispatch: !*noDispatch}
-		if w.interval <= 0 {
-			w.interval = env.Config.Reaper.Interval()
-		}
-		if w.interval <= 0 {
-			w.interval = time.Second
-		}
+		w := &watcher{c: c, env: env, cfg: rl, intervalFlag: *interval, dispatch: !*noDispatch}
+		w.interval = w.intervalOf(env.Config)
 		w.exe, err = os.Executable()
 		if err != nil {
 			return fmt.Errorf("watch: find own executable: %w", err)
@@ -87,15 +101,41 @@ func setupWatch(fs *flag.FlagSet, c *cli) func([]string) error {
 }
 
 type watcher struct {
-	c        *cli
-	env      *pipeline.Env
-	exe      string
-	interval time.Duration
-	dispatch bool
-	tty      bool
-	color    bool
-	note     string
-	offset   int64 // event log read position (line mode)
+	c            *cli
+	env          *pipeline.Env
+	cfg          *config.Reloader
+	exe          string
+	intervalFlag time.Duration // --interval; 0: reaper.interval_s
+	interval     time.Duration
+	pass         *time.Ticker // one tick per interval; reset when it changes
+	dispatch     bool
+	tty          bool
+	color        bool
+	note         string
+	cfgNote      string // the last reload, shown for a while
+	cfgNoteAt    time.Time
+	offset       int64 // event log read position (line mode)
+}
+
+// configCheckEvery is how often watch stats orch.toml between ticks, so a
+// change is said (and a bad file shown) within a second even when the
+// interval is long; a good change is applied by the next tick.
+const configCheckEvery = time.Second
+
+// cfgNoteFor is how long the live view says that the config was reloaded.
+const cfgNoteFor = time.Minute
+
+// intervalOf is the time between ticks under cfg: --interval when given,
+// else reaper.interval_s, at least a second.
+func (w *watcher) intervalOf(cfg *config.Config) time.Duration {
+	iv := w.intervalFlag
+	if iv <= 0 {
+		iv = cfg.Reaper.Interval()
+	}
+	if iv <= 0 {
+		iv = time.Second
+	}
+	return iv
 }
 
 func (w *watcher) run(once bool) error {
@@ -105,20 +145,69 @@ func (w *watcher) run(once bool) error {
 		w.tick(ctx)
 		return w.printEvents()
 	}
+	w.pass = time.NewTicker(w.interval)
+	defer w.pass.Stop()
 	if w.tty {
 		return w.live(ctx)
 	}
-	t := time.NewTicker(w.interval)
-	defer t.Stop()
+	check := time.NewTicker(configCheckEvery)
+	defer check.Stop()
 	for {
 		w.tick(ctx)
 		if err := w.printEvents(); err != nil {
 			return err
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-w.pass.C:
+				break wait
+			case <-check.C:
+				w.checkConfig()
+			}
+		}
+	}
+}
+
+// checkConfig re-reads orch.toml when it changed (config.Reloader) and
+// applies a good new file from the next tick on: max_concurrency to the
+// next dispatch, the reaper and lease settings and stages to the next
+// pass, reaper.interval_s to the tick timer at once (unless --interval
+// was given). A bad file keeps the last good configuration: the error is
+// said (piped: one line; live view: shown until fixed) and no job is
+// started until the file is fixed, since a job's monitor reads the file
+// when it starts. A change notification (a file-system watch) calls
+// w.cfg.Invalidate and then this.
+func (w *watcher) checkConfig() {
+	ch, err := w.cfg.Check()
+	switch ch {
+	case config.Reloaded:
+		old := w.env.Config
+		w.env.Config = w.cfg.Config()
+		what := "no setting changed"
+		if changes := config.Changes(old, w.env.Config); len(changes) > 0 {
+			what = strings.Join(changes, ", ")
+		}
+		w.cfgNote = fmt.Sprintf("config reloaded from %s: %s", w.cfg.Path(), what)
+		w.cfgNoteAt = time.Now()
+		if !w.tty {
+			w.say("config: reloaded %s: %s", termtext.Line(w.cfg.Path()), what)
+			for _, warn := range w.env.Config.Warnings {
+				w.say("config: warning: %s", termtext.Line(warn.Error()))
+			}
+		}
+		if iv := w.intervalOf(w.env.Config); iv != w.interval {
+			w.interval = iv
+			if w.pass != nil {
+				w.pass.Reset(iv)
+			}
+		}
+	case config.Rejected:
+		if !w.tty {
+			w.say("config: rejected %s; still running on the config loaded at %s, and starting no jobs until the file is fixed",
+				termtext.Line(err.Error()), w.cfg.LoadedAt().UTC().Format(time.RFC3339))
 		}
 	}
 }
@@ -130,6 +219,7 @@ func (w *watcher) tick(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
+	w.checkConfig()
 	w.env.Store.Actor = "watch"
 	func() {
 		if unlock, err := statefile.TryLock(w.env.Store.LockPath(hooks.PassLock)); err == nil {
@@ -152,7 +242,9 @@ func (w *watcher) tick(ctx context.Context) {
 			}
 		}
 	}()
-	if w.dispatch && ctx.Err() == nil {
+	// A bad orch.toml: a monitor started now would refuse it (checkConfig
+	// said so).
+	if w.dispatch && ctx.Err() == nil && w.cfg.Err() == nil {
 		started, err := w.env.Dispatch(ctx, w.env.StartMonitor(w.exe, w.env.MonitorArgs()...))
 		if !w.tty {
 			for _, id := range started {
@@ -196,19 +288,19 @@ func (w *watcher) live(ctx context.Context) error {
 	winch := make(chan os.Signal, 1)
 	signal.Notify(winch, syscall.SIGWINCH)
 	defer signal.Stop(winch)
-	redraw := time.NewTicker(time.Second)
+	// configCheckEvery is the redraw period too.
+	redraw := time.NewTicker(configCheckEvery)
 	defer redraw.Stop()
-	pass := time.NewTicker(w.interval)
-	defer pass.Stop()
 	w.tick(ctx)
 	for {
 		w.draw()
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-pass.C:
+		case <-w.pass.C:
 			w.tick(ctx)
 		case <-redraw.C:
+			w.checkConfig()
 		case <-winch:
 		}
 	}
@@ -238,6 +330,11 @@ func (w *watcher) collect() frame {
 		repo = w.env.MonitorDir() // bare, or a main worktree nothing records
 	}
 	f := frame{Now: time.Now(), Repo: repo, Interval: w.interval, Dispatch: w.dispatch, Note: w.note}
+	if err := w.cfg.Err(); err != nil {
+		f.ConfigError, f.ConfigLoadedAt = err.Error(), w.cfg.LoadedAt()
+	} else if f.Now.Sub(w.cfgNoteAt) < cfgNoteFor {
+		f.ConfigNote = w.cfgNote
+	}
 	if f.Repo == "" {
 		f.Repo = w.env.Repo.CommonDir
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -126,6 +127,7 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 		"capture":  cmdCapture,
 		// Polling for a file, a status or a process, never fixed sleeps.
 		"waitfile":   cmdWaitFile,
+		"waitgrep":   cmdWaitGrep,
 		"waitstatus": cmdWaitStatus,
 		"waitjob":    cmdWaitJob,
 		"pidgone":    cmdPIDGone,
@@ -296,6 +298,35 @@ func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
 	path := ts.MkAbs(args[0])
 	if !pollUntil(func() bool { _, err := os.Stat(path); return err == nil }) {
 		ts.Fatalf("waitfile: %s did not appear within %s", path, waitLimit)
+	}
+}
+
+// cmdWaitGrep runs "waitgrep [-count=N] PATTERN FILE": it waits until at
+// least N (default 1) lines of FILE match the regular expression PATTERN
+// (e.g. a line a background watch printed).
+func cmdWaitGrep(ts *testscript.TestScript, neg bool, args []string) {
+	n := 1
+	if len(args) == 3 && strings.HasPrefix(args[0], "-count=") {
+		var err error
+		if n, err = strconv.Atoi(strings.TrimPrefix(args[0], "-count=")); err != nil || n < 1 {
+			ts.Fatalf("waitgrep: bad %s", args[0])
+		}
+		args = args[1:]
+	}
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: waitgrep [-count=N] PATTERN FILE")
+	}
+	re, err := regexp.Compile("(?m)" + args[0])
+	if err != nil {
+		ts.Fatalf("waitgrep: %v", err)
+	}
+	path := ts.MkAbs(args[1])
+	var last []byte
+	if !pollUntil(func() bool {
+		last, _ = os.ReadFile(path)
+		return len(re.FindAllIndex(last, -1)) >= n
+	}) {
+		ts.Fatalf("waitgrep: %d line(s) matching %q did not appear in %s within %s; it holds:\n%s", n, args[0], path, waitLimit, last)
 	}
 }
 

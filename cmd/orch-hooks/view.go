@@ -2,10 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 )
 
@@ -70,6 +72,29 @@ func toUnreadableJSON(us []*gitstate.UnreadableError) []unreadableJSON {
 	out := []unreadableJSON{}
 	for _, u := range us {
 		out = append(out, unreadableJSON{Path: u.Path, Error: u.Err.Error()})
+	}
+	return out
+}
+
+// configErrorJSON is status --json's "config_error": what is wrong with
+// orch.toml (or an ORCH_* override), null when nothing is. file is empty
+// and key is the variable's name for an override; line is 0 when unknown.
+type configErrorJSON struct {
+	File    string `json:"file"`
+	Line    int    `json:"line"`
+	Key     string `json:"key"`
+	Message string `json:"message"`
+	Error   string `json:"error"` // the whole message, as the text output shows it
+}
+
+func toConfigErrorJSON(err error) *configErrorJSON {
+	if err == nil {
+		return nil
+	}
+	out := &configErrorJSON{Message: err.Error(), Error: err.Error()}
+	var ce *config.Error
+	if errors.As(err, &ce) {
+		out.File, out.Line, out.Key, out.Message = ce.File, ce.Line, ce.Key, ce.Msg
 	}
 	return out
 }

@@ -27,6 +27,11 @@ type frame struct {
 	Events     []gitstate.Transition
 	Unreadable int
 	Note       string // e.g. "standby: pid 42 dispatches"
+	// ConfigError is what is wrong with orch.toml now (file:line: key:
+	// problem); the view runs on the config loaded at ConfigLoadedAt.
+	ConfigError    string
+	ConfigLoadedAt time.Time
+	ConfigNote     string // a recent reload and what it changed
 }
 
 // ANSI styles; empty when colour is off (NO_COLOR, or not a terminal).
@@ -53,6 +58,18 @@ func render(f frame, width, height int, color bool) []string {
 	add(st.bold + fmt.Sprintf("orch-hooks watch  %s  %s  every %s, %s", termtext.Line(f.Repo), f.Now.Local().Format("15:04:05"), f.Interval, mode) + st.reset)
 	if f.Note != "" {
 		add(st.yellow + termtext.Line(f.Note) + st.reset)
+	}
+	switch {
+	case f.ConfigError != "":
+		// Wrapped, not cut: the end of the message says what to do.
+		for _, l := range wrap("CONFIG ERROR "+termtext.Line(f.ConfigError), width, "  ") {
+			add(st.bold + st.red + l + st.reset)
+		}
+		for _, l := range wrap(fmt.Sprintf("  running on the config loaded at %s; no jobs are started until the file is fixed", f.ConfigLoadedAt.Local().Format("15:04:05")), width, "  ") {
+			add(st.red + l + st.reset)
+		}
+	case f.ConfigNote != "":
+		add(st.green + termtext.Line(f.ConfigNote) + st.reset)
 	}
 
 	groups := map[gitstate.Status][]*gitstate.Job{}
@@ -209,6 +226,33 @@ func table(rows [][]string) []string {
 			}
 		}
 		out = append(out, b.String())
+	}
+	return out
+}
+
+// wrap breaks s (no escape codes) into lines of at most width columns,
+// at spaces where it can; lines after the first start with indent.
+func wrap(s string, width int, indent string) []string {
+	var out []string
+	r := []rune(s)
+	for len(r) > 0 {
+		w := width
+		if len(out) > 0 {
+			r = append([]rune(indent), r...)
+		}
+		if len(r) <= w || w <= len(indent)+1 {
+			out = append(out, string(r))
+			break
+		}
+		cut := w
+		for i := w; i > len(indent)+w/2; i-- {
+			if r[i] == ' ' {
+				cut = i
+				break
+			}
+		}
+		out = append(out, strings.TrimRight(string(r[:cut]), " "))
+		r = []rune(strings.TrimLeft(string(r[cut:]), " "))
 	}
 	return out
 }

@@ -295,6 +295,29 @@ func TestRenderNoPassYetAndWatchingOnly(t *testing.T) {
 	}
 }
 
+func TestRenderConfigError(t *testing.T) {
+	inUTC(t)
+	f := frame{Now: now, Repo: "/r", Interval: time.Second, Dispatch: true,
+		ConfigError: "/r/orch.toml:3: max_concurrency: must be at least 1 (got 0)\x1b[2J", ConfigLoadedAt: now.Add(-time.Minute),
+		ConfigNote: "not shown while there is an error"}
+	got := render(f, 80, 40, false)
+	want := []string{
+		"orch-hooks watch  /r  17:32:27  every 1s, dispatching",
+		`CONFIG ERROR /r/orch.toml:3: max_concurrency: must be at least 1 (got 0)\x1b[2J`,
+		"  running on the config loaded at 17:31:27; no jobs are started until the file",
+		"  is fixed",
+		"", "RUNNING (0)",
+	}
+	if diff := cmp.Diff(want, got[:len(want)]); diff != "" {
+		t.Errorf("frame with a config error (-want +got):\n%s", diff)
+	}
+	f.ConfigError = ""
+	got = render(f, 80, 40, false)
+	if got[1] != "not shown while there is an error" {
+		t.Errorf("the reload note: got %q", got[1])
+	}
+}
+
 func TestTruncate(t *testing.T) {
 	const b, r, reset = "\x1b[1m", "\x1b[31m", "\x1b[0m"
 	for _, tc := range []struct {
@@ -497,6 +520,35 @@ func TestWatchLiveViewInTerminal(t *testing.T) {
 	if strings.Contains(sc, "\x1b") {
 		t.Errorf("escape codes left on the screen:\n%q", sc)
 	}
+
+	// A broken orch.toml shows at the top, file:line:key, within a redraw
+	// or two; fixed, the error goes and the reload is said.
+	cfgPath := filepath.Join(repo.Dir, "orch.toml")
+	if err := os.WriteFile(cfgPath, []byte("max_concurrency = 0\n[[stages]]\nname = \"implement\"\nrun = \"true\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sc = s.waitScreen("the config error", func(sc string) bool { return strings.Contains(sc, "CONFIG ERROR") })
+	// Wrapped at the terminal's width, never cut.
+	lines = strings.Split(strings.TrimRight(sc, "\n"), "\n")
+	var shown []string
+	for _, l := range lines[1:] {
+		if strings.HasPrefix(l, "  running on the config") {
+			break
+		}
+		shown = append(shown, strings.TrimSpace(l))
+	}
+	if want := "CONFIG ERROR " + cfgPath + ":1: max_concurrency: must be at least 1 (got 0)"; strings.Join(shown, " ") != want {
+		t.Errorf("the lines after the header, want %q:\n%s", want, sc)
+	}
+	if !strings.Contains(sc, "no jobs are started until the file is fixed") || !strings.Contains(sc, "QUEUED (1)") {
+		t.Errorf("the view with a config error lacks the fallback or the jobs:\n%s", sc)
+	}
+	if err := os.WriteFile(cfgPath, []byte("max_concurrency = 2\n[[stages]]\nname = \"implement\"\nrun = \"true\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.waitScreen("the reload", func(sc string) bool {
+		return !strings.Contains(sc, "CONFIG ERROR") && strings.Contains(sc, "config reloaded from "+cfgPath+": max_concurrency 1 → 2")
+	})
 
 	// Smaller: the view is redrawn to fit — events give way, the last pass
 	// stays on the last row.
