@@ -67,8 +67,11 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 		reason = fmt.Sprintf("stage %q is not defined in orch.toml", j.Stage)
 	case j.ExitCode == nil:
 		return Result{Job: j}, fmt.Errorf("job %s: no exit code recorded, so there is nothing to finalize yet", id)
+	case *j.ExitCode != 0 && stage.Kind == config.KindMerge && j.Reason != "":
+		// The merge stage recorded its cause with the exit code.
+		reason = j.Reason
 	case *j.ExitCode != 0 && stage.Kind == config.KindMerge:
-		reason = fmt.Sprintf("merge exit code %d (3: conflict, not a fast-forward or lease busy; see orch-hooks logs %s)", *j.ExitCode, j.ID)
+		reason = fmt.Sprintf("merge exit code %d (see orch-hooks logs %s)", *j.ExitCode, j.ID)
 	case *j.ExitCode != 0:
 		reason = "exit code " + strconv.Itoa(*j.ExitCode)
 	case stage.Kind == config.KindMerge:
