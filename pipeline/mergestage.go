@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/config"
@@ -77,7 +78,16 @@ func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identit
 	// monitor died says the same.
 	var failure string
 	code := MergeExitOK
+	var dirty *merge.DirtyError
 	switch {
+	case errors.Is(err, merge.ErrConflict) && res != nil && len(res.Conflicts) > 0:
+		// The paths first: status shows a reason's beginning.
+		code = MergeExitRejected
+		failure = fmt.Sprintf("merge refused: conflict in %s (%s into %s)", pathList(res.Conflicts), j.Branch, j.Target)
+	case errors.As(err, &dirty) && res != nil && !res.Written:
+		code = MergeExitError
+		failure = fmt.Sprintf("merge refused: local changes in %s, which the merge changes, in %s's checkout %s; commit or stash them there, then orch-hooks retry %s",
+			pathList(dirty.Paths), j.Target, dirty.Worktree, j.ID)
 	case errors.Is(err, merge.ErrBranchMoved):
 		code = MergeExitRejected
 		failure = fmt.Sprintf("merge refused: %v; orch-hooks retry %s judges the new tip", err, j.ID)
@@ -136,4 +146,13 @@ func (e *Env) jobFence(id string, self procid.Identity) func(context.Context, fu
 		}
 		return effect()
 	}
+}
+
+// pathList joins paths for a job's reason, naming at most ten.
+func pathList(paths []string) string {
+	const most = 10
+	if len(paths) <= most {
+		return strings.Join(paths, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(paths[:most], ", "), len(paths)-most)
 }
