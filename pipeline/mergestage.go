@@ -18,8 +18,8 @@ import (
 // Exit codes a merge stage records as the job's exit code.
 const (
 	MergeExitOK       = 0
-	MergeExitError    = 1
-	MergeExitRejected = 3 // conflict, not a fast-forward
+	MergeExitError    = 1 // local changes in the way, or a failure
+	MergeExitRejected = 3 // conflict, not a fast-forward, lease busy, stale token, branch moved
 )
 
 // runMerge is the body of a merge stage: its gates are checked first (they
