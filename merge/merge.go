@@ -35,7 +35,10 @@ const (
 var (
 	ErrConflict       = errors.New("merge conflict")
 	ErrNotFastForward = errors.New("not a fast-forward")
-	ErrDirtyWorktree  = errors.New("the target's worktree has local changes")
+	// ErrDirtyWorktree: the target's checked-out worktree has local
+	// changes in paths the merge changes (a *DirtyError names them);
+	// nothing was written.
+	ErrDirtyWorktree = errors.New("local changes in the target's worktree would be overwritten")
 	// ErrIndexLocked: another git process held the index of the target's
 	// worktree past Request.IndexLockWait; nothing was written.
 	ErrIndexLocked = errors.New("index.lock held by another git process")
@@ -115,10 +118,13 @@ type Result struct {
 	NewTarget string   `json:"new_target"`
 	Commit    string   `json:"merge_commit,omitempty"`
 	Conflicts []string `json:"conflicts,omitempty"`
-	Token     uint64   `json:"token,omitempty"`
-	Pushed    bool     `json:"pushed,omitempty"`
-	Worktree  string   `json:"worktree,omitempty"`
-	Written   bool     `json:"written"`
+	// LocalChanges are the paths of the target's worktree whose local
+	// changes (staged, unstaged or untracked) refused the merge.
+	LocalChanges []string `json:"local_changes,omitempty"`
+	Token        uint64   `json:"token,omitempty"`
+	Pushed       bool     `json:"pushed,omitempty"`
+	Worktree     string   `json:"worktree,omitempty"`
+	Written      bool     `json:"written"`
 }
 
 // Merger merges in one repository.
@@ -151,13 +157,6 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 		// every process under the lease is one more every waiter waits for.
 		sig.Name, sig.Email = m.identity(ctx)
 	}
-	// So is git status: a target worktree found clean now needs no second
-	// look under the lease (its files can change under the lease as well as
-	// before it: the lease does not lock the worktree, and the read-tree
-	// -m -u under its index.lock never overwrites a local change). One
-	// found dirty is looked at again under the lease, where no other merge
-	// is half-way through moving it.
-	cleanBefore := m.cleanWorktree(ctx, req.Target)
 	token := req.Token
 	if token == 0 {
 		owner, err := procid.Self()
@@ -185,14 +184,8 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 		token = l.Token
 		defer m.Leases.Release(context.WithoutCancel(ctx), req.Target, token)
 	}
-	owed, err := m.finishSync(ctx, req.Target, token)
-	if err != nil {
+	if _, err := m.finishSync(ctx, req.Target, token); err != nil {
 		return nil, err
-	}
-	if owed {
-		// A merge before this one left its worktree move under way: the
-		// worktree may not be what it was when found clean.
-		cleanBefore = ""
 	}
 	for i := 0; i < attempts; i++ {
 		res, err := m.decide(ctx, req)
@@ -200,7 +193,7 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 			// A push that landed before a crash: the remote has it, the
 			// local target may still be behind.
 			res.Token = token
-			return res, m.bringLocal(ctx, req, token, res, cleanBefore)
+			return res, m.bringLocal(ctx, req, token, res)
 		}
 		if err != nil || res.Kind == AlreadyMerged {
 			if res != nil {
@@ -209,7 +202,7 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 			return res, err
 		}
 		res.Token = token
-		moved, err := m.write(ctx, req, token, res, cleanBefore)
+		moved, err := m.write(ctx, req, token, res)
 		if err != nil {
 			return res, err
 		}
@@ -361,14 +354,14 @@ func (m *Merger) fetch(ctx context.Context, req Request) error {
 // write moves the target from res.OldTarget to res.NewTarget: a push with a
 // remote, an update-ref locally, each fencing-checked. moved reports that
 // the target had moved meanwhile, so the caller decides again.
-func (m *Merger) write(ctx context.Context, req Request, token uint64, res *Result, cleanBefore string) (moved bool, err error) {
+func (m *Merger) write(ctx context.Context, req Request, token uint64, res *Result) (moved bool, err error) {
 	if req.Remote != "" {
-		return m.push(ctx, req, token, res, cleanBefore)
+		return m.push(ctx, req, token, res)
 	}
-	return m.updateLocal(ctx, req, token, res.OldTarget, res.NewTarget, res, cleanBefore)
+	return m.updateLocal(ctx, req, token, res.OldTarget, res.NewTarget, res)
 }
 
-func (m *Merger) push(ctx context.Context, req Request, token uint64, res *Result, cleanBefore string) (bool, error) {
+func (m *Merger) push(ctx context.Context, req Request, token uint64, res *Result) (bool, error) {
 	var rejected bool
 	err := m.Leases.WithToken(ctx, req.Target, token, func() error {
 		return m.fenced(ctx, req, func() error {
@@ -394,12 +387,12 @@ func (m *Merger) push(ctx context.Context, req Request, token uint64, res *Resul
 	crashpoint.Hit("merge.push")
 	res.Pushed, res.Written = true, true
 	gitstate.Git(ctx, m.Repo.CommonDir, "update-ref", "refs/remotes/"+req.Remote+"/"+req.Target, res.NewTarget)
-	return false, m.bringLocal(ctx, req, token, res, cleanBefore)
+	return false, m.bringLocal(ctx, req, token, res)
 }
 
 // bringLocal fast-forwards the local target to the remote's new tip, when
 // there is a local target and that is a fast-forward.
-func (m *Merger) bringLocal(ctx context.Context, req Request, token uint64, res *Result, cleanBefore string) error {
+func (m *Merger) bringLocal(ctx context.Context, req Request, token uint64, res *Result) error {
 	local, err := m.Repo.ResolveCommit(ctx, "refs/heads/"+req.Target)
 	if err != nil {
 		return nil // no local target: nothing to bring along
@@ -410,33 +403,24 @@ func (m *Merger) bringLocal(ctx context.Context, req Request, token uint64, res 
 	if ok, _ := m.Repo.IsAncestor(ctx, local, res.NewTarget); !ok {
 		return nil
 	}
-	_, err = m.updateLocal(ctx, req, token, local, res.NewTarget, res, cleanBefore)
-	return err
+	if _, err := m.updateLocal(ctx, req, token, local, res.NewTarget, res); err != nil {
+		return fmt.Errorf("%s on %s is now %s, but the local %s was not brought along (it stays at %s): %w",
+			req.Target, req.Remote, short(res.NewTarget), req.Target, short(local), err)
+	}
+	return nil
 }
 
 // updateLocal moves refs/heads/<target> from old to new with a
 // fencing-checked compare-and-swap. A worktree that has the target checked
 // out moves with it, under its index.lock (moveWithWorktree), or the ref
-// does not move. cleanBefore names a worktree found clean before the lease
-// (cleanWorktree), which is not asked again; one with local changes is
-// refused, changing nothing.
-func (m *Merger) updateLocal(ctx context.Context, req Request, token uint64, old, new string, res *Result, cleanBefore string) (bool, error) {
+// does not move: local changes there in paths the merge does not touch are
+// kept, as git merge keeps them; one in a path it touches refuses the
+// merge (a *DirtyError naming those paths), changing nothing.
+func (m *Merger) updateLocal(ctx context.Context, req Request, token uint64, old, new string, res *Result) (bool, error) {
 	target := req.Target
 	wt, err := m.worktreeOf(ctx, target)
 	if err != nil {
 		return false, err
-	}
-	if wt != "" && wt != cleanBefore {
-		// --no-optional-locks: the index is not ours to write here, and a
-		// status holding index.lock would make the lock below wait.
-		st, err := gitstate.Git(ctx, wt, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
-		if err != nil {
-			return false, err
-		}
-		if st != "" {
-			return false, fmt.Errorf("merge into %s: %w: %s has uncommitted changes (%s); commit or stash them, then run the merge again",
-				target, ErrDirtyWorktree, wt, firstLines(st, 3))
-		}
 	}
 	var moved bool
 	err = m.Leases.WithToken(ctx, target, token, func() error {
@@ -510,32 +494,6 @@ func pushRejected(porcelain string) bool {
 		}
 	}
 	return false
-}
-
-func firstLines(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = append(lines[:n], "...")
-	}
-	return strings.Join(lines, "; ")
-}
-
-// cleanWorktree returns the worktree that has target checked out if git
-// status finds no local change there, else "" (none, dirty, or status
-// failed: the look under the lease decides).
-func (m *Merger) cleanWorktree(ctx context.Context, target string) string {
-	wt, err := m.worktreeOf(ctx, target)
-	if err != nil || wt == "" {
-		return ""
-	}
-	// --no-optional-locks: status would otherwise take index.lock to write
-	// back refreshed stat data, and the lease holder's read-tree, finding
-	// the lock taken, would fail its merge.
-	st, err := gitstate.Git(ctx, wt, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
-	if err != nil || st != "" {
-		return ""
-	}
-	return wt
 }
 
 // worktreeOf returns the worktree that has branch checked out, or "".

@@ -348,25 +348,137 @@ func TestTargetInLinkedWorktree(t *testing.T) {
 	f.leaseFree("release/1.0")
 }
 
-// A target checked out with local changes: the merge is refused, naming the
-// worktree, and nothing changes.
-func TestDirtyWorktreeRefused(t *testing.T) {
+// writeFile writes a file of the main worktree.
+func (f *fixture) writeFile(path, content string) {
+	f.t.Helper()
+	full := filepath.Join(f.dir, path)
+	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		f.t.Fatal(err)
+	}
+	if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// readFile reads a file of the main worktree ("<missing>" when absent).
+func (f *fixture) readFile(path string) string {
+	f.t.Helper()
+	b, err := os.ReadFile(filepath.Join(f.dir, path))
+	if errors.Is(err, os.ErrNotExist) {
+		return "<missing>"
+	}
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return string(b)
+}
+
+// localChanges makes, in the main worktree, an unstaged change to
+// tracked.txt, a staged one to staged.txt and an untracked file: none in a
+// path the merges of these tests touch.
+func (f *fixture) localChanges() {
+	f.t.Helper()
+	f.writeFile("tracked.txt", "local edit\n")
+	f.writeFile("staged.txt", "staged edit\n")
+	f.git("add", "staged.txt")
+	f.writeFile("notes/untracked.txt", "mine\n")
+}
+
+// keptLocalChanges fails the test unless the changes of localChanges are
+// there as they were made (staged still staged, unstaged still unstaged),
+// the index otherwise holds main's tree, and the files match it.
+func (f *fixture) keptLocalChanges(when string) {
+	f.t.Helper()
+	for path, want := range map[string]string{"tracked.txt": "local edit\n", "staged.txt": "staged edit\n", "notes/untracked.txt": "mine\n"} {
+		if got := f.readFile(path); got != want {
+			f.t.Fatalf("%s: %s is %q, want the local change %q kept", when, path, got, want)
+		}
+	}
+	want := "M  staged.txt\n M tracked.txt\n?? notes/untracked.txt"
+	if got := f.git("status", "--porcelain", "--untracked-files=all"); got != want {
+		f.t.Fatalf("%s: status\n%s\nwant\n%s", when, got, want)
+	}
+	if f.rev("HEAD") != f.rev("main") {
+		f.t.Fatalf("%s: HEAD %s, main %s", when, f.rev("HEAD"), f.rev("main"))
+	}
+	// The index is main's tree plus the staged change, nothing else.
+	if got := f.git("diff", "--cached", "--name-only", "main"); got != "staged.txt" {
+		f.t.Fatalf("%s: the index differs from main in %q, want staged.txt only", when, got)
+	}
+}
+
+// Local changes in paths the merge does not touch are kept, as git merge
+// keeps them: staged, unstaged and untracked, through a merge commit and a
+// fast-forward alike (DESIGN.md merge finalization step 6).
+func TestLocalChangesElsewhereKept(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	f.commitMain(map[string]string{"tracked.txt": "v1\n"})
-	f.commitOn("feat/w", "main", map[string]string{"w.txt": "w\n"})
+	f.commitMain(map[string]string{"tracked.txt": "v1\n", "staged.txt": "s1\n"})
+	f.commitOn("feat/w", "main", map[string]string{"w.txt": "w\n", "notes/w.txt": "w\n"})
 	f.commitMain(map[string]string{"m.txt": "m\n"})
-	if err := os.WriteFile(filepath.Join(f.dir, "tracked.txt"), []byte("local edit\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	refs, log := f.refs(), f.reflog("refs/heads/main")
-	status := f.status()
+	f.localChanges()
+
 	res, err := f.merge(merge.Request{Branch: "feat/w"})
-	if !errors.Is(err, merge.ErrDirtyWorktree) {
-		t.Fatalf("merge into a dirty checkout: %v (%+v), want ErrDirtyWorktree", err, res)
+	if err != nil || res.Kind != merge.Merged || !res.Written || res.Worktree != f.dir {
+		t.Fatalf("merge beside local changes elsewhere: %v (%+v), want a written merge that moved %s", err, res, f.dir)
 	}
-	if !strings.Contains(err.Error(), f.dir) {
-		t.Errorf("error %q does not name the worktree %s", err, f.dir)
+	if got := f.readFile("w.txt"); got != "w\n" {
+		t.Fatalf("w.txt after the merge: %q", got)
+	}
+	f.keptLocalChanges("after the merge")
+	f.noLeftovers("after the merge")
+	f.leaseFree("main")
+
+	f.commitOn("feat/ff", "main", map[string]string{"x.txt": "x\n"})
+	res, err = f.merge(merge.Request{Branch: "feat/ff"})
+	if err != nil || res.Kind != merge.FastForward || !res.Written {
+		t.Fatalf("fast-forward beside local changes elsewhere: %v (%+v)", err, res)
+	}
+	if got := f.readFile("x.txt"); got != "x\n" {
+		t.Fatalf("x.txt after the fast-forward: %q", got)
+	}
+	f.keptLocalChanges("after the fast-forward")
+	f.noLeftovers("after the fast-forward")
+	f.leaseFree("main")
+}
+
+// A local change in a path the merge changes refuses it, naming every such
+// path (an edit, a staged edit, an untracked file where the merge brings
+// one, a file where it brings a directory) and none elsewhere; nothing
+// changes: refs, reflog, files, index.
+func TestLocalChangeInTouchedPathRefused(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.commitMain(map[string]string{"tracked.txt": "v1\n", "shared.txt": "s1\n", "staged.txt": "s1\n"})
+	f.commitOn("feat/w", "main", map[string]string{"shared.txt": "branch\n", "staged.txt": "branch\n", "new.txt": "branch\n", "dir/in.txt": "branch\n"})
+	f.commitMain(map[string]string{"m.txt": "m\n"})
+	f.writeFile("tracked.txt", "local edit\n") // not touched: not named
+	f.writeFile("shared.txt", "local edit\n")
+	f.writeFile("staged.txt", "staged edit\n")
+	f.git("add", "staged.txt")
+	f.writeFile("new.txt", "mine\n")
+	f.writeFile("dir", "a file where the merge brings a directory\n")
+
+	refs, log, status, index := f.refs(), f.reflog("refs/heads/main"), f.status(), f.indexTree(f.dir)
+	res, err := f.merge(merge.Request{Branch: "feat/w"})
+	var de *merge.DirtyError
+	if !errors.Is(err, merge.ErrDirtyWorktree) || !errors.As(err, &de) {
+		t.Fatalf("merge over local changes: %v (%+v), want a DirtyError", err, res)
+	}
+	want := []string{"dir", "new.txt", "shared.txt", "staged.txt"}
+	if diff := cmp.Diff(want, de.Paths); diff != "" {
+		t.Fatalf("paths named (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(want, res.LocalChanges); diff != "" {
+		t.Fatalf("result's local_changes (-want +got):\n%s", diff)
+	}
+	for _, s := range append(want, f.dir) {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error %q does not name %s", err, s)
+		}
+	}
+	if strings.Contains(err.Error(), "tracked.txt") || res.Written {
+		t.Errorf("error %q names tracked.txt (untouched) or claims a write (%v)", err, res.Written)
 	}
 	if diff := cmp.Diff(refs, f.refs()); diff != "" || f.reflog("refs/heads/main") != log {
 		t.Fatalf("refs changed (-before +after):\n%s", diff)
@@ -374,21 +486,51 @@ func TestDirtyWorktreeRefused(t *testing.T) {
 	if got := f.status(); got != status {
 		t.Fatalf("status %q, want %q", got, status)
 	}
-	if b, _ := os.ReadFile(filepath.Join(f.dir, "tracked.txt")); string(b) != "local edit\n" {
-		t.Fatalf("local change lost: %q", b)
+	if got := f.indexTree(f.dir); got != index {
+		t.Fatalf("the index changed: tree %s, was %s", got, index)
 	}
+	for path, content := range map[string]string{"tracked.txt": "local edit\n", "shared.txt": "local edit\n", "staged.txt": "staged edit\n",
+		"new.txt": "mine\n", "dir": "a file where the merge brings a directory\n", "m.txt": "m\n", "w.txt": "<missing>"} {
+		if got := f.readFile(path); got != content {
+			t.Errorf("%s is %q, was %q", path, got, content)
+		}
+	}
+	f.noLeftovers("after the refusal")
 	f.leaseFree("main")
 
 	// A fast-forward is refused the same way.
 	main := f.rev("main")
-	f.commitOn("feat/ff", "main", map[string]string{"x.txt": "x\n"})
-	if _, err := f.merge(merge.Request{Branch: "feat/ff"}); !errors.Is(err, merge.ErrDirtyWorktree) {
-		t.Fatalf("fast-forward into a dirty checkout: %v, want ErrDirtyWorktree", err)
+	f.commitOn("feat/ff", "main", map[string]string{"shared.txt": "ff\n"})
+	if _, err := f.merge(merge.Request{Branch: "feat/ff"}); !errors.As(err, &de) || !cmp.Equal(de.Paths, []string{"shared.txt"}) {
+		t.Fatalf("fast-forward over a local change: %v, want a DirtyError naming shared.txt", err)
 	}
 	if got := f.rev("main"); got != main || f.reflog("refs/heads/main") != log {
 		t.Fatalf("refused fast-forward moved main to %s", got)
 	}
 	f.leaseFree("main")
+}
+
+// A file the merge changes whose stat data changed but whose content did
+// not (touched, or checked out again) is no local change: git merge
+// refreshes the index first, and so does the merge.
+func TestStatOnlyChangeIsNoLocalChange(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.commitMain(map[string]string{"shared.txt": "s1\n"})
+	f.commitOn("feat/w", "main", map[string]string{"shared.txt": "branch\n"})
+	f.commitMain(map[string]string{"m.txt": "m\n"})
+	later := time.Now().Add(time.Hour)
+	if err := os.Chtimes(filepath.Join(f.dir, "shared.txt"), later, later); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.merge(merge.Request{Branch: "feat/w"})
+	if err != nil || !res.Written {
+		t.Fatalf("merge with shared.txt touched, not changed: %v (%+v)", err, res)
+	}
+	if got := f.readFile("shared.txt"); got != "branch\n" {
+		t.Fatalf("shared.txt after the merge: %q", got)
+	}
+	f.inStep("after the merge")
 }
 
 // An untracked file where the merge brings a tracked one: the checkout must

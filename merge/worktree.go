@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -29,11 +30,13 @@ import (
 //  2. records the pending move (merges/<target>.toml: worktree, git dir,
 //     from, to, and the lock file's device and inode, so that a later run
 //     knows the lock is the one this merge made);
-//  3. runs `git read-tree -m -u FROM TO` on a scratch copy of the index
-//     (GIT_INDEX_FILE): git updates the files and refuses, before
-//     touching any, when a path the merge changes has a local change;
-//     local changes elsewhere are kept. On refusal the lock is deleted
-//     and the ref does not move;
+//  3. refreshes a scratch copy of the index (GIT_INDEX_FILE) and runs
+//     `git read-tree -m -u FROM TO` on it: git updates the files and
+//     refuses, before touching any, when a path the merge changes has a
+//     local change or an untracked file is in its way (git merge's rule;
+//     ignored files are expendable to both); local changes elsewhere,
+//     staged ones included, are kept. On refusal the lock is deleted, the
+//     ref does not move, and the error names the paths (DirtyError);
 //  4. writes the new index into index.lock (whose inode stays ours) and
 //     records the move as ready;
 //  5. moves the ref: the fenced compare-and-swap. If it loses, the files
@@ -213,10 +216,25 @@ func (m *Merger) moveWithWorktree(ctx context.Context, req Request, wt, old, new
 		return false, fmt.Errorf("merge into %s: copy the index of %s: %w; %s was not moved", req.Target, wt, err, req.Target)
 	}
 	scratch := []string{"GIT_INDEX_FILE=" + p.scratchPath()}
+	// git merge refreshes the index first: a file whose stat data changed
+	// but whose content did not (touched, checked out again) is no local
+	// change, yet read-tree, trusting the index's stat data, would refuse
+	// it. The refresh writes the scratch copy only; a failure here
+	// (a change it cannot look at) is left to read-tree to judge.
+	gitstate.GitEnvOut(ctx, wt, scratch, nil, "update-index", "-q", "--refresh")
+	// read-tree -m -u, two-tree form, is git's own rule for local changes:
+	// it refuses, before touching any file, when a path the merge changes
+	// has a staged or unstaged change or an untracked file is in the way,
+	// and keeps every other local change, staged ones in the index.
 	if _, err := gitstate.GitEnvOut(ctx, wt, scratch, nil, "read-tree", "-m", "-u", old, new); err != nil {
+		paths, perr := blockingChanges(ctx, wt, p.scratchPath(), old, new)
 		abandon()
-		return false, fmt.Errorf("merge into %s: %w: %s could not be brought to the new commit, so %s was not moved: %v; commit, stash or move those files, then run the merge again",
-			req.Target, ErrDirtyWorktree, wt, req.Target, err)
+		if perr == nil && len(paths) > 0 {
+			res.LocalChanges = paths
+			return false, &DirtyError{Target: req.Target, Worktree: wt, Paths: paths}
+		}
+		return false, fmt.Errorf("merge into %s: %s could not be brought to the new commit, so %s was not moved: %v",
+			req.Target, wt, req.Target, err)
 	}
 	crashpoint.Hit("merge.worktree_updated")
 	if err := fillLock(lk, p.scratchPath()); err != nil {
@@ -502,6 +520,102 @@ func (m *Merger) repairIndex(ctx context.Context, p pending) error {
 		return fail(err)
 	}
 	return m.clearPending(p.Target)
+}
+
+// DirtyError is a merge refused because the target's checked-out worktree
+// has local changes in paths the merge changes. Nothing was written: the
+// target, the worktree's files and its index are as they were.
+type DirtyError struct {
+	Target, Worktree string
+	// Paths are the worktree's paths, relative to its top, whose local
+	// change (staged, unstaged, or an untracked file) is in the merge's way.
+	Paths []string
+}
+
+func (e *DirtyError) Error() string {
+	return fmt.Sprintf("merge into %s: %v: %s has local changes in %s, which the merge changes; %s was not moved and nothing was touched; commit, stash or move them, then run the merge again (changes in other paths are kept)",
+		e.Target, ErrDirtyWorktree, e.Worktree, listPaths(e.Paths, 10), e.Target)
+}
+
+func (e *DirtyError) Unwrap() error { return ErrDirtyWorktree }
+
+// listPaths joins paths for a message, at most n of them.
+func listPaths(paths []string, n int) string {
+	if len(paths) <= n {
+		return strings.Join(paths, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(paths[:n], ", "), len(paths)-n)
+}
+
+// blockingChanges lists the local changes of worktree wt (against index)
+// that are in the way of moving it from old to new: a staged or unstaged
+// change in, or an untracked file at, a path the two commits differ in, or
+// one a directory of the other (a file where the merge needs a directory,
+// and the reverse). It is asked only after read-tree refused, to name the
+// paths; read-tree stops at the first.
+func blockingChanges(ctx context.Context, wt, index, old, new string) ([]string, error) {
+	touched, err := gitstate.Git(ctx, wt, "diff", "--no-renames", "--name-only", "-z", old, new)
+	if err != nil {
+		return nil, err
+	}
+	// --no-optional-locks: this runs while the merge holds index.lock.
+	st, err := gitstate.GitEnvOut(ctx, wt, []string{"GIT_INDEX_FILE=" + index}, nil,
+		"--no-optional-locks", "status", "--porcelain=v1", "-z", "--no-renames", "--untracked-files=all")
+	if err != nil {
+		return nil, err
+	}
+	changed := map[string]bool{}
+	for _, p := range strings.Split(touched, "\x00") {
+		if p != "" {
+			changed[p] = true
+		}
+	}
+	dirs := dirsOf(changed)
+	var paths []string
+	for _, e := range strings.Split(st, "\x00") {
+		if len(e) < 4 {
+			continue
+		}
+		path := e[3:]
+		if inTheWay(path, changed, dirs) {
+			paths = append(paths, path)
+		}
+	}
+	sort.Strings(paths)
+	return paths, nil
+}
+
+// inTheWay reports whether a local change at path meets a path the merge
+// changes: the same path, a directory above one, or a file below one
+// (dirs holds every directory of a changed path).
+func inTheWay(path string, changed, dirs map[string]bool) bool {
+	if changed[path] || dirs[path] {
+		return true
+	}
+	for dir := path; ; {
+		i := strings.LastIndexByte(dir, '/')
+		if i < 0 {
+			return false
+		}
+		dir = dir[:i]
+		if changed[dir] {
+			return true
+		}
+	}
+}
+
+// dirsOf returns every directory above a path of paths.
+func dirsOf(paths map[string]bool) map[string]bool {
+	dirs := map[string]bool{}
+	for p := range paths {
+		for i := strings.LastIndexByte(p, '/'); i > 0; i = strings.LastIndexByte(p[:i], '/') {
+			if dirs[p[:i]] {
+				break
+			}
+			dirs[p[:i]] = true
+		}
+	}
+	return dirs
 }
 
 func short(id string) string {

@@ -3,53 +3,33 @@ package merge
 import (
 	"context"
 	"os"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/gittest"
 	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
-// The look at the target's worktree made before the lease must not write
-// the index: a git status that refreshes stat data takes index.lock, and
-// the lease holder's read-tree, finding it taken, fails its merge (seen as
-// one merge in 16 lost in bench section 5 before --no-optional-locks).
-func TestCleanWorktreeLeavesIndexAlone(t *testing.T) {
-	r := gittest.New(t)
-	r.Commit(r.Dir, "a file", map[string]string{"a.txt": "a\n"})
-	// Same content, new mtime: status would refresh the entry and write
-	// the index back.
-	later := time.Now().Add(time.Hour)
-	if err := os.Chtimes(filepath.Join(r.Dir, "a.txt"), later, later); err != nil {
-		t.Fatal(err)
-	}
-	index := filepath.Join(r.Dir, ".git", "index")
-	before, err := os.Stat(index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo, err := gitstate.Open(r.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := New(repo)
-	if wt := m.cleanWorktree(context.Background(), "main"); wt != r.Dir {
-		t.Fatalf("cleanWorktree(main) = %q, want %s (clean, checked out there)", wt, r.Dir)
-	}
-	after, err := os.Stat(index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !after.ModTime().Equal(before.ModTime()) || after.Size() != before.Size() {
-		t.Fatalf("the index was rewritten by the look before the lease (mtime %v -> %v)", before.ModTime(), after.ModTime())
-	}
-	// The same look with optional locks would have written it: the test
-	// can tell.
-	r.Git(r.Dir, "status", "--porcelain")
-	if again, _ := os.Stat(index); again.ModTime().Equal(before.ModTime()) {
-		t.Fatal("git status did not rewrite the index either: the test shows nothing")
+// inTheWay is git's rule for a local change against the paths a merge
+// changes: the same path, a file where the merge needs a directory, or a
+// file under a path the merge makes a file.
+func TestInTheWay(t *testing.T) {
+	changed := map[string]bool{"a.txt": true, "d/e/f.txt": true, "g": true}
+	dirs := dirsOf(changed)
+	for path, want := range map[string]bool{
+		"a.txt":     true,
+		"b.txt":     false,
+		"d":         true, // an untracked file where d/ must be
+		"d/e":       true,
+		"d/e/x.txt": false, // a neighbour in the same directory
+		"d/e/f.txt": true,
+		"g/h":       true, // under a path the merge makes a file
+		"g2":        false,
+		"a.txt.bak": false,
+	} {
+		if got := inTheWay(path, changed, dirs); got != want {
+			t.Errorf("inTheWay(%q) = %v, want %v", path, got, want)
+		}
 	}
 }
 

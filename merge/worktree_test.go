@@ -484,3 +484,46 @@ func TestLegacyPendingRecord(t *testing.T) {
 		t.Fatalf("y.txt not brought along: %v", err)
 	}
 }
+
+// A merger killed at each step of the worktree move while the worktree has
+// local changes in paths the merge does not touch (staged, unstaged,
+// untracked): the recovery must not take them for a half-done move, nor
+// lose them. The next merge converges, and every change is still there,
+// staged ones staged. The last case removes the crashed merge's index.lock
+// by hand first (recovery then rebuilds the index from the old one).
+func TestCrashInWorktreeMoveKeepsLocalChanges(t *testing.T) {
+	t.Parallel()
+	for _, point := range []string{"merge.index_locked", "merge.worktree_updated", "merge.index_ready", "merge.update_ref", "merge.index_committed", "merge.update_ref+lock removed"} {
+		t.Run(point, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t)
+			f.commitMain(map[string]string{"tracked.txt": "v1\n", "staged.txt": "s1\n"})
+			b, tgt := divergent(f)
+			f.localChanges()
+			crashAt, removeLock := strings.CutSuffix(point, "+lock removed")
+			runCrashing(t, f, "feat/x", crashAt)
+			if removeLock {
+				if f.rev("main") == tgt {
+					t.Fatal("crash at merge.update_ref: main did not move")
+				}
+				if err := os.Remove(filepath.Join(f.dir, ".git", "index.lock")); err != nil {
+					t.Fatalf("the crashed merge's index.lock: %v", err)
+				}
+			}
+			if _, errs := f.m.Leases.ReclaimStale(context.Background(), false); len(errs) != 0 {
+				t.Fatal(errs)
+			}
+			f.mustMerge(merge.Request{Branch: "feat/x", Job: "job-feat/x", Author: author})
+			head := f.rev("main")
+			if !f.isAncestor(b, head) || !f.isAncestor(tgt, head) || f.mergeCommits("main", "feat/x") != 1 {
+				t.Fatalf("crash at %s: main does not hold the merge once after the re-run", point)
+			}
+			if got := f.readFile("x.txt"); got != "x\n" {
+				t.Fatalf("crash at %s: x.txt after the re-run: %q", point, got)
+			}
+			f.keptLocalChanges("re-run after a crash at " + point)
+			f.noLeftovers("re-run after a crash at " + point)
+			f.leaseFree("main")
+		})
+	}
+}

@@ -68,8 +68,11 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 		reason = fmt.Sprintf("stage %q is not defined in orch.toml", j.Stage)
 	case j.ExitCode == nil:
 		return Result{Job: j}, fmt.Errorf("job %s: no exit code recorded, so there is nothing to finalize yet", id)
+	case *j.ExitCode != 0 && stage.Kind == config.KindMerge && j.Reason != "":
+		// The merge stage recorded its cause with the exit code.
+		reason = j.Reason
 	case *j.ExitCode != 0 && stage.Kind == config.KindMerge:
-		reason = fmt.Sprintf("merge exit code %d (3: conflict, not a fast-forward or lease busy; see orch-hooks logs %s)", *j.ExitCode, j.ID)
+		reason = fmt.Sprintf("merge exit code %d (see orch-hooks logs %s)", *j.ExitCode, j.ID)
 	case *j.ExitCode == exitNotFound:
 		wt, _ := e.FindWorktree(ctx, j)
 		reason = "exit code 127: " + notFoundHint(stage.Run, wt, j) + " (the shell's message: orch-hooks logs " + j.ID + ")"

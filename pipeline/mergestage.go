@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/config"
@@ -17,8 +18,8 @@ import (
 // Exit codes a merge stage records as the job's exit code.
 const (
 	MergeExitOK       = 0
-	MergeExitError    = 1
-	MergeExitRejected = 3 // conflict, not a fast-forward
+	MergeExitError    = 1 // local changes in the way, or a failure
+	MergeExitRejected = 3 // conflict, not a fast-forward, lease busy, stale token, branch moved
 )
 
 // runMerge is the body of a merge stage: its gates are checked first (they
@@ -62,7 +63,7 @@ func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identit
 	if commit == "" {
 		return fail(fmt.Sprintf("merge refused: no commit of %s to merge (the branch does not exist, or its gates judged no single commit)", j.Branch))
 	}
-	say("merge %s (%s) into %s", j.Branch, commit, j.Target)
+	say("merging %s (%s) into %s", j.Branch, commit, j.Target)
 	m := merge.New(e.Repo)
 	res, err := m.Merge(ctx, merge.Request{
 		Branch: j.Branch, Target: j.Target, Commit: commit, Job: j.ID, Holder: "job " + j.ID,
@@ -70,25 +71,50 @@ func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identit
 		Author: merge.Signature{Name: j.MergeAuthor.Name, Email: j.MergeAuthor.Email, When: j.StartedAt},
 		Fence:  e.jobFence(j.ID, self),
 	})
+	// The job's reason is the merge's own error, whatever the cause — the
+	// conflicting paths, the local changes in the way, the lease's holder,
+	// the stale token — never a guess from the exit code. It is recorded
+	// with the exit code, so a reaper that finalizes the job after this
+	// monitor died says the same.
 	var failure string
-	if errors.Is(err, merge.ErrBranchMoved) {
-		failure = fmt.Sprintf("merge refused: %v; orch-hooks retry %s judges the new tip", err, j.ID)
-	}
 	code := MergeExitOK
+	var dirty *merge.DirtyError
 	switch {
-	case errors.Is(err, merge.ErrConflict), errors.Is(err, merge.ErrNotFastForward), errors.Is(err, merge.ErrBranchMoved),
+	case errors.Is(err, merge.ErrConflict) && res != nil && len(res.Conflicts) > 0:
+		// The paths first: status shows a reason's beginning.
+		code = MergeExitRejected
+		failure = fmt.Sprintf("merge refused: conflict in %s (%s into %s)", pathList(res.Conflicts), j.Branch, j.Target)
+	case errors.As(err, &dirty) && res != nil && !res.Written:
+		code = MergeExitError
+		failure = fmt.Sprintf("merge refused: local changes in %s, which the merge changes, in %s's checkout %s; commit or stash them there, then orch-hooks retry %s",
+			pathList(dirty.Paths), j.Target, dirty.Worktree, j.ID)
+	case errors.Is(err, merge.ErrBranchMoved):
+		code = MergeExitRejected
+		failure = fmt.Sprintf("merge refused: %v; orch-hooks retry %s judges the new tip", err, j.ID)
+	case errors.Is(err, merge.ErrConflict), errors.Is(err, merge.ErrNotFastForward),
 		errors.Is(err, lease.ErrBusy), errors.Is(err, lease.ErrStaleToken):
 		code = MergeExitRejected
-		say("merge refused: %v", err)
+		failure = fmt.Sprintf("merge refused: %v", err)
 	case err != nil:
 		code = MergeExitError
-		say("merge failed: %v", err)
-	default:
+		failure = fmt.Sprintf("merge failed: %v", err)
+		if res != nil && res.Written {
+			// The target moved and what came after failed (the worktree's
+			// index not put in place): say both.
+			failure = fmt.Sprintf("merge failed after %s moved to %s: %v", j.Target, res.NewTarget, err)
+		}
+	}
+	if failure != "" {
+		say("%s", failure)
+	} else {
 		say("merge: %s, %s is at %s", res.Kind, j.Target, res.NewTarget)
 	}
 	now := time.Now().UTC()
 	if _, err := e.whileRunning(ctx, j.ID, self, "", func(r *gitstate.Job) {
 		r.ExitCode, r.FinishedAt = &code, now
+		if failure != "" {
+			r.Reason = failure
+		}
 	}); err != nil {
 		say("exit code not recorded: %v", err)
 		return e.Finalize(ctx, j.ID, Ending{EndedBy: gitstate.EndedByMonitor, Failure: failure})
@@ -120,4 +146,13 @@ func (e *Env) jobFence(id string, self procid.Identity) func(context.Context, fu
 		}
 		return effect()
 	}
+}
+
+// pathList joins paths for a job's reason, naming at most ten.
+func pathList(paths []string) string {
+	const most = 10
+	if len(paths) <= most {
+		return strings.Join(paths, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(paths[:most], ", "), len(paths)-most)
 }

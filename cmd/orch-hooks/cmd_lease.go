@@ -44,9 +44,10 @@ real merge computed with git merge-tree (no worktree touched) and committed
 with an Orch-Job trailer for a job. The target moves by compare-and-swap,
 fencing-checked against the lease token. A worktree that has the target
 checked out moves with it, under its index.lock (waiting up to 3s for
-another git process to let go), or the target does not move: the merge
-is refused (exit 1) when that worktree has local changes or cannot be
-brought along. The lease lives lease.ttl_s (ORCH_LEASE_TTL_S). --check decides and reports without writing (a
+another git process to let go), or the target does not move. Local
+changes there are kept when the merge does not touch their paths, as git
+merge keeps them; a change (or an untracked file) in a path the merge
+changes refuses it (exit 1), naming the paths, and nothing is touched. The lease lives lease.ttl_s (ORCH_LEASE_TTL_S). --check decides and reports without writing (a
 CI pre-merge step). --remote R fetches first and pushes the result with
 --force-with-lease. Without --token the merge takes the target's lease,
 waiting up to --wait (default 10m). Exit 3: conflict, not a fast-forward
@@ -378,7 +379,7 @@ func setupMerge(fs *flag.FlagSet, c *cli) func([]string) error {
 			if *asJSON {
 				writeJSON(c.stdout, res)
 			} else {
-				c.printMerge(res, req.Check)
+				c.printMerge(res, req)
 			}
 		}
 		return mergeError(err)
@@ -398,32 +399,45 @@ func mergeError(err error) error {
 	return err
 }
 
-func (c *cli) printMerge(res *merge.Result, check bool) {
+// printMerge prints what the merge did, claiming only writes that
+// happened: a target that moved (res.Written), on the remote when it was
+// pushed there, and a worktree that moved with it (res.Worktree). The
+// error, printed after, says what did not happen and why.
+func (c *cli) printMerge(res *merge.Result, req merge.Request) {
 	verb := map[merge.Kind]string{
 		merge.AlreadyMerged: "already merged: nothing to do",
 		merge.FastForward:   "fast-forward",
 		merge.Merged:        "merge",
 		merge.Conflict:      "conflict",
 	}[res.Kind]
-	if check {
+	if req.Check {
 		fmt.Fprintf(c.stdout, "%s into %s: %s\n", termtext.Line(res.Branch), termtext.Line(res.Target), verb)
 		for _, p := range res.Conflicts {
 			fmt.Fprintf(c.stdout, "  conflict: %s\n", termtext.Line(p))
 		}
 		return
 	}
+	for _, p := range res.LocalChanges {
+		c.errf("local change in the way: %s\n", termtext.Line(p))
+	}
 	if !res.Written && (res.Kind == merge.FastForward || res.Kind == merge.Merged) {
 		// Decided but not written (refused, fenced out, failed): the
 		// error says why; claim nothing.
 		return
 	}
+	target := termtext.Line(res.Target)
+	if res.Pushed {
+		// What moved is the remote's target; whether the local one
+		// followed is said below (the worktree) or by the error.
+		target += " on " + termtext.Line(req.Remote)
+	}
 	switch res.Kind {
 	case merge.AlreadyMerged:
 		c.errf("%s is already merged into %s (%s): nothing written\n", termtext.Line(res.Branch), termtext.Line(res.Target), short(res.OldTarget))
 	case merge.FastForward:
-		c.errf("%s fast-forwarded %s → %s\n", termtext.Line(res.Target), short(res.OldTarget), short(res.NewTarget))
+		c.errf("%s fast-forwarded %s → %s\n", target, short(res.OldTarget), short(res.NewTarget))
 	case merge.Merged:
-		c.errf("%s merged into %s: %s → %s (merge commit)\n", termtext.Line(res.Branch), termtext.Line(res.Target), short(res.OldTarget), short(res.NewTarget))
+		c.errf("%s merged into %s: %s → %s (merge commit)\n", termtext.Line(res.Branch), target, short(res.OldTarget), short(res.NewTarget))
 	case merge.Conflict:
 		for _, p := range res.Conflicts {
 			// A file name may hold a newline or any other byte.
