@@ -78,17 +78,6 @@ func gitRefRule(name string) string {
 	case name == "HEAD":
 		return "is HEAD"
 	}
-	for _, c := range strings.Split(name, "/") {
-		if c == "" {
-			return "has an empty path component (a leading, trailing or doubled '/')"
-		}
-		if c[0] == '.' {
-			return "has a component that starts with '.'"
-		}
-		if strings.HasSuffix(c, ".lock") {
-			return "has a component that ends with \".lock\""
-		}
-	}
 	for i := 0; i < len(name); i++ {
 		b := name[i]
 		switch {
@@ -100,6 +89,17 @@ func gitRefRule(name string) string {
 			return "contains \"..\""
 		case b == '{' && i > 0 && name[i-1] == '@':
 			return "contains \"@{\""
+		}
+	}
+	for _, c := range strings.Split(name, "/") {
+		if c == "" {
+			return "has an empty path component (a leading, trailing or doubled '/')"
+		}
+		if c[0] == '.' {
+			return "has a component that starts with '.'"
+		}
+		if strings.HasSuffix(c, ".lock") {
+			return "has a component that ends with \".lock\""
 		}
 	}
 	if strings.HasSuffix(name, ".") {
