@@ -109,7 +109,11 @@ func setupEnqueue(fs *flag.FlagSet, c *cli) func([]string) error {
 			return err
 		}
 		if !created {
-			c.errf("job %s already exists (%s); nothing created\n", j.ID, j.Status)
+			hint := env.NewAttemptHint(j)
+			if hint != "" {
+				hint = "; " + hint
+			}
+			c.errf("job %s already exists (%s); nothing created%s\n", j.ID, j.Status, hint)
 		}
 		fmt.Fprintln(c.stdout, j.ID)
 		return nil
