@@ -184,3 +184,101 @@ func (e *Env) excludeWorktrees() {
 	defer f.Close()
 	fmt.Fprintf(f, "\n# orch-hooks job worktrees\n%s\n", pattern)
 }
+
+// RemoveMergedWorktree removes the worktree of merge job j's task once j
+// has ended done: a merged task's full checkout is otherwise kept until gc
+// (7 days by default), and its branch cannot be deleted while it is checked
+// out there. It decides under the task's lock, which a job's start holds
+// across EnsureWorktree, and removes the worktree only when every one of
+// these holds at that moment:
+//
+//   - [gc] keep_merged_worktrees is false;
+//   - the worktree is this tool's (WorktreePath of the task) and has j's
+//     branch checked out — a user's own checkout is never touched;
+//   - no job of the task, or of its branch, is queued or running;
+//   - the branch's tip is an ancestor of the target's: nothing on it is
+//     unmerged;
+//   - git status shows nothing uncommitted or untracked in it.
+//
+// Work is never lost: anything else keeps the worktree. The returned line
+// says what happened, for a person (the job's log, run's stderr, the
+// reaper's action); it is "" when there was nothing to say (no worktree,
+// or the setting keeps it). The branch itself is never deleted.
+func (e *Env) RemoveMergedWorktree(ctx context.Context, j *gitstate.Job) string {
+	if e.Config.GC.KeepMergedWorktrees || j.Status != gitstate.Done {
+		return ""
+	}
+	wt := e.WorktreePath(j.Task)
+	if _, err := os.Lstat(wt); err != nil {
+		return ""
+	}
+	kept := func(format string, args ...any) string {
+		return fmt.Sprintf("worktree %s kept: ", wt) + fmt.Sprintf(format, args...)
+	}
+	unlock, err := e.lockTask(ctx, j.Task)
+	if err != nil {
+		return kept("%v; orch-hooks gc removes it later", err)
+	}
+	defer unlock()
+	if have, err := e.worktreeOf(ctx, j.Branch); err != nil || have != wt {
+		if err != nil {
+			return kept("%v", err)
+		}
+		return "" // not the branch's checkout (moved, or removed already)
+	}
+	l, err := e.Store.Active()
+	if err != nil {
+		return kept("%v; orch-hooks gc removes it later", err)
+	}
+	for _, a := range l.Jobs {
+		if a.Task == j.Task || a.Branch == j.Branch {
+			return kept("job %s of the task is %s in it", a.ID, a.Status)
+		}
+	}
+	b, err := e.Repo.ResolveCommit(ctx, "refs/heads/"+j.Branch)
+	if err != nil {
+		return kept("%v", err)
+	}
+	t, err := e.Repo.ResolveCommit(ctx, "refs/heads/"+j.Target)
+	if err != nil {
+		return kept("%v", err)
+	}
+	if ok, err := e.Repo.IsAncestor(ctx, b, t); err != nil || !ok {
+		if err != nil {
+			return kept("%v", err)
+		}
+		return kept("%s has commits that are not in %s (%s)", j.Branch, j.Target, shortID(b))
+	}
+	st, err := gitstate.Git(ctx, wt, "status", "--porcelain", "-z")
+	if err != nil {
+		return kept("git status: %v", err)
+	}
+	if st != "" {
+		return kept("it has uncommitted changes (%s); commit or discard them, then git worktree remove %s", porcelainPaths(st, 3), wt)
+	}
+	if _, err := gitstate.Git(ctx, e.gitDir(), "worktree", "remove", wt); err != nil {
+		return kept("%v", err)
+	}
+	return fmt.Sprintf("worktree %s removed: %s is merged into %s", wt, j.Branch, j.Target)
+}
+
+// porcelainPaths names up to max paths of git status --porcelain -z output,
+// and how many more there are.
+func porcelainPaths(z string, max int) string {
+	var paths []string
+	fields := strings.Split(strings.TrimRight(z, "\x00"), "\x00")
+	for i := 0; i < len(fields); i++ {
+		f := fields[i]
+		if len(f) < 4 {
+			continue
+		}
+		paths = append(paths, f[3:])
+		if f[0] == 'R' || f[0] == 'C' {
+			i++ // the rename's source follows
+		}
+	}
+	if len(paths) > max {
+		return strings.Join(paths[:max], ", ") + fmt.Sprintf(" and %d more", len(paths)-max)
+	}
+	return strings.Join(paths, ", ")
+}
