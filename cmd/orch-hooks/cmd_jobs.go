@@ -120,6 +120,10 @@ func setupEnqueue(fs *flag.FlagSet, c *cli) func([]string) error {
 	}
 }
 
+// worktreesDiskMaxAge is how long status shows a measured figure of the
+// disk task worktrees hold before it walks them again.
+const worktreesDiskMaxAge = 2 * time.Minute
+
 // recentEnded is how many ended jobs status shows without --all.
 const recentEnded = 10
 
@@ -136,7 +140,7 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		// Status needs no configuration, but shows its warnings; a broken
 		// file is every other command's error to report.
-		c.loadConfig()
+		cfg, cfgErr := c.loadConfig()
 		var l gitstate.Listing
 		if *all {
 			l, err = s.All()
@@ -154,6 +158,22 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		if err != nil {
 			return err
+		}
+		// The disk task worktrees hold (they are full checkouts), known
+		// where the configuration says where they are.
+		var disk pipeline.DiskUsage
+		var wtErr error
+		var wtDir string
+		if cfgErr == nil {
+			var lastEnd time.Time
+			for _, j := range l.Jobs {
+				if j.EndedAt.After(lastEnd) {
+					lastEnd = j.EndedAt
+				}
+			}
+			env := &pipeline.Env{Repo: c.repo, Store: s, Config: cfg}
+			wtDir = env.WorktreesDir()
+			disk, wtErr = env.WorktreesDiskCached(worktreesDiskMaxAge, lastEnd)
 		}
 		leases, badLeases, err := lease.Open(s.Dir()).List()
 		if err != nil {
@@ -181,12 +201,16 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 			for _, l := range leases {
 				leasesJSON = append(leasesJSON, toLeaseJSON(l, now))
 			}
-			return writeJSON(c.stdout, map[string]any{
+			out := map[string]any{
 				"jobs":       jobs,
 				"leases":     leasesJSON,
 				"reaper":     last,
 				"unreadable": unreadable,
-			})
+			}
+			if cfgErr == nil && wtErr == nil {
+				out["worktrees_bytes"] = disk.Bytes
+			}
+			return writeJSON(c.stdout, out)
 		}
 		c.printJobTable(l.Jobs)
 		if len(leases) > 0 {
@@ -195,6 +219,13 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		for _, u := range l.Unreadable {
 			fmt.Fprintf(c.stdout, "unreadable: %s: %s\n", termtext.Line(u.Path), termtext.Line(u.Err.Error()))
+		}
+		switch {
+		case wtErr != nil:
+			fmt.Fprintf(c.stdout, "task worktrees: %s\n", termtext.Line(wtErr.Error()))
+		case disk.Worktrees > 0:
+			fmt.Fprintf(c.stdout, "task worktrees: %d under %s hold %s, measured %s ago (orch-hooks gc removes those of long-ended tasks)\n",
+				disk.Worktrees, termtext.Line(wtDir), humanBytes(disk.Bytes), age(time.Now(), disk.MeasuredAt))
 		}
 		switch {
 		case rerr != nil:
