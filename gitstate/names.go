@@ -197,3 +197,20 @@ func RefFileName(branch string) string {
 func RefFromFileName(name string) string {
 	return strings.NewReplacer("%2F", "/", "%25", "%").Replace(name)
 }
+
+// RemoteTrackingHint explains a branch name that is not a local branch but
+// is a remote-tracking one (origin/x with refs/remotes/origin/x and no
+// refs/heads/origin/x): the mistake of naming what git branch -r lists.
+// It says what orch-hooks wants instead, a local branch, and how to make
+// it; "" when branch exists locally or names no remote-tracking ref.
+func (r *Repo) RemoteTrackingHint(branch string) string {
+	if _, ok, err := r.readRef("refs/heads/" + branch); err != nil || ok {
+		return ""
+	}
+	if _, ok, err := r.readRef("refs/remotes/" + branch); err != nil || !ok {
+		return ""
+	}
+	_, local, _ := strings.Cut(branch, "/")
+	return fmt.Sprintf("%s is a remote-tracking branch (refs/remotes/%s), not a local one; orch-hooks works on local branches: git branch %s %s, then --branch %s",
+		branch, branch, local, branch, local)
+}

@@ -104,6 +104,12 @@ func setupEnqueue(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return err
 		}
+		// A branch that does not exist is made from the target when the
+		// job runs: for origin/x that would be a new branch beside the
+		// remote one the user meant.
+		if hint := env.Repo.RemoteTrackingHint(r.Branch); hint != "" {
+			return usageErrorf("enqueue: %s", hint)
+		}
 		j, created, err := env.Enqueue(r)
 		if err != nil {
 			return err
