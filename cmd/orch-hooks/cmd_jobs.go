@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -155,16 +156,14 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 			if err == nil {
 				var recent gitstate.Listing
 				recent, err = s.Recent(recentEnded)
-				// Ended jobs are shown after the active ones, oldest first.
-				for i := len(recent.Jobs) - 1; i >= 0; i-- {
-					l.Jobs = append(l.Jobs, recent.Jobs[i])
-				}
+				l.Jobs = append(l.Jobs, recent.Jobs...)
 				l.Unreadable = append(l.Unreadable, recent.Unreadable...)
 			}
 		}
 		if err != nil {
 			return err
 		}
+		orderJobs(l.Jobs)
 		// The disk task worktrees hold (they are full checkouts), known
 		// where the configuration says where they are.
 		var disk pipeline.DiskUsage
@@ -237,13 +236,37 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		case rerr != nil:
 			fmt.Fprintf(c.stdout, "unreadable: %s\n", termtext.Line(rerr.Error()))
 		case last != nil:
-			fmt.Fprintf(c.stdout, "last reaper pass %s ago: %s\n", age(time.Now(), last.At), passSummary(last))
+			// passSummary starts with "pass: " for reap's own line; here
+			// the line already says what it is.
+			fmt.Fprintf(c.stdout, "last reaper pass %s ago: %s\n", age(time.Now(), last.At), strings.TrimPrefix(passSummary(last), "pass: "))
 			for _, e := range last.Errors {
 				fmt.Fprintf(c.stdout, "  error: %s\n", passErrorString(e))
 			}
 		}
 		return nil
 	}
+}
+
+// orderJobs puts jobs in the order the watch view shows them: running,
+// then queued, then ended, most recently ended first. Within running and
+// queued the listing's order stays.
+func orderJobs(jobs []*gitstate.Job) {
+	rank := func(j *gitstate.Job) int {
+		switch j.Status {
+		case gitstate.Running:
+			return 0
+		case gitstate.Queued:
+			return 1
+		}
+		return 2
+	}
+	sort.SliceStable(jobs, func(a, b int) bool {
+		ra, rb := rank(jobs[a]), rank(jobs[b])
+		if ra != rb {
+			return ra < rb
+		}
+		return ra == 2 && jobs[a].EndedAt.After(jobs[b].EndedAt)
+	})
 }
 
 func (c *cli) printJobTable(jobs []*gitstate.Job) {
