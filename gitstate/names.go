@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"unicode/utf8"
 )
@@ -204,13 +206,26 @@ func RefFromFileName(name string) string {
 // It says what orch-hooks wants instead, a local branch, and how to make
 // it; "" when branch exists locally or names no remote-tracking ref.
 func (r *Repo) RemoteTrackingHint(branch string) string {
+	if ValidateBranch(branch) != nil {
+		return ""
+	}
 	if _, ok, err := r.readRef("refs/heads/" + branch); err != nil || ok {
 		return ""
 	}
-	if _, ok, err := r.readRef("refs/remotes/" + branch); err != nil || !ok {
+	_, ok, err := r.readRef("refs/remotes/" + branch)
+	if err != nil {
+		// Not a plain ref: a symbolic one such as origin/HEAD is still
+		// a remote-tracking name, and no branch to make.
+		_, serr := os.Lstat(filepath.Join(r.CommonDir, "refs", "remotes", filepath.FromSlash(branch)))
+		ok = serr == nil
+	}
+	if !ok {
 		return ""
 	}
 	_, local, _ := strings.Cut(branch, "/")
+	if local == "HEAD" {
+		return fmt.Sprintf("%s is the remote's default-branch pointer (refs/remotes/%s), not a branch; give a local branch name", branch, branch)
+	}
 	return fmt.Sprintf("%s is a remote-tracking branch (refs/remotes/%s), not a local one; orch-hooks works on local branches: git branch %s %s, then --branch %s",
 		branch, branch, local, branch, local)
 }
