@@ -99,6 +99,11 @@ type Logs struct {
 type GC struct {
 	// OlderThanS: jobs ended longer ago than this are removed by gc.
 	OlderThanS int `toml:"older_than_s"`
+	// KeepMergedWorktrees keeps a task's worktree after its merge job
+	// ends done, until gc; by default the worktree is removed then (its
+	// branch merged, no job of the task queued or running, nothing
+	// uncommitted in it).
+	KeepMergedWorktrees bool `toml:"keep_merged_worktrees"`
 }
 
 // OlderThan is OlderThanS as a duration.

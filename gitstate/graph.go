@@ -26,6 +26,11 @@ func (r *Repo) ResolveCommit(ctx context.Context, rev string) (string, error) {
 	if err != nil {
 		var ge *GitError
 		if errors.As(err, &ge) && ge.ExitCode == 1 {
+			if b, ok := strings.CutPrefix(rev, "refs/heads/"); ok {
+				if hint := r.RemoteTrackingHint(b); hint != "" {
+					return "", fmt.Errorf("%s does not name a commit: %s", b, hint)
+				}
+			}
 			return "", fmt.Errorf("%s does not name a commit", strings.TrimPrefix(rev, "refs/heads/"))
 		}
 		return "", err

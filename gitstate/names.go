@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"unicode/utf8"
 )
@@ -17,9 +19,13 @@ func badName(kind, name, why, fix string) error {
 	return fmt.Errorf("%w: %s %q %s; %s", ErrBadName, kind, name, why, fix)
 }
 
-// ValidateBranch accepts the branch names git accepts (git-check-ref-format
-// with --branch), except that a leading '-' is refused too, so a branch name
-// can never be read as an option by a git command.
+// ValidateBranch accepts a branch name as a person types it: a name that
+// git check-ref-format --branch takes and prints back unchanged (gitRefRule),
+// that is valid UTF-8, and that names nothing but the branch wherever git
+// reads a revision (ambiguousBranch): not "@" (git's shorthand for HEAD) and
+// not a full ref name such as refs/heads/x (which git would make
+// refs/heads/refs/heads/x). A name is refused here, at enqueue, rather than
+// by the first git command that runs with it.
 func ValidateBranch(name string) error {
 	return validateRefLike("branch", name)
 }
@@ -31,39 +37,77 @@ func ValidateTask(name string) error {
 }
 
 func validateRefLike(kind, name string) error {
-	fix := "use a name git accepts for a branch (git check-ref-format --branch), not starting with '-'"
+	fix := "use a name git accepts for a branch (git check-ref-format --branch)"
 	switch {
 	case name == "":
 		return badName(kind, name, "is empty", "give a name")
-	case !utf8.ValidString(name):
-		return badName(kind, name, "is not valid UTF-8", fix)
-	case strings.HasPrefix(name, "-"):
-		return badName(kind, name, "starts with '-'", fix)
-	case strings.HasPrefix(name, "/") || strings.HasSuffix(name, "/"):
-		return badName(kind, name, "starts or ends with '/'", fix)
-	case strings.Contains(name, ".."):
-		return badName(kind, name, "contains \"..\"", fix)
-	case strings.Contains(name, "//"):
-		return badName(kind, name, "contains \"//\"", fix)
-	case strings.Contains(name, "@{") || name == "@":
-		return badName(kind, name, "contains \"@{\" or is \"@\"", fix)
-	case strings.HasSuffix(name, "."):
-		return badName(kind, name, "ends with '.'", fix)
-	}
-	for _, r := range name {
-		if r < 0x20 || r == 0x7f {
-			return badName(kind, name, "contains a control character", fix)
+	case strings.HasPrefix(name, "refs/"):
+		short := name
+		for _, p := range []string{"refs/heads/", "refs/remotes/", "refs/"} {
+			if strings.HasPrefix(name, p) {
+				short = strings.TrimPrefix(name, p)
+				break
+			}
 		}
-		if strings.ContainsRune(" ~^:?*[\\", r) {
-			return badName(kind, name, fmt.Sprintf("contains %q", r), fix)
+		return badName(kind, name, "is a full ref name, not a branch name (git would make it refs/heads/"+name+")",
+			fmt.Sprintf("give the name without its refs/.../ prefix, e.g. %q", short))
+	case name == "HEAD" || name == "@":
+		return badName(kind, name, "names the current checkout, not a branch",
+			"give the branch's own name (git branch --show-current prints it)")
+	}
+	if why := gitRefRule(name); why != "" {
+		return badName(kind, name, why, fix)
+	}
+	if !utf8.ValidString(name) {
+		return badName(kind, name, "is not valid UTF-8", fix+", in UTF-8")
+	}
+	return nil
+}
+
+// gitRefRule is git's own rule for a branch name, as git check-ref-format
+// --branch applies it (strbuf_check_branch_ref and check_refname_format in
+// git's refs.c): "refs/heads/"+name must be a valid ref name, the name must
+// not start with '-' and must not be HEAD. It returns why name is refused,
+// or "" when git takes it. It works on bytes, as git does: bytes that are
+// not UTF-8 pass here (ValidateBranch refuses them on its own account).
+// TestGitRefRuleMatchesGit holds it against git over many names.
+func gitRefRule(name string) string {
+	switch {
+	case name == "":
+		return "is empty"
+	case name[0] == '-':
+		return "starts with '-'"
+	case name == "HEAD":
+		return "is HEAD"
+	}
+	for i := 0; i < len(name); i++ {
+		b := name[i]
+		switch {
+		case b < 0x20 || b == 0x7f:
+			return "contains a control character"
+		case strings.IndexByte(" ~^:?*[\\", b) >= 0:
+			return fmt.Sprintf("contains %q", b)
+		case b == '.' && i > 0 && name[i-1] == '.':
+			return "contains \"..\""
+		case b == '{' && i > 0 && name[i-1] == '@':
+			return "contains \"@{\""
 		}
 	}
 	for _, c := range strings.Split(name, "/") {
-		if strings.HasPrefix(c, ".") || strings.HasSuffix(c, ".lock") {
-			return badName(kind, name, "has a component that starts with '.' or ends with \".lock\"", fix)
+		if c == "" {
+			return "has an empty path component (a leading, trailing or doubled '/')"
+		}
+		if c[0] == '.' {
+			return "has a component that starts with '.'"
+		}
+		if strings.HasSuffix(c, ".lock") {
+			return "has a component that ends with \".lock\""
 		}
 	}
-	return nil
+	if strings.HasSuffix(name, ".") {
+		return "ends with '.'"
+	}
+	return ""
 }
 
 // ValidateStage accepts stage names that are safe as a file name component:
@@ -154,4 +198,34 @@ func RefFileName(branch string) string {
 // RefFromFileName inverts RefFileName.
 func RefFromFileName(name string) string {
 	return strings.NewReplacer("%2F", "/", "%25", "%").Replace(name)
+}
+
+// RemoteTrackingHint explains a branch name that is not a local branch but
+// is a remote-tracking one (origin/x with refs/remotes/origin/x and no
+// refs/heads/origin/x): the mistake of naming what git branch -r lists.
+// It says what orch-hooks wants instead, a local branch, and how to make
+// it; "" when branch exists locally or names no remote-tracking ref.
+func (r *Repo) RemoteTrackingHint(branch string) string {
+	if ValidateBranch(branch) != nil {
+		return ""
+	}
+	if _, ok, err := r.readRef("refs/heads/" + branch); err != nil || ok {
+		return ""
+	}
+	_, ok, err := r.readRef("refs/remotes/" + branch)
+	if err != nil {
+		// Not a plain ref: a symbolic one such as origin/HEAD is still
+		// a remote-tracking name, and no branch to make.
+		_, serr := os.Lstat(filepath.Join(r.CommonDir, "refs", "remotes", filepath.FromSlash(branch)))
+		ok = serr == nil
+	}
+	if !ok {
+		return ""
+	}
+	_, local, _ := strings.Cut(branch, "/")
+	if local == "HEAD" {
+		return fmt.Sprintf("%s is the remote's default-branch pointer (refs/remotes/%s), not a branch; give a local branch name", branch, branch)
+	}
+	return fmt.Sprintf("%s is a remote-tracking branch (refs/remotes/%s), not a local one; orch-hooks works on local branches: git branch %s %s, then --branch %s",
+		branch, branch, local, branch, local)
 }

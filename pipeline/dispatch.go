@@ -162,7 +162,11 @@ func (e *Env) Retry(id string) (j *gitstate.Job, created bool, err error) {
 		return nil, false, err
 	}
 	if old.Status != gitstate.Failed && old.Status != gitstate.Cancelled {
-		return old, false, fmt.Errorf("job %s is %s: %w: only a failed or cancelled job can be retried", id, old.Status, ErrWrongStatus)
+		hint := ""
+		if h := e.NewAttemptHint(old); old.Status == gitstate.Done && h != "" {
+			hint = "; " + h
+		}
+		return old, false, fmt.Errorf("job %s is %s: %w: only a failed or cancelled job can be retried%s", id, old.Status, ErrWrongStatus, hint)
 	}
 	r := Request{Task: old.Task, Stage: old.Stage, Branch: old.Branch, Target: old.Target, Attempt: old.Attempt + 1}
 	free, err := e.nextFreeAttempt(r)

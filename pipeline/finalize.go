@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/crashpoint"
@@ -36,6 +37,10 @@ type Result struct {
 	Won bool
 	// Next is the job this one advanced to, when it did.
 	Next *gitstate.Job
+	// Worktree says, for a person, what became of the task's worktree
+	// when this call ended a merge job done (RemoveMergedWorktree); "" when
+	// there was nothing to say.
+	Worktree string
 }
 
 // Finalize ends a running job: the one code path shared by the monitor and
@@ -122,7 +127,25 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 	if next != "" {
 		res.Next, err = e.Advance(ctx, j)
 	}
+	if status == gitstate.Done && stage.Kind == config.KindMerge {
+		// After the advance: a next stage's job keeps the worktree.
+		if res.Worktree = e.RemoveMergedWorktree(ctx, j); res.Worktree != "" {
+			e.logLine(j.ID, res.Worktree)
+		}
+	}
 	return res, err
+}
+
+// logLine appends a line of orch-hooks' own to job id's log, where a person
+// reads what happened to a job that ran detached. Best effort: the log is
+// not the record.
+func (e *Env) logLine(id, line string) {
+	f, err := e.Store.OpenLog(id)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "== orch-hooks %s: %s\n", time.Now().UTC().Format(time.RFC3339), line)
 }
 
 // landed reports whether a merge job a reaper is ending (its monitor gone:

@@ -78,7 +78,11 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 		j.StartedBoot, _ = gitstate.BootTime()
 	})
 	if err == nil && !won {
-		err = fmt.Errorf("job %s is %s: %w; only a queued job can be run (orch-hooks retry %s makes a new attempt)", id, j.Status, ErrNotQueued, id)
+		hint := e.NewAttemptHint(j)
+		if hint != "" {
+			hint = " (" + hint + ")"
+		}
+		err = fmt.Errorf("job %s is %s: %w; only a queued job can be run%s", id, j.Status, ErrNotQueued, hint)
 	}
 	claimed(err)
 	if err != nil {

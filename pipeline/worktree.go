@@ -5,12 +5,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -35,6 +38,10 @@ func (e *Env) WorktreePath(task string) string {
 	}
 	return filepath.Join(e.worktreesBase(), name+"-"+hex.EncodeToString(sum[:4]))
 }
+
+// WorktreesDir is the directory task worktrees are made in (the configured
+// worktrees dir, resolved).
+func (e *Env) WorktreesDir() string { return e.worktreesBase() }
 
 func (e *Env) worktreesBase() string {
 	base := e.Config.Worktrees
@@ -183,4 +190,225 @@ func (e *Env) excludeWorktrees() {
 	}
 	defer f.Close()
 	fmt.Fprintf(f, "\n# orch-hooks job worktrees\n%s\n", pattern)
+}
+
+// RemoveMergedWorktree removes the worktree of merge job j's task once j
+// has ended done: a merged task's full checkout is otherwise kept until gc
+// (7 days by default), and its branch cannot be deleted while it is checked
+// out there. It decides under the task's lock, which a job's start holds
+// across EnsureWorktree, and removes the worktree only when every one of
+// these holds at that moment:
+//
+//   - [gc] keep_merged_worktrees is false;
+//   - the worktree is this tool's (WorktreePath of the task) and has j's
+//     branch checked out — a user's own checkout is never touched;
+//   - no job of the task, or of its branch, is queued or running;
+//   - the branch's tip is an ancestor of the target's: nothing on it is
+//     unmerged;
+//   - git status shows nothing uncommitted or untracked in it.
+//
+// Work is never lost: anything else keeps the worktree. The returned line
+// says what happened, for a person (the job's log, run's stderr, the
+// reaper's action); it is "" when there was nothing to say (no worktree,
+// or the setting keeps it). The branch itself is never deleted.
+func (e *Env) RemoveMergedWorktree(ctx context.Context, j *gitstate.Job) string {
+	if e.Config.GC.KeepMergedWorktrees || j.Status != gitstate.Done {
+		return ""
+	}
+	wt := e.WorktreePath(j.Task)
+	if _, err := os.Lstat(wt); err != nil {
+		return ""
+	}
+	kept := func(format string, args ...any) string {
+		return fmt.Sprintf("worktree %s kept: ", wt) + fmt.Sprintf(format, args...)
+	}
+	unlock, err := e.lockTask(ctx, j.Task)
+	if err != nil {
+		return kept("%v; orch-hooks gc removes it later", err)
+	}
+	defer unlock()
+	if have, err := e.worktreeOf(ctx, j.Branch); err != nil || have != wt {
+		if err != nil {
+			return kept("%v", err)
+		}
+		return "" // not the branch's checkout (moved, or removed already)
+	}
+	l, err := e.Store.Active()
+	if err != nil {
+		return kept("%v; orch-hooks gc removes it later", err)
+	}
+	for _, a := range l.Jobs {
+		if a.Task == j.Task || a.Branch == j.Branch {
+			return kept("job %s of the task is %s in it", a.ID, a.Status)
+		}
+	}
+	b, err := e.Repo.ResolveCommit(ctx, "refs/heads/"+j.Branch)
+	if err != nil {
+		return kept("%v", err)
+	}
+	t, err := e.Repo.ResolveCommit(ctx, "refs/heads/"+j.Target)
+	if err != nil {
+		return kept("%v", err)
+	}
+	if ok, err := e.Repo.IsAncestor(ctx, b, t); err != nil || !ok {
+		if err != nil {
+			return kept("%v", err)
+		}
+		return kept("%s has commits that are not in %s (%s)", j.Branch, j.Target, shortID(b))
+	}
+	st, err := gitstate.Git(ctx, wt, "status", "--porcelain", "-z")
+	if err != nil {
+		return kept("git status: %v", err)
+	}
+	if st != "" {
+		return kept("it has uncommitted changes (%s); commit or discard them, then git worktree remove %s", porcelainPaths(st, 3), wt)
+	}
+	if _, err := gitstate.Git(ctx, e.gitDir(), "worktree", "remove", wt); err != nil {
+		return kept("%v", err)
+	}
+	return fmt.Sprintf("worktree %s removed: %s is merged into %s", wt, j.Branch, j.Target)
+}
+
+// porcelainPaths names up to max paths of git status --porcelain -z output,
+// and how many more there are.
+func porcelainPaths(z string, max int) string {
+	var paths []string
+	fields := strings.Split(strings.TrimRight(z, "\x00"), "\x00")
+	for i := 0; i < len(fields); i++ {
+		f := fields[i]
+		if len(f) < 4 {
+			continue
+		}
+		paths = append(paths, f[3:])
+		if f[0] == 'R' || f[0] == 'C' {
+			i++ // the rename's source follows
+		}
+	}
+	if len(paths) > max {
+		return strings.Join(paths[:max], ", ") + fmt.Sprintf(" and %d more", len(paths)-max)
+	}
+	return strings.Join(paths, ", ")
+}
+
+// WorktreesDisk is the disk that task worktrees hold: what du would say for
+// the configured worktrees dir (allocated blocks, each inode counted once,
+// symlinks not followed, other file systems included), and how many
+// worktrees are in it. The objects a linked worktree uses live in the
+// repository's git dir and are not counted. A dir that does not exist holds
+// nothing. Entries that vanish during the walk (a worktree being removed)
+// are skipped. The walk costs one lstat per file: measured at about 30 ms
+// for a checkout of 15,000 files (see the commit that added it).
+func (e *Env) WorktreesDisk() (bytes int64, worktrees int, err error) {
+	base := e.worktreesBase()
+	ents, err := os.ReadDir(base)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("worktrees dir %s: %w", base, err)
+	}
+	for _, ent := range ents {
+		if ent.IsDir() {
+			worktrees++
+		}
+	}
+	type inode struct{ dev, ino uint64 }
+	seen := map[inode]bool{}
+	err = filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		fi, err := d.Info() // lstat: WalkDir never follows a symlink
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			bytes += fi.Size()
+			return nil
+		}
+		if st.Nlink > 1 && !fi.IsDir() {
+			k := inode{uint64(st.Dev), uint64(st.Ino)}
+			if seen[k] {
+				return nil
+			}
+			seen[k] = true
+		}
+		bytes += int64(st.Blocks) * 512
+		return nil
+	})
+	if err != nil {
+		return bytes, worktrees, fmt.Errorf("worktrees dir %s: %w", base, err)
+	}
+	return bytes, worktrees, nil
+}
+
+// DiskUsage is what task worktrees held when measured.
+type DiskUsage struct {
+	Bytes      int64     `json:"bytes"`
+	Worktrees  int       `json:"worktrees"`
+	Names      []string  `json:"names"` // the worktree dirs measured
+	MeasuredAt time.Time `json:"measured_at"`
+}
+
+// diskCacheFile holds the last DiskUsage in the state dir.
+const diskCacheFile = "worktrees-disk.json"
+
+// WorktreesDiskCached is WorktreesDisk measured at most every maxAge: a walk
+// of task worktrees costs one lstat per file (about 0.8 s of CPU for six
+// checkouts of 11,500 files each), too much for every status. The last
+// figure is kept in the state dir and used while it is younger than maxAge,
+// the same worktrees are there, and no job has ended since (changedAfter:
+// the newest end the caller knows of) — a job's end is when a worktree's
+// size settles. A figure that cannot be saved is still returned.
+func (e *Env) WorktreesDiskCached(maxAge time.Duration, changedAfter time.Time) (DiskUsage, error) {
+	names, err := e.worktreeNames()
+	if err != nil {
+		return DiskUsage{}, err
+	}
+	if len(names) == 0 {
+		return DiskUsage{Names: names, MeasuredAt: time.Now().UTC()}, nil
+	}
+	path := filepath.Join(e.Store.Dir(), diskCacheFile)
+	var cached DiskUsage
+	if b, err := statefile.ReadFile(path, 1<<20); err == nil && json.Unmarshal(b, &cached) == nil {
+		age := time.Since(cached.MeasuredAt)
+		if age >= 0 && age < maxAge && !changedAfter.After(cached.MeasuredAt) && slices.Equal(cached.Names, names) {
+			return cached, nil
+		}
+	}
+	now := time.Now().UTC()
+	bytes, n, err := e.WorktreesDisk()
+	if err != nil {
+		return DiskUsage{}, err
+	}
+	u := DiskUsage{Bytes: bytes, Worktrees: n, Names: names, MeasuredAt: now}
+	if b, err := json.Marshal(u); err == nil {
+		statefile.Replace(path, b) // best effort: the figure stands without it
+	}
+	return u, nil
+}
+
+// worktreeNames lists the directories of the worktrees dir, sorted.
+func (e *Env) worktreeNames() ([]string, error) {
+	ents, err := os.ReadDir(e.worktreesBase())
+	if errors.Is(err, fs.ErrNotExist) {
+		return []string{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("worktrees dir %s: %w", e.worktreesBase(), err)
+	}
+	names := []string{}
+	for _, ent := range ents {
+		if ent.IsDir() {
+			names = append(names, ent.Name())
+		}
+	}
+	return names, nil
 }

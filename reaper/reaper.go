@@ -198,6 +198,9 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		if res.Next != nil {
 			act.Outcome += ", advanced to " + res.Next.ID
 		}
+		if res.Worktree != "" {
+			act.Outcome += "; " + res.Worktree
+		}
 		switch v.tier {
 		case TierDead:
 			snap.Tier1++

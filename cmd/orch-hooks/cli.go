@@ -230,7 +230,11 @@ func (c *cli) run(args []string) error {
 		case a == "--version":
 			args = []string{"version"}
 		case strings.HasPrefix(a, "-"):
-			return usageErrorf("unknown global flag %s; run orch-hooks --help", a)
+			name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			if lookup(name) != nil {
+				return usageErrorf("unknown global flag %s; did you mean the command %s? (run orch-hooks --help)", a, name)
+			}
+			return usageErrorf("unknown global flag %s%s; run orch-hooks --help", a, didYouMean(name, globalFlagNames, dashed))
 		default:
 			goto command
 		}
@@ -245,7 +249,7 @@ command:
 	}
 	cmd := lookup(args[0])
 	if cmd == nil {
-		return usageErrorf("unknown command %q; run orch-hooks --help for the list", args[0])
+		return usageErrorf("unknown command %q%s; run orch-hooks --help for the list", args[0], didYouMean(args[0], commandNames(), func(n string) string { return n }))
 	}
 	c.monitor.Store(cmd.name == "run")
 	fs := flag.NewFlagSet(cmd.name, flag.ContinueOnError)
@@ -257,9 +261,119 @@ command:
 		return flag.ErrHelp
 	}
 	if err != nil {
-		return usageErrorf("%s: %v; run orch-hooks %s --help", cmd.name, err, cmd.name)
+		return usageErrorf("%s: %s; run orch-hooks %s --help", cmd.name, flagError(fs, err), cmd.name)
 	}
 	return runFn(pos)
+}
+
+// dashed is how a flag is written everywhere this command prints one: a
+// one-letter flag with one dash (-C, -f), any other with two (--branch),
+// as git writes them. The flag package reads both forms either way.
+func dashed(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
+}
+
+// globalFlagNames are the flags that go before the command.
+var globalFlagNames = []string{"C", "config", "help", "version"}
+
+func commandNames() []string {
+	names := make([]string, 0, len(commands))
+	for _, c := range commands {
+		names = append(names, c.name)
+	}
+	return names
+}
+
+// flagNames are the flags fs defines.
+func flagNames(fs *flag.FlagSet) []string {
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+	return names
+}
+
+// unknownFlag is the error for a flag fs does not define, with the nearest
+// defined ones.
+type unknownFlag struct{ arg, hint string }
+
+func (e *unknownFlag) Error() string { return "unknown flag " + e.arg + e.hint }
+
+// flagError rewrites an error of the flag package in this command's terms:
+// flags written as --name (the flag package writes -name), an unknown flag
+// with the nearest ones suggested.
+func flagError(fs *flag.FlagSet, err error) string {
+	var uf *unknownFlag
+	if errors.As(err, &uf) {
+		return uf.Error()
+	}
+	msg := err.Error()
+	for _, name := range flagNames(fs) {
+		if len(name) > 1 {
+			msg = strings.ReplaceAll(msg, "flag -"+name+":", "flag "+dashed(name)+":")
+			msg = strings.ReplaceAll(msg, "for -"+name+":", "for "+dashed(name)+":")
+			msg = strings.ReplaceAll(msg, "argument: -"+name, "argument: "+dashed(name))
+		}
+	}
+	return msg
+}
+
+// didYouMean is " (did you mean X?)" (or "X or Y") for the names near
+// typed: those at most two edits away, or of which typed is a prefix (or
+// the other way round), nearest first; "" when none is.
+func didYouMean(typed string, names []string, show func(string) string) string {
+	type cand struct {
+		name string
+		d    int
+	}
+	var cs []cand
+	for _, n := range names {
+		d := editDistance(strings.ToLower(typed), strings.ToLower(n))
+		prefix := typed != "" && (strings.HasPrefix(n, typed) || (len(typed) > len(n) && len(n) > 1 && strings.HasPrefix(typed, n)))
+		if d <= 2 && d < len(n) || prefix {
+			cs = append(cs, cand{n, d})
+		}
+	}
+	if len(cs) == 0 {
+		return ""
+	}
+	sort.SliceStable(cs, func(i, j int) bool {
+		if cs[i].d != cs[j].d {
+			return cs[i].d < cs[j].d
+		}
+		return cs[i].name < cs[j].name
+	})
+	if len(cs) > 3 {
+		cs = cs[:3]
+	}
+	var out []string
+	for _, c := range cs {
+		out = append(out, show(c.name))
+	}
+	return " (did you mean " + strings.Join(out, " or ") + "?)"
+}
+
+// editDistance is the Levenshtein distance between a and b, by runes.
+func editDistance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	prev := make([]int, len(rb)+1)
+	cur := make([]int, len(rb)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		cur[0] = i
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(rb)]
 }
 
 func (c *cli) commandUsage(w io.Writer, cmd *command, fs *flag.FlagSet) {
@@ -271,10 +385,29 @@ func (c *cli) commandUsage(w io.Writer, cmd *command, fs *flag.FlagSet) {
 	fs.VisitAll(func(*flag.Flag) { n++ })
 	if n > 0 {
 		fmt.Fprintf(w, "\nFlags:\n")
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
+		printFlags(w, fs)
 	}
+}
+
+// printFlags is flag.PrintDefaults with each flag written the way the usage
+// line and every message write it (dashed): --branch, not -branch.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, usage := flag.UnquoteUsage(f)
+		line := "  " + dashed(f.Name)
+		if typ != "" {
+			line += " " + typ
+		}
+		line += "\n    \t" + strings.ReplaceAll(usage, "\n", "\n    \t")
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" {
+			if typ == "string" {
+				line += fmt.Sprintf(" (default %q)", f.DefValue)
+			} else {
+				line += fmt.Sprintf(" (default %v)", f.DefValue)
+			}
+		}
+		fmt.Fprintln(w, line)
+	})
 }
 
 // joinDir applies a -C after earlier ones, as git does: a relative
@@ -301,8 +434,12 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 			continue
 		}
 		flags = append(flags, a)
-		name := strings.TrimLeft(a, "-")
-		if strings.Contains(name, "=") {
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if fs.Lookup(name) == nil && name != "h" && name != "help" {
+			typed, _, _ := strings.Cut(a, "=")
+			return nil, &unknownFlag{arg: typed, hint: didYouMean(name, flagNames(fs), dashed)}
+		}
+		if hasValue {
 			continue
 		}
 		if f := fs.Lookup(name); f != nil && !isBoolFlag(f) && i+1 < len(args) {

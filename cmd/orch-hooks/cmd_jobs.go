@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -162,17 +163,31 @@ func setupEnqueue(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return err
 		}
+		// A branch that does not exist is made from the target when the
+		// job runs: for origin/x that would be a new branch beside the
+		// remote one the user meant.
+		if hint := env.Repo.RemoteTrackingHint(r.Branch); hint != "" {
+			return usageErrorf("enqueue: %s", hint)
+		}
 		j, created, err := env.Enqueue(r)
 		if err != nil {
 			return err
 		}
 		if !created {
-			c.errf("job %s already exists (%s); nothing created\n", j.ID, j.Status)
+			hint := env.NewAttemptHint(j)
+			if hint != "" {
+				hint = "; " + hint
+			}
+			c.errf("job %s already exists (%s); nothing created%s\n", j.ID, j.Status, hint)
 		}
 		fmt.Fprintln(c.stdout, j.ID)
 		return nil
 	}
 }
+
+// worktreesDiskMaxAge is how long status shows a measured figure of the
+// disk task worktrees hold before it walks them again.
+const worktreesDiskMaxAge = 2 * time.Minute
 
 // recentEnded is how many ended jobs status shows without --all.
 const recentEnded = 10
@@ -191,7 +206,7 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		// Status needs no configuration, but shows its warnings, and a
 		// broken file first: everything else is still listed (a user
 		// debugging needs it most then), and status exits 2 after.
-		_, cfgErr := c.loadConfig()
+		cfg, cfgErr := c.loadConfig()
 		var l gitstate.Listing
 		if *all {
 			l, err = s.All()
@@ -200,15 +215,29 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 			if err == nil {
 				var recent gitstate.Listing
 				recent, err = s.Recent(recentEnded)
-				// Ended jobs are shown after the active ones, oldest first.
-				for i := len(recent.Jobs) - 1; i >= 0; i-- {
-					l.Jobs = append(l.Jobs, recent.Jobs[i])
-				}
+				l.Jobs = append(l.Jobs, recent.Jobs...)
 				l.Unreadable = append(l.Unreadable, recent.Unreadable...)
 			}
 		}
 		if err != nil {
 			return err
+		}
+		orderJobs(l.Jobs)
+		// The disk task worktrees hold (they are full checkouts), known
+		// where the configuration says where they are.
+		var disk pipeline.DiskUsage
+		var wtErr error
+		var wtDir string
+		if cfgErr == nil {
+			var lastEnd time.Time
+			for _, j := range l.Jobs {
+				if j.EndedAt.After(lastEnd) {
+					lastEnd = j.EndedAt
+				}
+			}
+			env := &pipeline.Env{Repo: c.repo, Store: s, Config: cfg}
+			wtDir = env.WorktreesDir()
+			disk, wtErr = env.WorktreesDiskCached(worktreesDiskMaxAge, lastEnd)
 		}
 		leases, badLeases, err := lease.Open(s.Dir()).List()
 		if err != nil {
@@ -236,13 +265,18 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 			for _, l := range leases {
 				leasesJSON = append(leasesJSON, toLeaseJSON(l, now))
 			}
-			if err := writeJSON(c.stdout, map[string]any{
-				"jobs":         jobs,
-				"leases":       leasesJSON,
-				"reaper":       last,
-				"unreadable":   unreadable,
-				"config_error": toConfigErrorJSON(cfgErr),
-			}); err != nil {
+			out := map[string]any{
+				"jobs":            jobs,
+				"leases":          leasesJSON,
+				"reaper":          last,
+				"unreadable":      unreadable,
+				"config_error":    toConfigErrorJSON(cfgErr),
+				"worktrees_bytes": nil,
+			}
+			if cfgErr == nil && wtErr == nil {
+				out["worktrees_bytes"] = disk.Bytes
+			}
+			if err := writeJSON(c.stdout, out); err != nil {
 				return err
 			}
 			return withCode(exitUsage, cfgErr)
@@ -259,10 +293,19 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 			fmt.Fprintf(c.stdout, "unreadable: %s: %s\n", termtext.Line(u.Path), termtext.Line(u.Err.Error()))
 		}
 		switch {
+		case wtErr != nil:
+			fmt.Fprintf(c.stdout, "task worktrees: %s\n", termtext.Line(wtErr.Error()))
+		case disk.Worktrees > 0:
+			fmt.Fprintf(c.stdout, "task worktrees: %d under %s hold %s, measured %s ago (orch-hooks gc removes those of long-ended tasks)\n",
+				disk.Worktrees, termtext.Line(wtDir), humanBytes(disk.Bytes), age(time.Now(), disk.MeasuredAt))
+		}
+		switch {
 		case rerr != nil:
 			fmt.Fprintf(c.stdout, "unreadable: %s\n", termtext.Line(rerr.Error()))
 		case last != nil:
-			fmt.Fprintf(c.stdout, "last reaper pass %s ago: %s\n", age(time.Now(), last.At), passSummary(last))
+			// passSummary starts with "pass: " for reap's own line; here
+			// the line already says what it is.
+			fmt.Fprintf(c.stdout, "last reaper pass %s ago: %s\n", age(time.Now(), last.At), strings.TrimPrefix(passSummary(last), "pass: "))
 			for _, e := range last.Errors {
 				fmt.Fprintf(c.stdout, "  error: %s\n", passErrorString(e))
 			}
@@ -272,6 +315,28 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		return nil
 	}
+}
+
+// orderJobs puts jobs in the order the watch view shows them: running,
+// then queued, then ended, most recently ended first. Within running and
+// queued the listing's order stays.
+func orderJobs(jobs []*gitstate.Job) {
+	rank := func(j *gitstate.Job) int {
+		switch j.Status {
+		case gitstate.Running:
+			return 0
+		case gitstate.Queued:
+			return 1
+		}
+		return 2
+	}
+	sort.SliceStable(jobs, func(a, b int) bool {
+		ra, rb := rank(jobs[a]), rank(jobs[b])
+		if ra != rb {
+			return ra < rb
+		}
+		return ra == 2 && jobs[a].EndedAt.After(jobs[b].EndedAt)
+	})
 }
 
 func (c *cli) printJobTable(jobs []*gitstate.Job) {

@@ -195,7 +195,8 @@ func setupLease(fs *flag.FlagSet, c *cli) func([]string) error {
 			}
 			return c.printLeases(mgr, *asJSON)
 		}
-		return usageErrorf("lease: unknown subcommand %q; use acquire, release, renew, run or status", sub)
+		return usageErrorf("lease: unknown subcommand %q%s; use acquire, release, renew, run or status", sub,
+			didYouMean(sub, []string{"acquire", "release", "renew", "run", "status"}, func(n string) string { return n }))
 	}
 }
 

@@ -67,6 +67,9 @@ func setupRun(fs *flag.FlagSet, c *cli) func([]string) error {
 		j := res.Job
 		if j.Status == gitstate.Done {
 			c.errf("%s: done (%s)\n", j.ID, termtext.Line(j.Reason))
+			if res.Worktree != "" {
+				c.errf("%s\n", res.Worktree)
+			}
 			if res.Next != nil {
 				c.errf("next: %s\n", res.Next.ID)
 			}
