@@ -92,8 +92,9 @@ func testLeaseFromScript(t *testing.T, shell string, argv []string, line string,
 	}
 	run(0, "git", "init", "-q", "-b", "main")
 	run(0, "git", "commit", "-q", "--allow-empty", "-m", "base")
-	run(0, "git", "branch", "feat")
-	run(0, "git", "commit", "-q", "--allow-empty", "-m", "on main")
+	run(0, "git", "checkout", "-q", "-b", "feat")
+	run(0, "git", "commit", "-q", "--allow-empty", "-m", "on feat")
+	run(0, "git", "checkout", "-q", "main")
 	run(0, "orch-hooks", "init")
 
 	// The script takes the lease, tells the test its pid and token, and
@@ -143,7 +144,9 @@ func testLeaseFromScript(t *testing.T, shell string, argv []string, line string,
 	if l := leaseOf(t, run(0, "orch-hooks", "lease", "status", "--json")); l.PID != pid || !l.Stale {
 		t.Fatalf("after the script ended: lease owner pid %d stale %v, want %d stale", l.PID, l.Stale, pid)
 	}
-	run(0, "orch-hooks", "merge", "--branch", "feat", "--wait", "0s")
+	if out := run(0, "orch-hooks", "merge", "--branch", "feat", "--wait", "0s"); !strings.Contains(out, "main fast-forwarded") {
+		t.Fatalf("merge after the script ended: %s", out)
+	}
 }
 
 // leaseOf is the one lease of lease status --json.
