@@ -53,7 +53,7 @@ is refused (exit 1) when that worktree has local changes or cannot be
 brought along. The lease lives lease.ttl_s (ORCH_LEASE_TTL_S). --check decides and reports without writing (a
 CI pre-merge step). --remote R fetches first and pushes the result with
 --force-with-lease. Without --token the merge takes the target's lease,
-waiting up to --wait (default 10m). Exit 3: conflict, not a fast-forward
+waiting up to --wait (default 10m; 0s: not at all). Exit 3: conflict, not a fast-forward
 with --ff-only, stale token, lease busy.`,
 			setup: setupMerge},
 	)
