@@ -23,6 +23,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(nsHelper())
 	}
+	if os.Getenv(ownerHelperEnv) != "" {
+		os.Exit(ownerHelper())
+	}
 	os.Exit(m.Run())
 }
 

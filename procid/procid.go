@@ -79,7 +79,11 @@ func (l Liveness) String() string {
 // Stat is what this package reads from /proc/<pid>/stat.
 type Stat struct {
 	State byte // field 3: R, S, D, Z, T, ...
+	PPID  int  // field 4
 	PGID  int  // field 5
+	// Flags is field 9, the kernel's PF_* flags of the process (see
+	// PFForkNoExec).
+	Flags uint32
 	// StartTime is field 22, which /proc shows shifted by the reader's time
 	// namespace boot-time offset; ReadStat takes that offset off again, so
 	// this is ticks of the host's CLOCK_BOOTTIME wherever it was read.
@@ -124,15 +128,23 @@ func parseStat(b []byte) (Stat, error) {
 	if len(f) < 20 || len(f[0]) != 1 {
 		return Stat{}, fmt.Errorf("malformed /proc stat %q", b)
 	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return Stat{}, fmt.Errorf("malformed /proc stat ppid %q: %w", f[1], err)
+	}
 	pgid, err := strconv.Atoi(f[2])
 	if err != nil {
 		return Stat{}, fmt.Errorf("malformed /proc stat pgrp %q: %w", f[2], err)
+	}
+	flags, err := strconv.ParseUint(f[6], 10, 32)
+	if err != nil {
+		return Stat{}, fmt.Errorf("malformed /proc stat flags %q: %w", f[6], err)
 	}
 	start, err := strconv.ParseUint(f[19], 10, 64)
 	if err != nil {
 		return Stat{}, fmt.Errorf("malformed /proc stat starttime %q: %w", f[19], err)
 	}
-	return Stat{State: f[0][0], PGID: pgid, StartTime: start}, nil
+	return Stat{State: f[0][0], PPID: ppid, PGID: pgid, Flags: uint32(flags), StartTime: start}, nil
 }
 
 var (

@@ -117,7 +117,7 @@ func TestParseStat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Stat{State: 'S', PGID: 4240, StartTime: 987654}); st != want {
+	if want := (Stat{State: 'S', PPID: 1, PGID: 4240, Flags: 4194560, StartTime: 987654}); st != want {
 		t.Fatalf("parseStat = %+v, want %+v", st, want)
 	}
 	for _, bad := range []string{"", "1 (x", "1 (x) S 1 2", "1 (x) SS 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20"} {

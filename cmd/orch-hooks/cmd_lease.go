@@ -22,9 +22,13 @@ func init() {
 	commands = append(commands,
 		&command{name: "lease", args: "(acquire | release | run | status) [flags]", summary: "merge leases: acquire, release, run a command under one, status",
 			help: `  lease acquire --target T [--ttl D] [--wait D] [--holder NAME] [--pid PID]
-        take the target's lease and print its fencing token. The lease is
-        owned by the calling process (this command's parent) unless --pid
-        names another: when the owner dies, the lease is stale.
+        take the target's lease and print its fencing token. The lease
+        belongs to the script that ran the command: the nearest ancestor
+        that is not a subshell, so t=$(orch-hooks lease acquire ...), with
+        or without redirects, in bash, dash, zsh or a CI step, is held by
+        the script, not by the subshell of $(...). It is stale when that
+        script ends. Use --pid to name another owner, or lease run to hold
+        it for one command.
   lease release --target T --token N
         release it; a token that is no longer current exits 3, lease untouched.
   lease renew --target T --token N
@@ -50,7 +54,7 @@ merge keeps them; a change (or an untracked file) in a path the merge
 changes refuses it (exit 1), naming the paths, and nothing is touched. The lease lives lease.ttl_s (ORCH_LEASE_TTL_S). --check decides and reports without writing (a
 CI pre-merge step). --remote R fetches first and pushes the result with
 --force-with-lease. Without --token the merge takes the target's lease,
-waiting up to --wait (default 10m). Exit 3: conflict, not a fast-forward
+waiting up to --wait (default 10m; 0s: not at all). Exit 3: conflict, not a fast-forward
 with --ff-only, stale token, lease busy.`,
 			setup: setupMerge},
 	)
@@ -80,7 +84,7 @@ func setupLease(fs *flag.FlagSet, c *cli) func([]string) error {
 	ttl := fs.Duration("ttl", 0, "time to live without renewal (default: lease.ttl_s of orch.toml)")
 	wait := fs.Duration("wait", 0, "how long to wait for a held lease (default 0: fail at once)")
 	holder := fs.String("holder", "", "holder name shown in status (default: user@host)")
-	pid := fs.Int("pid", 0, "owning process (acquire; default: the calling process)")
+	pid := fs.Int("pid", 0, "owning process (acquire; default: the script that ran the command, subshells skipped)")
 	tokenStr := fs.String("token", "", "fencing token (release, renew)")
 	asJSON := fs.Bool("json", false, "print JSON (status)")
 	return func(args []string) error {
@@ -135,13 +139,13 @@ func setupLease(fs *flag.FlagSet, c *cli) func([]string) error {
 			if err := needTarget(); err != nil {
 				return err
 			}
-			ownerPID := *pid
-			if ownerPID == 0 {
-				ownerPID = os.Getppid()
-			}
-			owner, err := procid.Of(ownerPID)
-			if err != nil {
-				return usageErrorf("lease acquire: --pid %d: %v", ownerPID, err)
+			var owner procid.Identity
+			if *pid != 0 {
+				if owner, err = procid.Of(*pid); err != nil {
+					return usageErrorf("lease acquire: --pid %d: %v", *pid, err)
+				}
+			} else if owner, err = procid.ScriptOwner(); err != nil {
+				return fmt.Errorf("lease acquire: finding the script that owns the lease: %w; name the owner with --pid PID, or use lease run", err)
 			}
 			req, err := request(owner)
 			if err != nil {
@@ -355,6 +359,12 @@ func setupMerge(fs *flag.FlagSet, c *cli) func([]string) error {
 			}
 		default:
 			return usageErrorf("merge: give a job id or --branch B; run orch-hooks merge --help")
+		}
+		if req.Wait <= 0 {
+			// merge.Request reads a zero Wait as its default (10m);
+			// --wait 0s on the command line means fail at once if busy,
+			// as for lease acquire.
+			req.Wait = time.Nanosecond
 		}
 		if *tokenStr != "" {
 			if req.Token, err = strconv.ParseUint(*tokenStr, 10, 64); err != nil || req.Token == 0 {

@@ -135,6 +135,8 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 		"killjob": cmdKillJob,
 		// Builds a repository in one of git's layouts (layout scripts).
 		"mklayout": cmdMkLayout,
+		// Writes README's CI recipe for a forge as a script (ci_* scripts).
+		"cirecipe": cmdCIRecipe,
 	}
 }
 
