@@ -58,6 +58,13 @@ func setupInstall(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		c.errf("hooks in %s run %s\n", dir, c.hookBinary())
 		c.sayShared(dir, "install")
+		if r, err := c.openRepo(); err == nil {
+			if _, err := os.Stat(r.StateDir()); errors.Is(err, os.ErrNotExist) {
+				// The hooks stay silent in a repository that is not
+				// initialised; install is where a user learns why.
+				c.errf("this repository is not initialised yet, so the hooks do nothing: run orch-hooks init\n")
+			}
+		}
 		return nil
 	}
 }

@@ -356,6 +356,16 @@ func setupMerge(fs *flag.FlagSet, c *cli) func([]string) error {
 					return err
 				}
 				req.Target = cfg.Target
+				if cfg.Path == "" {
+					// No orch.toml yet (before init): the target is the
+					// one init would write, not a "main" this repository
+					// may not have.
+					r, err := c.openRepo()
+					if err != nil {
+						return err
+					}
+					req.Target, _ = initTarget(c, r)
+				}
 			}
 		default:
 			return usageErrorf("merge: give a job id or --branch B; run orch-hooks merge --help")
