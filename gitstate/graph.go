@@ -155,16 +155,37 @@ func (r *Repo) rewritesParents() bool {
 	return err == nil && bytes.Contains(packed, []byte(" refs/replace/"))
 }
 
+// ErrShallow marks an answer a shallow clone cannot give: its history is
+// cut, so the merge base git would use may not be the real one.
+var ErrShallow = errors.New("history is cut")
+
+func (r *Repo) isShallow() bool {
+	_, err := os.Stat(filepath.Join(r.CommonDir, "shallow"))
+	return err == nil
+}
+
 // MergeTree computes the merge of theirs into ours with git merge-tree
 // --write-tree, touching no worktree and no ref (it writes tree and blob
 // objects). It returns the merged tree, or, on a conflict, the conflicting
 // paths as named (-z: no quoting of unusual bytes) with an empty tree. Both
 // sides must be resolved commits (ResolveCommit): on git 2.39 an unknown
-// ref exits 1 like a conflict.
+// ref exits 1 like a conflict. In a shallow clone a failure or a conflict
+// is an error wrapping ErrShallow, never a definite conflict.
 func (r *Repo) MergeTree(ctx context.Context, ours, theirs string) (tree string, conflicts []string, err error) {
 	out, err := GitBytes(ctx, r.CommonDir, nil, "merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", ours, theirs)
 	var ge *GitError
 	conflict := errors.As(err, &ge) && ge.ExitCode == 1
+	if (err != nil) && r.isShallow() {
+		// A cut history hides the fork point: git then finds no merge base
+		// ("unrelated histories") or an older one, whose conflicts may not
+		// be real. Neither is a definite answer.
+		what := "fails"
+		if conflict {
+			what = "reports a conflict"
+		}
+		return "", nil, fmt.Errorf("git merge-tree %s, but this clone is shallow (%s exists), so the merge base may be past the cut: %w; run git fetch --unshallow (or fetch deeper), then run this again: %v",
+			what, filepath.Join(r.CommonDir, "shallow"), ErrShallow, err)
+	}
 	if err != nil && !conflict {
 		return "", nil, err
 	}
