@@ -282,14 +282,21 @@ func (e Explanation) String() string {
 	case e.Outcome != "":
 		s += e.Outcome + ": " + e.Why
 	case e.Action == ActionReap:
-		s += "reap (" + e.Tier + "): " + e.Why
+		s += "a pass now would end it (" + e.Tier + "): " + e.Why
+	case e.Action == ActionObserve:
+		s += "a pass now would count it: " + e.Why
 	default:
 		s += e.Why
 	}
 	if e.MaxRunningLeftS != nil && e.Tier != TierMaxRunning {
 		s += "; max_running in " + short(time.Duration(*e.MaxRunningLeftS)*time.Second)
 	}
-	if e.NextPassInS != nil {
+	switch {
+	case e.NextPassInS == nil:
+		s += "; no reaper pass has run yet"
+	case *e.NextPassInS == 0:
+		s += "; next pass due now"
+	default:
 		s += "; next pass due in " + short(time.Duration(*e.NextPassInS)*time.Second)
 	}
 	return termtext.Line(s)

@@ -139,6 +139,12 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 	age, ok := c.stampAge(j.StartedAt, j.StartedBoot, local, &seen.Started, count)
 	sg.runningAge, sg.runningOK = age, ok
 	if ok && age > cfg.MaxRunning() {
+		if all && local {
+			// Not needed for the verdict; said in the explanation.
+			if ok, _ := procid.Judgeable(j.Monitor); ok {
+				sg.judgeable, sg.procs = true, checkProcs(j, groups, true)
+			}
+		}
 		return verdict{tier: TierMaxRunning, why: fmt.Sprintf("running for %s, longer than max_running_s = %d", age.Round(time.Second), cfg.MaxRunningS),
 			ending: pipeline.Ending{EndedBy: gitstate.EndedByReaperMaxRunning, Failure: ReasonTimeout}}
 	}
