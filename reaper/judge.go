@@ -226,6 +226,8 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 		v.tier, v.why = TierDead, fmt.Sprintf("%s on %d consecutive observations", why, s.Count)
 		v.ending = pipeline.Ending{EndedBy: gitstate.EndedByReaperDead, Failure: ReasonLost,
 			OnlyIf: func(cur *gitstate.Job) bool { return cur.ExitCode == nil }}
+		// A dry run counts nothing: it says what it would end.
+		v.observed = v.observed && count
 		return v
 	}
 	if v.observed {
