@@ -76,7 +76,7 @@ type Explanation struct {
 type Process struct {
 	PID    int    `json:"pid"`
 	State  string `json:"state"` // ProcAlive, ProcDead, ...
-	Detail string `json:"detail,omitempty"`
+	Detail string `json:"detail"`
 }
 
 // DeadStreak is a tier-1 streak: Count consecutive dead observations of

@@ -315,3 +315,18 @@ func TestPassReportsWhatItSaw(t *testing.T) {
 		t.Fatalf("running reported without Explain: %+v", snap.Running)
 	}
 }
+
+// With the reaper off, Explain says so and a pass does nothing: no job is
+// predicted to end.
+func TestExplainDisabled(t *testing.T) {
+	f := newFixture(t)
+	f.cfg.Reaper.Enabled = false
+	j := f.running("off", "build", func(j *gitstate.Job) { j.Monitor = deadProc(t) })
+	e := f.explainAt(time.Hour)[j.ID]
+	if e.Action != reaper.ActionNone || !strings.Contains(e.Why, "reaper disabled") {
+		t.Fatalf("explanation %+v, want no action, reaper disabled", e)
+	}
+	if snap := f.pass(time.Hour, reaper.Options{Explain: true}); !snap.Disabled || len(snap.Actions) != 0 {
+		t.Fatalf("disabled pass: %+v", snap)
+	}
+}
