@@ -178,7 +178,7 @@ func explain(j *gitstate.Job, v verdict, cfg config.Reaper, c clock, next *time.
 		default:
 			p.State = ProcUnknown
 		}
-		if ps.group || name != "monitor" {
+		if name != "monitor" {
 			g := fmt.Sprintf("process group %d", id.PID)
 			if p.Detail == "" {
 				p.Detail = g
@@ -231,17 +231,20 @@ func explain(j *gitstate.Job, v verdict, cfg config.Reaper, c clock, next *time.
 			e.Why = fmt.Sprintf("exit code %d recorded and a process alive: reaped if no progress %s (%s since %s, finalize_grace_s = %d)",
 				*j.ExitCode, "in "+short(left), short(sg.progressAge), what, cfg.FinalizeGraceS)
 		default:
-			e.Why = fmt.Sprintf("exit code %d recorded and a process alive: the %s stamp lies in the future (the clock moved); finalize_grace_s counts from this pass", *j.ExitCode, what)
+			e.Why = fmt.Sprintf("exit code %d recorded and a process alive: the stamp of %s lies in the future (the clock moved), so finalize_grace_s counts from the first pass that saw it", *j.ExitCode, what)
 		}
 	case !sg.dead:
-		alive := "a process"
+		alive, state := "a process", "alive"
 		for _, p := range sg.procs {
-			if p.live != procid.Dead {
+			if p.err != nil || p.live != procid.Dead {
 				alive = p.name
+				if p.err != nil || p.live != procid.Alive {
+					state = "not confirmed dead"
+				}
 				break
 			}
 		}
-		e.Why = "not reaped: " + alive + " alive (tier 1 waits until every process is dead)"
+		e.Why = "not reaped: " + alive + " " + state + " (tier 1 waits until every process is dead)"
 		if alive != "monitor" && e.Monitor.State != ProcAlive {
 			e.Why += "; with its monitor dead no exit code will be recorded: when the command ends the job fails lost, or max_running ends it"
 		}

@@ -145,6 +145,30 @@ func TestExplainStates(t *testing.T) {
 			want: want{seen: "processes on host elsewhere.example", action: reaper.ActionNone, monitor: reaper.ProcForeign,
 				maxLeft: secs(3600 - 60), why: "only max_running judges it"},
 		},
+		{
+			name: "another boot of this host",
+			set: func(t *testing.T, j *gitstate.Job) {
+				j.Monitor = liveProc(t)
+				j.Monitor.BootID = "an-earlier-boot"
+			},
+			at: 0,
+			want: want{seen: "processes on another boot of this host", action: reaper.ActionNone, monitor: reaper.ProcForeign,
+				maxLeft: secs(3600), why: "only max_running judges it"},
+		},
+		{
+			name: "another pid namespace",
+			set: func(t *testing.T, j *gitstate.Job) {
+				j.Monitor = liveProc(t)
+				ns, err := procid.PidNS()
+				if err != nil {
+					t.Skipf("pid namespace unreadable here: %v", err)
+				}
+				j.Monitor.PidNS = ns + 1
+			},
+			at: 0,
+			want: want{seen: "processes in another pid namespace", action: reaper.ActionNone, monitor: reaper.ProcForeign,
+				maxLeft: secs(3600), why: "only max_running judges it"},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
