@@ -19,6 +19,39 @@ type verdict struct {
 	observed bool   // a dead observation was counted this pass
 	note     string // what happened to a job left alone, worth reporting
 	err      error
+	seen     sight // what the verdict was made of, for explanations
+}
+
+// sight is what judge saw of one job on its way to the verdict: the same
+// numbers the tiers compared, so that an explanation (Explain, a pass's
+// Snapshot.Running) says exactly why the pass did what it did.
+type sight struct {
+	local     bool // on this host and boot
+	judgeable bool // and in this pid namespace: tiers 1 and 2 apply
+	procs     []procSeen
+	dead      bool // every process confirmed dead by identity
+	// Tier 3: the age of the job's start, when one could be measured.
+	runningAge time.Duration
+	runningOK  bool
+	// Tier 2: the age of the last progress stamp, when one was compared.
+	progressAge time.Duration
+	progressOK  bool
+	progressOf  string // "exit code recorded" or "finalize step k started"
+	// Tier 1: the streak after this pass (counted: this pass counted an
+	// observation), and how long since its last counted observation.
+	streak      Streak
+	streakOK    bool // a streak exists after this pass
+	counted     bool
+	streakSince time.Duration
+}
+
+// procSeen is one process (or process group) of a job and its liveness.
+type procSeen struct {
+	name  string // "monitor", "command", "finalize step"
+	id    procid.Identity
+	group bool // judged as a process group
+	live  procid.Liveness
+	err   error
 }
 
 // groupChecker answers process-group liveness (a procid.GroupTable).
@@ -83,10 +116,16 @@ func (c clock) stampAge(wall time.Time, boot time.Duration, local bool, seen **S
 
 // judge applies the three tiers to one running job. count says whether to
 // record the observation in st (false for a dry run, which writes nothing).
-func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupChecker, count bool) verdict {
+// all makes it check every process of the job, for an explanation, where
+// the verdict needs only up to the first one found not dead; the verdict is
+// the same either way.
+func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupChecker, count, all bool) (v verdict) {
 	local := procid.Local(j.Monitor)
 	seen := st.Seen[j.ID]
+	var sg sight
+	sg.local = local
 	defer func() {
+		v.seen = sg
 		if !count {
 			return
 		}
@@ -97,7 +136,15 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 		}
 	}()
 	// Tier 3 first: it applies to every job, wherever it runs.
-	if age, ok := c.stampAge(j.StartedAt, j.StartedBoot, local, &seen.Started, count); ok && age > cfg.MaxRunning() {
+	age, ok := c.stampAge(j.StartedAt, j.StartedBoot, local, &seen.Started, count)
+	sg.runningAge, sg.runningOK = age, ok
+	if ok && age > cfg.MaxRunning() {
+		if all && local {
+			// Not needed for the verdict; said in the explanation.
+			if ok, _ := procid.Judgeable(j.Monitor); ok {
+				sg.judgeable, sg.procs = true, checkProcs(j, groups, true)
+			}
+		}
 		return verdict{tier: TierMaxRunning, why: fmt.Sprintf("running for %s, longer than max_running_s = %d", age.Round(time.Second), cfg.MaxRunningS),
 			ending: pipeline.Ending{EndedBy: gitstate.EndedByReaperMaxRunning, Failure: ReasonTimeout}}
 	}
@@ -109,7 +156,10 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 	if ok, err := procid.Judgeable(j.Monitor); !ok {
 		return verdict{err: err}
 	}
-	dead, why, err := allDead(j, groups)
+	sg.judgeable = true
+	sg.procs = checkProcs(j, groups, all)
+	dead, why, err := allDead(sg.procs)
+	sg.dead = dead
 	if err != nil {
 		return verdict{err: err}
 	}
@@ -137,7 +187,9 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 		if j.FinalizeStep > 0 {
 			what = fmt.Sprintf("finalize step %d started", j.FinalizeStep)
 		}
-		if age, ok := c.stampAge(wall, boot, local, &seen.Progress, count); ok && age >= cfg.FinalizeGrace() {
+		age, ok := c.stampAge(wall, boot, local, &seen.Progress, count)
+		sg.progressAge, sg.progressOK, sg.progressOf = age, ok, what
+		if ok && age >= cfg.FinalizeGrace() {
 			// Ended while its monitor lives: whatever step it is stuck in
 			// is stopped, so the reaped job causes no further effect.
 			return verdict{tier: TierExitCode, stop: true, ending: ending,
@@ -155,7 +207,6 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 		}
 		return verdict{}
 	}
-	v := verdict{}
 	since := c.now.Sub(s.Last)
 	if s.BootID == c.bootID && s.LastBoot > 0 && c.boot >= s.LastBoot {
 		since = c.boot - s.LastBoot
@@ -167,6 +218,7 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 		s.Last, s.LastBoot, s.BootID = c.now, c.boot, c.bootID
 		v.observed = true
 	}
+	sg.streak, sg.streakOK, sg.counted, sg.streakSince = s, true, v.observed, since
 	if count {
 		st.Streaks[j.ID] = s
 	}
@@ -174,6 +226,8 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 		v.tier, v.why = TierDead, fmt.Sprintf("%s on %d consecutive observations", why, s.Count)
 		v.ending = pipeline.Ending{EndedBy: gitstate.EndedByReaperDead, Failure: ReasonLost,
 			OnlyIf: func(cur *gitstate.Job) bool { return cur.ExitCode == nil }}
+		// A dry run counts nothing: it says what it would end.
+		v.observed = v.observed && count
 		return v
 	}
 	if v.observed {
@@ -186,15 +240,14 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 	return v
 }
 
-// allDead reports whether every process of the job is confirmed dead by
-// identity: its monitor, the command's process group (until the command is
+// checkProcs checks the processes of the job in the order allDead judges
+// them: its monitor, the command's process group (until the command is
 // stamped, the monitor alone speaks for the job) and a finalize step's.
-func allDead(j *gitstate.Job, groups groupChecker) (bool, string, error) {
-	l, err := procid.Check(j.Monitor)
-	if err != nil || l != procid.Dead {
-		return false, "", err
-	}
-	why := "monitor dead"
+// Unless all, it stops at the first one not confirmed dead.
+func checkProcs(j *gitstate.Job, groups groupChecker, all bool) []procSeen {
+	m := procSeen{name: "monitor", id: j.Monitor}
+	m.live, m.err = procid.Check(j.Monitor)
+	ps := []procSeen{m}
 	for _, g := range []struct {
 		name string
 		id   procid.Identity
@@ -202,11 +255,30 @@ func allDead(j *gitstate.Job, groups groupChecker) (bool, string, error) {
 		if g.id.IsZero() {
 			continue
 		}
-		l, err := groups.GroupLiveness(g.id)
-		if err != nil || l != procid.Dead {
-			return false, "", err
+		if last := ps[len(ps)-1]; !all && (last.err != nil || last.live != procid.Dead) {
+			break
 		}
-		why += ", " + g.name + " process group gone"
+		p := procSeen{name: g.name, id: g.id, group: true}
+		p.live, p.err = groups.GroupLiveness(g.id)
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// allDead reports whether every process checked is confirmed dead by
+// identity, and the first error of a process that could not be judged.
+func allDead(ps []procSeen) (bool, string, error) {
+	var why string
+	for i, p := range ps {
+		if p.err != nil || p.live != procid.Dead {
+			return false, "", p.err
+		}
+		switch {
+		case i == 0:
+			why = p.name + " dead"
+		default:
+			why += ", " + p.name + " process group gone"
+		}
 	}
 	return true, why, nil
 }

@@ -69,6 +69,29 @@ type Options struct {
 	// Snapshot.Deferred, for a caller with a small time budget (a git hook)
 	// to hand to a background pass.
 	DeferSlow bool
+	// Explain checks every process of every running job, not only up to
+	// the first one found alive, and reports what the pass saw of each
+	// job and did about it in Snapshot.Running. The verdicts are the same.
+	Explain bool
+}
+
+// readClock is the pass's reading of the wall and boot clocks.
+func (opts Options) readClock() clock {
+	now := time.Now
+	if opts.Now != nil {
+		now = opts.Now
+	}
+	bootNow := gitstate.BootTime
+	if opts.BootNow != nil {
+		bootNow = opts.BootNow
+	}
+	c := clock{now: now()}
+	if b, ok := bootNow(); ok {
+		if id, err := procid.BootID(); err == nil {
+			c.boot, c.bootID = b, id
+		}
+	}
+	return c
 }
 
 // RunOnce makes one reaper pass over the jobs of env and returns its
@@ -80,17 +103,8 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 	if opts.Now != nil {
 		now = opts.Now
 	}
-	bootNow := gitstate.BootTime
-	if opts.BootNow != nil {
-		bootNow = opts.BootNow
-	}
-	start := now()
-	c := clock{now: start}
-	if b, ok := bootNow(); ok {
-		if id, err := procid.BootID(); err == nil {
-			c.boot, c.bootID = b, id
-		}
-	}
+	c := opts.readClock()
+	start := c.now
 	snap := &Snapshot{At: start.UTC(), DryRun: opts.DryRun, Actions: []Action{}, Errors: []PassError{}}
 	cfg := env.Config.Reaper
 	if opts.DryRun && !env.Store.ReadOnly {
@@ -128,7 +142,7 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		alive := map[string]bool{}
 		for i, j := range running {
 			alive[j.ID] = true
-			verdicts[i] = judge(j, st, cfg, c, table, !opts.DryRun)
+			verdicts[i] = judge(j, st, cfg, c, table, !opts.DryRun, opts.Explain)
 		}
 		for id := range st.Streaks {
 			if !alive[id] {
@@ -142,6 +156,10 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		}
 		return nil
 	}
+	// The next pass is due an interval after this one, or after the last
+	// one saved when this one is dry.
+	next := c.now.Add(cfg.Interval())
+	nextAt := &next
 	if opts.DryRun {
 		st, err := LoadState(env.Store.Dir())
 		if err != nil {
@@ -149,6 +167,7 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 			st = &State{Streaks: map[string]Streak{}, Seen: map[string]Seen{}}
 		}
 		judgeAll(st)
+		nextAt = nextPass(st.LastPass, cfg)
 	} else if err := updateState(ctx, env.Store.Dir(), judgeAll); err != nil {
 		snap.Errors = append(snap.Errors, PassError{Message: err.Error()})
 		if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
@@ -163,63 +182,78 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 			break
 		}
 		v := verdicts[i]
-		if v.err != nil {
-			snap.Errors = append(snap.Errors, PassError{Job: j.ID, Message: v.err.Error()})
-		}
-		if v.observed {
-			snap.Observed++
-		}
-		if v.tier == "" {
-			if v.note != "" {
+		// What the pass did, said on each way out; reported with what it
+		// saw when asked.
+		outcome := func() string {
+			if v.err != nil {
+				snap.Errors = append(snap.Errors, PassError{Job: j.ID, Message: v.err.Error()})
+			}
+			if v.observed {
+				snap.Observed++
+			}
+			if v.tier == "" {
+				if v.note == "" {
+					return "left running"
+				}
 				snap.Actions = append(snap.Actions, Action{Job: j.ID, Tier: TierDead, Outcome: v.note, Observation: true})
+				if opts.DryRun {
+					return fmt.Sprintf("would count observation %d of %d", v.seen.streak.Count, cfg.DeadTicks)
+				}
+				return fmt.Sprintf("observation %d of %d counted", v.seen.streak.Count, cfg.DeadTicks)
 			}
-			continue
-		}
-		if v.tier == TierExitCode && opts.DeferSlow && env.HasCommandGates(j) {
-			snap.Deferred++
-			continue
-		}
-		act := Action{Job: j.ID, Tier: v.tier}
-		if opts.DryRun {
-			act.Outcome = "would end: " + v.why
+			if v.tier == TierExitCode && opts.DeferSlow && env.HasCommandGates(j) {
+				snap.Deferred++
+				return "deferred to a background pass"
+			}
+			act := Action{Job: j.ID, Tier: v.tier}
+			if opts.DryRun {
+				act.Outcome = "would end: " + v.why
+				snap.Actions = append(snap.Actions, act)
+				return "would end it"
+			}
+			res, err := env.Finalize(ctx, j.ID, v.ending)
+			switch {
+			case err != nil:
+				snap.Errors = append(snap.Errors, PassError{Job: j.ID, Message: err.Error()})
+				return "could not end it: " + err.Error()
+			case !res.Won:
+				// Someone else ended it first: nothing to do, nothing done.
+				return "ended by someone else first"
+			}
+			act.Outcome = fmt.Sprintf("%s (%s)", res.Job.Status, res.Job.Reason)
+			outcome := "ended: " + act.Outcome
+			if res.Next != nil {
+				act.Outcome += ", advanced to " + res.Next.ID
+			}
+			if res.Worktree != "" {
+				act.Outcome += "; " + res.Worktree
+			}
+			switch v.tier {
+			case TierDead:
+				snap.Tier1++
+			case TierExitCode:
+				snap.Tier2++
+			case TierMaxRunning:
+				snap.Tier3++
+				v.stop = true
+			}
+			if v.stop {
+				grace := opts.StopGrace
+				if grace == 0 {
+					grace = StopGraceDefault
+				}
+				if err := pipeline.StopGroups(res.Job, grace); err != nil {
+					snap.Errors = append(snap.Errors, PassError{Job: j.ID, Message: "stop processes: " + err.Error()})
+				}
+			}
 			snap.Actions = append(snap.Actions, act)
-			continue
+			return outcome
+		}()
+		if opts.Explain {
+			e := explain(j, v, cfg, c, nextAt)
+			e.Outcome = outcome
+			snap.Running = append(snap.Running, e)
 		}
-		res, err := env.Finalize(ctx, j.ID, v.ending)
-		switch {
-		case err != nil:
-			snap.Errors = append(snap.Errors, PassError{Job: j.ID, Message: err.Error()})
-			continue
-		case !res.Won:
-			// Someone else ended it first: nothing to do, nothing done.
-			continue
-		}
-		act.Outcome = fmt.Sprintf("%s (%s)", res.Job.Status, res.Job.Reason)
-		if res.Next != nil {
-			act.Outcome += ", advanced to " + res.Next.ID
-		}
-		if res.Worktree != "" {
-			act.Outcome += "; " + res.Worktree
-		}
-		switch v.tier {
-		case TierDead:
-			snap.Tier1++
-		case TierExitCode:
-			snap.Tier2++
-		case TierMaxRunning:
-			snap.Tier3++
-			v.stop = true
-		}
-		if v.stop {
-			grace := opts.StopGrace
-			if grace == 0 {
-				grace = StopGraceDefault
-			}
-			if err := pipeline.StopGroups(res.Job, grace); err != nil {
-				snap.Errors = append(snap.Errors, PassError{Job: j.ID, Message: "stop processes: " + err.Error()})
-			}
-		}
-		snap.Actions = append(snap.Actions, act)
 	}
 
 	if ctx.Err() == nil {

@@ -75,6 +75,9 @@ type Snapshot struct {
 	LeasesReclaimed int         `toml:"leases_reclaimed" json:"leases_reclaimed"`
 	Actions         []Action    `toml:"actions,omitempty" json:"actions"`
 	Errors          []PassError `toml:"errors,omitempty" json:"errors"`
+	// Running is what the pass saw of each running job and did about it,
+	// when asked (Options.Explain); not kept in the state file.
+	Running []Explanation `toml:"-" json:"running,omitempty"`
 }
 
 // Action is one thing a pass did (or, dry, would do). An observation only

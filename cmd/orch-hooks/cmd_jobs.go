@@ -251,10 +251,11 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 		if rerr == nil {
 			last = rs.LastPass
 		}
+		explained, explainErr := c.explainRunning(s, l.Jobs)
 		if *asJSON {
 			jobs := []jobJSON{}
 			for _, j := range l.Jobs {
-				jobs = append(jobs, toJobJSON(j))
+				jobs = append(jobs, withExplanation(toJobJSON(j), explained))
 			}
 			unreadable := toUnreadableJSON(l.Unreadable)
 			if rerr != nil {
@@ -285,6 +286,7 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 			fmt.Fprintf(c.stdout, "config error: %s\n  hooks make no reaper pass and a running watch keeps its last good config until it is fixed\n\n", termtext.Line(cfgErr.Error()))
 		}
 		c.printJobTable(l.Jobs)
+		printExplanations(c.stdout, l.Jobs, explained, explainErr)
 		if len(leases) > 0 {
 			fmt.Fprintln(c.stdout)
 			c.printLeaseTable(leases, time.Now())
@@ -385,10 +387,16 @@ func setupShow(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return jobLookupError(err)
 		}
+		explained, explainErr := c.explainRunning(s, []*gitstate.Job{j})
 		if *asJSON {
-			return writeJSON(c.stdout, toJobJSON(j))
+			return writeJSON(c.stdout, withExplanation(toJobJSON(j), explained))
 		}
 		c.printJob(s, j)
+		if e, ok := explained[j.ID]; ok {
+			printExplanation(c.stdout, e)
+		} else if explainErr != nil {
+			printExplanations(c.stdout, nil, nil, explainErr)
+		}
 		return nil
 	}
 }

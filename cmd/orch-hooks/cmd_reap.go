@@ -15,14 +15,18 @@ import (
 
 func init() {
 	commands = append(commands,
-		&command{name: "reap", args: "[--dry-run] [--json]", summary: "one reaper pass; print what it did (or would do)",
+		&command{name: "reap", args: "[--dry-run] [-v] [--json]", summary: "one reaper pass; print what it did (or would do)",
 			help: `Judges every running job by the three tiers of liveness (dead processes
 on dead_ticks observations; exit code recorded but never finalized; running
 past max_running_s), ends the dead ones through the shared finalize path,
 enqueues next jobs a crash lost, and reclaims stale merge leases. Prints one
-line per action and a summary on stderr; --json prints the pass snapshot on
-stdout. --dry-run writes nothing at all. ORCH_REAPER_ENABLED=0 makes it a
-no-op that says so.`,
+line per action and a summary on stderr that says what the pass saw of
+the running jobs; -v adds one line per running job: each process alive or
+dead by identity, the dead-observation streak, the exit code and finalize
+grace left, the time to max_running, and what the pass did and why. --json
+prints the pass snapshot on stdout, with "running": one report per job.
+--dry-run writes nothing at all. ORCH_REAPER_ENABLED=0 makes it a no-op
+that says so.`,
 			setup: setupReap},
 	)
 }
@@ -30,6 +34,7 @@ no-op that says so.`,
 func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
 	dry := fs.Bool("dry-run", false, "judge and report, write nothing")
 	asJSON := fs.Bool("json", false, "print the pass snapshot as JSON")
+	verbose := fs.Bool("v", false, "one line per running job: what the pass saw and did")
 	return func(args []string) error {
 		if err := needArgs("reap", args, 0, 0, "no arguments"); err != nil {
 			return err
@@ -53,7 +58,7 @@ func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
 				lockErr = err
 			}
 		}
-		snap, err := reaper.RunOnce(c.ctx, env, reaper.Options{DryRun: *dry, Leases: lease.Open(env.Repo.StateDir())})
+		snap, err := reaper.RunOnce(c.ctx, env, reaper.Options{DryRun: *dry, Explain: true, Leases: lease.Open(env.Repo.StateDir())})
 		if err != nil {
 			return err
 		}
@@ -70,6 +75,11 @@ func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		for _, a := range snap.Actions {
 			c.errf("%s\n", a)
+		}
+		if *verbose {
+			for _, e := range snap.Running {
+				c.errf("%s\n", termtext.Line(e.Job+": "+e.String()))
+			}
 		}
 		for _, e := range snap.Errors {
 			c.errf("error: %s\n", passErrorString(e))
@@ -132,6 +142,6 @@ func passSummary(s *reaper.Snapshot) string {
 	if s.Deferred > 0 {
 		deferred = fmt.Sprintf(", %d deferred", s.Deferred)
 	}
-	return fmt.Sprintf("%s: %d running scanned, reaped %d dead / %d exit-code / %d max-running, %d observed, %d repaired, %d leases reclaimed%s, %d errors, %d ms",
-		prefix, s.Scanned, s.Tier1, s.Tier2, s.Tier3, s.Observed, s.Repaired, s.LeasesReclaimed, deferred, len(s.Errors), s.DurationMS)
+	return fmt.Sprintf("%s: %s, reaped %d dead / %d exit-code / %d max-running, %d observed, %d repaired, %d leases reclaimed%s, %d errors, %d ms",
+		prefix, runningSummary(s), s.Tier1, s.Tier2, s.Tier3, s.Observed, s.Repaired, s.LeasesReclaimed, deferred, len(s.Errors), s.DurationMS)
 }

@@ -133,6 +133,8 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 		"pidgone":    cmdPIDGone,
 		// Makes a zombie job for real (hooks_*, watch_* scripts).
 		"killjob": cmdKillJob,
+		// Kills a running job's monitor alone; its command lives on.
+		"killmonitor": cmdKillMonitor,
 		// Builds a repository in one of git's layouts (layout scripts).
 		"mklayout": cmdMkLayout,
 		// Writes README's CI recipe for a forge as a script (ci_* scripts).
@@ -572,5 +574,29 @@ func cmdKillJob(ts *testscript.TestScript, neg bool, args []string) {
 	})
 	if !ok {
 		ts.Fatalf("killjob %s: processes still alive after %s", j.ID, waitLimit)
+	}
+}
+
+// killmonitor JOB kills the monitor of running job JOB, and only it, by
+// the identity its record holds (checked alive first: the monitor is a
+// child of the script, so its pid cannot be reused before the script's
+// wait), and waits until it is dead. The job's command is left running.
+func cmdKillMonitor(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: killmonitor JOB")
+	}
+	data, err := os.ReadFile(ts.MkAbs(filepath.Join(".git", "orch", "jobs", args[0]+".toml")))
+	ts.Check(err)
+	j, err := gitstate.DecodeJob(data)
+	ts.Check(err)
+	if j.Status != gitstate.Running {
+		ts.Fatalf("killmonitor: %s is %s, not running", j.ID, j.Status)
+	}
+	if l, err := procid.Check(j.Monitor); l != procid.Alive {
+		ts.Fatalf("killmonitor: the monitor of %s (%s) is %s (%v), not alive", j.ID, j.Monitor, l, err)
+	}
+	ts.Check(syscall.Kill(j.Monitor.PID, syscall.SIGKILL))
+	if !pollUntil(func() bool { l, _ := procid.Check(j.Monitor); return l != procid.Alive }) {
+		ts.Fatalf("killmonitor %s: monitor still alive after %s", j.ID, waitLimit)
 	}
 }

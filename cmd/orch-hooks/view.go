@@ -9,6 +9,7 @@ import (
 
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/reaper"
 )
 
 // jobJSON is the stable --json shape of a job (DESIGN.md "Command line").
@@ -37,6 +38,9 @@ type jobJSON struct {
 	Gates      []gitstate.GateResult `json:"gates"`
 	Merging    string                `json:"merging,omitempty"`
 	PrevCommit string                `json:"prev_commit,omitempty"`
+	// Reaper is what a reaper pass made now would see and do (status and
+	// show, for a running job; absent otherwise).
+	Reaper *reaper.Explanation `json:"reaper,omitempty"`
 }
 
 func rfc3339(t time.Time) *string {
