@@ -16,6 +16,7 @@ import (
 
 	"github.com/orch-hooks/orch-hooks/faultgit"
 	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/rogpeppe/go-internal/testscript"
 	"golang.org/x/sys/unix"
@@ -184,6 +185,10 @@ func setupGit(env *testscript.Env, example string) error {
 		vars = append(vars, kv)
 	}
 	env.Vars = vars
+	// A script that fails while a job of its own runs would otherwise hang:
+	// testscript then waits for its background commands' output, which the
+	// job's processes hold open. Deferred work runs before that wait.
+	env.Defer(func() { stopScriptJobs(env.WorkDir) })
 
 	home := filepath.Join(env.WorkDir, "home")
 	if err := os.MkdirAll(home, 0o755); err != nil {
@@ -599,4 +604,32 @@ func cmdKillMonitor(ts *testscript.TestScript, neg bool, args []string) {
 	if !pollUntil(func() bool { l, _ := procid.Check(j.Monitor); return l != procid.Alive }) {
 		ts.Fatalf("killmonitor %s: monitor still alive after %s", j.ID, waitLimit)
 	}
+}
+
+// stopScriptJobs kills what the running jobs of every state dir under dir
+// still have alive: each monitor, then each job's process groups, all
+// confirmed by the identity their record holds (a recycled pid is never
+// signalled). These are processes the script started; nothing else is.
+func stopScriptJobs(dir string) {
+	_ = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() || d.Name() != "running" || filepath.Base(filepath.Dir(path)) != "orch" {
+			return nil
+		}
+		entries, _ := os.ReadDir(path)
+		for _, e := range entries {
+			data, err := os.ReadFile(filepath.Join(filepath.Dir(path), "jobs", e.Name()+".toml"))
+			if err != nil {
+				continue
+			}
+			j, err := gitstate.DecodeJob(data)
+			if err != nil || j.Status != gitstate.Running {
+				continue
+			}
+			if l, _ := procid.Check(j.Monitor); l == procid.Alive {
+				_ = syscall.Kill(j.Monitor.PID, syscall.SIGKILL)
+			}
+			_ = pipeline.StopGroups(j, 0)
+		}
+		return filepath.SkipDir
+	})
 }
