@@ -5,9 +5,13 @@
 // It watches, with fsnotify (inotify on Linux, kqueue on macOS and the BSDs,
 // ReadDirectoryChangesW on Windows):
 //
-//   - active/: a marker created (a job enqueued, or the next stage's job of
-//     an advance) or removed (a job ended or was cancelled: a slot may be
-//     free);
+//   - active/: a marker removed (a job ended or was cancelled: a slot may
+//     be free);
+//   - jobs/: the record of a job whose active/ marker was created since (a
+//     job enqueued, or the next stage's job of an advance): gitstate writes
+//     the marker first and the record after it, and a reader skips a
+//     marker without a record, so a dispatch told of the marker alone would
+//     find nothing. Other record writes (claims, progress) are not work;
 //   - running/: a marker removed (a running job ended);
 //   - advance/: a marker created (a done job is about to enqueue its next);
 //   - leases/: a lease record removed (released or reclaimed);
@@ -18,9 +22,11 @@
 //     (watching the directory, not the file: editors replace a file by
 //     renaming a new one over it, which a watch on the old file never sees).
 //
-// Bursts are coalesced: the first change arms a timer of Delay, and every
-// change until the consumer takes them is folded into one Change, so 100
-// jobs enqueued at once make a few dispatches, not 100. A notification
+// Bursts are coalesced: the first change is told at once and opens a window
+// of Delay; the changes that come in the window, and any until the
+// consumer takes them, are folded into one Change told when it closes. So
+// a lone change costs no wait, and 100 jobs enqueued at once make a few
+// dispatches, not 100. A notification
 // never carries the content of the change: the consumer looks at the state
 // itself, as it would on its interval tick, so a lost or spurious
 // notification costs a look or a delay, never a wrong decision.
@@ -53,20 +59,24 @@ const (
 	Config
 	// Events: the event log grew.
 	Events
+	// Leases: a lease record was written or removed (taken, renewed,
+	// released, reclaimed); a removal is Work too.
+	Leases
 
 	// All is what an overflowed or failed watch reports: look at everything.
-	All = Work | Config | Events
+	All = Work | Config | Events | Leases
 )
 
-// DelayDefault is how long after the first change of a burst the consumer
-// is told: short next to the 100 ms watch promises, long enough that the
-// few files one transition touches (a record, two markers, an event line)
-// come as one notification.
+// DelayDefault is the coalescing window: after a change is told, the next
+// is told no sooner than this. Short next to the 100 ms watch promises;
+// long enough that the few files one transition touches (a record, two
+// markers, an event line) make one or two notifications.
 const DelayDefault = 15 * time.Millisecond
 
 // The directories of the state dir whose changes mean work (see the package
 // comment); gitstate.Store and lease.Manager own their names.
 const (
+	jobsDir    = "jobs"
 	activeDir  = "active"
 	runningDir = "running"
 	advanceDir = "advance"
@@ -74,7 +84,14 @@ const (
 	eventsFile = "events.jsonl"
 )
 
-var watchedSubdirs = []string{activeDir, runningDir, advanceDir, leasesDir}
+var watchedSubdirs = []string{jobsDir, activeDir, runningDir, advanceDir, leasesDir}
+
+// recordExt ends a job record's name in jobs/.
+const recordExt = ".toml"
+
+// enqueuingMax bounds the ids remembered between an active/ marker and its
+// record: an enqueuer that died between the two leaves one behind.
+const enqueuingMax = 4096
 
 // Watcher reports changes of one state dir and one configuration file.
 // Ready and Take may be used from one goroutine at a time; Close from any.
@@ -84,6 +101,9 @@ type Watcher struct {
 	cfgDir   string // "" when no configuration file is watched
 	cfgName  string
 	delay    time.Duration
+	// enqueuing holds the ids whose active/ marker was created and whose
+	// record has not been seen yet (loop goroutine only).
+	enqueuing map[string]struct{}
 
 	mu      sync.Mutex
 	pending Change
@@ -108,12 +128,13 @@ func New(stateDir, configPath string, delay time.Duration) (*Watcher, error) {
 		return nil, fmt.Errorf("watch %s for changes: %w", stateDir, err)
 	}
 	w := &Watcher{
-		fs:       fw,
-		stateDir: filepath.Clean(stateDir),
-		delay:    delay,
-		ready:    make(chan struct{}, 1),
-		closed:   make(chan struct{}),
-		done:     make(chan struct{}),
+		fs:        fw,
+		enqueuing: map[string]struct{}{},
+		stateDir:  filepath.Clean(stateDir),
+		delay:     delay,
+		ready:     make(chan struct{}, 1),
+		closed:    make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	// The state dir first, so that a subdirectory created while the others
 	// are added is seen (and added) by the loop.
@@ -231,7 +252,8 @@ func (w *Watcher) fail(err error) {
 	w.signal()
 }
 
-// note folds c into the pending changes and arms the coalescing timer.
+// note folds c into the pending changes: told at once when no window is
+// open, else when it closes.
 func (w *Watcher) note(c Change) {
 	if c == 0 {
 		return
@@ -242,12 +264,29 @@ func (w *Watcher) note(c Change) {
 	if w.armed {
 		return
 	}
+	w.signal()
+	w.openWindow()
+}
+
+// openWindow arms the timer that closes a window (w.mu held): changes
+// pending then are told, and a new window opens for those after them.
+func (w *Watcher) openWindow() {
 	w.armed = true
 	time.AfterFunc(w.delay, func() {
 		w.mu.Lock()
-		w.armed = false
-		w.mu.Unlock()
+		defer w.mu.Unlock()
+		select {
+		case <-w.closed:
+			w.armed = false
+			return
+		default:
+		}
+		if w.pending == 0 {
+			w.armed = false
+			return
+		}
 		w.signal()
+		w.openWindow()
 	})
 }
 
@@ -284,7 +323,23 @@ func (w *Watcher) classify(ev fsnotify.Event) Change {
 			c |= Work
 		}
 	case filepath.Join(w.stateDir, activeDir):
-		if ev.Has(fsnotify.Create | fsnotify.Remove | fsnotify.Rename) {
+		switch {
+		case ev.Has(fsnotify.Create):
+			if len(w.enqueuing) >= enqueuingMax {
+				for id := range w.enqueuing {
+					delete(w.enqueuing, id)
+					break
+				}
+			}
+			w.enqueuing[base] = struct{}{}
+		case ev.Has(fsnotify.Remove | fsnotify.Rename):
+			delete(w.enqueuing, base)
+			c |= Work
+		}
+	case filepath.Join(w.stateDir, jobsDir):
+		id, ok := strings.CutSuffix(base, recordExt)
+		if _, marked := w.enqueuing[id]; ok && marked && ev.Has(fsnotify.Create) {
+			delete(w.enqueuing, id)
 			c |= Work
 		}
 	case filepath.Join(w.stateDir, runningDir):
@@ -296,7 +351,13 @@ func (w *Watcher) classify(ev fsnotify.Event) Change {
 			c |= Work
 		}
 	case filepath.Join(w.stateDir, leasesDir):
-		if strings.HasSuffix(base, ".toml") && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+		if !strings.HasSuffix(base, ".toml") {
+			break
+		}
+		if ev.Has(fsnotify.Create | fsnotify.Remove | fsnotify.Rename) {
+			c |= Leases
+		}
+		if ev.Has(fsnotify.Remove | fsnotify.Rename) {
 			c |= Work
 		}
 	}
