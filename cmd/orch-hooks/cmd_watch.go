@@ -139,11 +139,11 @@ type watcher struct {
 // not tell it of changes.
 const pollEvery = time.Second
 
-// configSettle is how long after a notified change of orch.toml watch reads
-// it again: config.Reloader defers a file modified less than 50 ms ago (an
-// editor may be half-way through writing it), so the read right after the
-// notification may be deferred, and this one is not.
-const configSettle = 55 * time.Millisecond
+// configSettle is how long after its modification watch reads a notified
+// orch.toml again: config.Reloader defers a file modified less than 50 ms
+// ago (an editor may be half-way through writing it), so the read right
+// after the notification may be deferred, and this one is not.
+const configSettle = 52 * time.Millisecond
 
 // NotifyEnv set to 0 turns file-system notifications off: watch then looks
 // for work every pollEvery (for a state dir on a network file system, whose
@@ -290,9 +290,16 @@ func (w *watcher) react(ctx context.Context) {
 	}
 	if c&statewatch.Config != 0 {
 		w.cfg.Invalidate()
-		w.settle.Reset(configSettle)
-		if w.checkConfig() == config.Reloaded {
+		switch w.checkConfig() {
+		case config.Reloaded:
 			c |= statewatch.Work
+		case config.Unchanged:
+			// Maybe deferred as too fresh: look again once it is not.
+			wait := configSettle
+			if st := config.StatStamp(w.cfg.Path()); st.Exists {
+				wait = time.Until(time.Unix(0, st.MTime).Add(configSettle))
+			}
+			w.settle.Reset(min(max(wait, time.Millisecond), configSettle))
 		}
 	}
 	if c&statewatch.Work != 0 {
