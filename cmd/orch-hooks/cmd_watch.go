@@ -133,6 +133,8 @@ type watcher struct {
 	settle *time.Timer
 	// leases as last said (line mode), by target, to say what changed.
 	leases map[string]*lease.Lease
+	// logModeAt is when env.Store.LogMode was last read (refreshLogMode).
+	logModeAt time.Time
 }
 
 // pollEvery is how often watch looks for work when the file system does
@@ -392,7 +394,6 @@ func (w *watcher) tick(ctx context.Context) {
 	}
 	w.checkConfig()
 	w.env.Store.Actor = "watch"
-	w.refreshLogMode(ctx)
 	func() {
 		if unlock, err := statefile.TryLock(w.env.Store.LockPath(hooks.PassLock)); err == nil {
 			defer unlock()
@@ -422,6 +423,7 @@ func (w *watcher) tick(ctx context.Context) {
 // would refuse it, and checkConfig said so).
 func (w *watcher) dispatchJobs(ctx context.Context) {
 	if w.dispatch && ctx.Err() == nil && w.cfg.Err() == nil {
+		w.refreshLogMode(ctx)
 		started, err := w.env.Dispatch(ctx, w.env.StartMonitor(w.exe, w.env.MonitorArgs()...))
 		if !w.tty {
 			for _, id := range started {
@@ -439,11 +441,15 @@ func (w *watcher) dispatchJobs(ctx context.Context) {
 
 // refreshLogMode fixes the mode of the job logs this watch creates
 // (StartMonitor opens each started job's log) from core.sharedRepository,
-// as gitstate.Store does for each log, but once per pass: a git process per
-// dispatched job was a fifth of the time from a job's enqueue to its
-// command's start. A change of core.sharedRepository applies from the next
-// pass.
+// as gitstate.Store does for each log, but once per interval: a git process
+// per dispatched job was a fifth of the time from a job's enqueue to its
+// command's start. A change of core.sharedRepository applies within an
+// interval.
 func (w *watcher) refreshLogMode(ctx context.Context) {
+	if !w.logModeAt.IsZero() && time.Since(w.logModeAt) < w.interval {
+		return
+	}
+	w.logModeAt = time.Now()
 	gitDir := filepath.Dir(w.env.Store.Dir())
 	v, err := gitstate.Git(ctx, gitDir, "--git-dir", gitDir, "config", "--get", "core.sharedRepository")
 	if err != nil {
@@ -471,8 +477,9 @@ func (w *watcher) printEvents() error {
 }
 
 // live runs the terminal view: the alternate screen, redrawn every second,
-// on resize, after each tick and on each change notified, restored on exit. It writes its own escape
-// codes to the raw stream; render escapes every text it shows.
+// on resize, after each tick and on each change notified, restored on exit.
+// It writes its own escape codes to the raw stream; render escapes every
+// text it shows.
 func (w *watcher) live(ctx context.Context) error {
 	out := w.c.rawStdout
 	io.WriteString(out, "\x1b[?1049h\x1b[?25l") // alternate screen, hide cursor
