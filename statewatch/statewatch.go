@@ -7,11 +7,14 @@
 //
 //   - active/: a marker removed (a job ended or was cancelled: a slot may
 //     be free);
-//   - jobs/: the record of a job whose active/ marker was created since (a
-//     job enqueued, or the next stage's job of an advance): gitstate writes
+//   - active/: a marker created (a job enqueued, or the next stage's job
+//     of an advance), told once the job's record is there: gitstate writes
 //     the marker first and the record after it, and a reader skips a
-//     marker without a record, so a dispatch told of the marker alone would
-//     find nothing. Other record writes (claims, progress) are not work;
+//     marker without a record, so a dispatch told of the marker alone
+//     could find nothing. The record is looked for (a stat every 2 ms, for
+//     a second at most) rather than watched: jobs/ holds every ended job's
+//     record, and kqueue (macOS, the BSDs) opens a descriptor per file of
+//     a watched directory;
 //   - running/: a marker removed (a running job ended);
 //   - advance/: a marker created (a done job is about to enqueue its next);
 //   - leases/: a lease record removed (released or reclaimed);
@@ -36,6 +39,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -84,14 +88,22 @@ const (
 	eventsFile = "events.jsonl"
 )
 
-var watchedSubdirs = []string{jobsDir, activeDir, runningDir, advanceDir, leasesDir}
+var watchedSubdirs = []string{activeDir, runningDir, advanceDir, leasesDir}
 
 // recordExt ends a job record's name in jobs/.
 const recordExt = ".toml"
 
-// enqueuingMax bounds the ids remembered between an active/ marker and its
-// record: an enqueuer that died between the two leaves one behind.
+// enqueuingMax bounds the ids waited for between an active/ marker and its
+// record.
 const enqueuingMax = 4096
+
+// recordLook is how often the records of new markers are looked for, and
+// recordWait how long: an enqueuer that died between marker and record
+// leaves a job no reader sees until the next Create completes it.
+const (
+	recordLook = 2 * time.Millisecond
+	recordWait = time.Second
+)
 
 // Watcher reports changes of one state dir and one configuration file.
 // Ready and Take may be used from one goroutine at a time; Close from any.
@@ -102,8 +114,9 @@ type Watcher struct {
 	cfgName  string
 	delay    time.Duration
 	// enqueuing holds the ids whose active/ marker was created and whose
-	// record has not been seen yet (loop goroutine only).
-	enqueuing map[string]struct{}
+	// record has not been seen yet, with when to give up (loop goroutine
+	// only).
+	enqueuing map[string]time.Time
 
 	mu      sync.Mutex
 	pending Change
@@ -129,7 +142,7 @@ func New(stateDir, configPath string, delay time.Duration) (*Watcher, error) {
 	}
 	w := &Watcher{
 		fs:        fw,
-		enqueuing: map[string]struct{}{},
+		enqueuing: map[string]time.Time{},
 		stateDir:  filepath.Clean(stateDir),
 		delay:     delay,
 		ready:     make(chan struct{}, 1),
@@ -214,10 +227,21 @@ func (w *Watcher) Close() error {
 
 func (w *Watcher) loop() {
 	defer close(w.done)
+	look := time.NewTimer(time.Hour)
+	look.Stop()
+	defer look.Stop()
+	looking := false
 	for {
+		if len(w.enqueuing) > 0 && !looking {
+			look.Reset(recordLook)
+			looking = true
+		}
 		select {
 		case <-w.closed:
 			return
+		case <-look.C:
+			looking = false
+			w.note(w.lookForRecords())
 		case ev, ok := <-w.fs.Events:
 			if !ok {
 				w.fail(errors.New("the file-system watch ended"))
@@ -325,21 +349,17 @@ func (w *Watcher) classify(ev fsnotify.Event) Change {
 	case filepath.Join(w.stateDir, activeDir):
 		switch {
 		case ev.Has(fsnotify.Create):
-			if len(w.enqueuing) >= enqueuingMax {
-				for id := range w.enqueuing {
-					delete(w.enqueuing, id)
-					break
-				}
+			if w.hasRecord(base) {
+				c |= Work
+				break
 			}
-			w.enqueuing[base] = struct{}{}
+			if len(w.enqueuing) >= enqueuingMax {
+				c |= Work // too many to follow: look now
+				break
+			}
+			w.enqueuing[base] = time.Now().Add(recordWait)
 		case ev.Has(fsnotify.Remove | fsnotify.Rename):
 			delete(w.enqueuing, base)
-			c |= Work
-		}
-	case filepath.Join(w.stateDir, jobsDir):
-		id, ok := strings.CutSuffix(base, recordExt)
-		if _, marked := w.enqueuing[id]; ok && marked && ev.Has(fsnotify.Create) {
-			delete(w.enqueuing, id)
 			c |= Work
 		}
 	case filepath.Join(w.stateDir, runningDir):
@@ -359,6 +379,29 @@ func (w *Watcher) classify(ev fsnotify.Event) Change {
 		}
 		if ev.Has(fsnotify.Remove | fsnotify.Rename) {
 			c |= Work
+		}
+	}
+	return c
+}
+
+// hasRecord reports whether job id's record is in jobs/.
+func (w *Watcher) hasRecord(id string) bool {
+	_, err := os.Lstat(filepath.Join(w.stateDir, jobsDir, id+recordExt))
+	return err == nil
+}
+
+// lookForRecords tells Work when a record followed a new marker, and
+// forgets the markers waited for too long.
+func (w *Watcher) lookForRecords() Change {
+	var c Change
+	now := time.Now()
+	for id, until := range w.enqueuing {
+		switch {
+		case w.hasRecord(id):
+			delete(w.enqueuing, id)
+			c |= Work
+		case now.After(until):
+			delete(w.enqueuing, id)
 		}
 	}
 	return c
