@@ -17,7 +17,8 @@
 //     a watched directory;
 //   - running/: a marker removed (a running job ended);
 //   - advance/: a marker created (a done job is about to enqueue its next);
-//   - leases/: a lease record removed (released or reclaimed);
+//   - leases/: a lease record removed (released or reclaimed), and, as
+//     Leases only, one written (taken, renewed);
 //   - the state dir itself: one of those directories created (a state dir of
 //     an older version may lack one; it is watched from then on), and the
 //     event log growing;
@@ -29,10 +30,10 @@
 // of Delay; the changes that come in the window, and any until the
 // consumer takes them, are folded into one Change told when it closes. So
 // a lone change costs no wait, and 100 jobs enqueued at once make a few
-// dispatches, not 100. A notification
-// never carries the content of the change: the consumer looks at the state
-// itself, as it would on its interval tick, so a lost or spurious
-// notification costs a look or a delay, never a wrong decision.
+// dispatches, not 100. A notification never carries the content of the
+// change: the consumer looks at the state itself, as it would on its
+// interval tick, so a lost or spurious notification costs a look or a
+// delay, never a wrong decision.
 package statewatch
 
 import (
