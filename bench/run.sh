@@ -10,12 +10,13 @@
 #   bench/run.sh                     # everything, ~10 minutes on 2 cores
 #   SECTIONS="1 3" bench/run.sh      # some sections only
 #   RUNS=10 bench/run.sh             # fewer hyperfine runs per figure
+#   SECTIONS=6 REACT_RUNS=21 bench/run.sh   # watch reaction, more pipelines
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin
-SECTIONS=${SECTIONS:-1 2 3 4 5}
+SECTIONS=${SECTIONS:-1 2 3 4 5 6}
 RUNS=${RUNS:-20}
 WARMUP=${WARMUP:-3}
 if [ -z "${OUT:-}" ]; then
@@ -291,6 +292,53 @@ if want 5; then
 	else
 		row "5 16 merges" "16 orch-hooks merge processes" "failed: see log" ""
 	fi
+fi
+
+# ---- 6. watch reacts -------------------------------------------------------
+if want 6; then
+	say "6: watch: job done → next stage's command, enqueue → last of 3 stages done"
+	R=$OUT/react
+	mkdir -p "$R"
+	# The baseline: the last watch that dispatched only once per interval
+	# (before issue 15 item 2), built from git in this same run.
+	WATCH_BASE=${WATCH_BASE:-4c8a14ed05647846563bfb43a526c7f2581ad475}
+	REACT_INTERVAL=${REACT_INTERVAL:-2s}
+	REACT_RUNS=${REACT_RUNS:-11}
+	base_bin=
+	if git -C "$ROOT" cat-file -e "$WATCH_BASE^{commit}" 2>>"$LOG"; then
+		mkdir -p "$OUT/base-src"
+		git -C "$ROOT" archive "$WATCH_BASE" | tar -x -C "$OUT/base-src"
+		(cd "$OUT/base-src" && go build -o "$OUT/orch-hooks-base" ./cmd/orch-hooks) >>"$LOG" 2>&1 && base_bin=$OUT/orch-hooks-base
+	fi
+	go build -o "$OUT/reactlat" ./bench/reactlat
+	rl() { "$OUT/reactlat" -C "$R/$1" -interval "$REACT_INTERVAL" -n "$REACT_RUNS" "${@:2}" >"$R/$1.tsv" 2>>"$LOG"; }
+	rl new -orch "$ORCH"
+	ORCH_WATCH_NOTIFY=0 rl poll -orch "$ORCH"
+	[ -z "$base_bin" ] || rl base -orch "$base_bin"
+	# med KIND VARIANT : "median min max n" of the samples of a kind
+	med() { awk -v k="$1" '$1 == k {print $2}' "$R/$2.tsv" | sort -n | awk '{a[NR]=$1} END{m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m, a[1], a[NR], NR}'; }
+	fig() { local m lo hi n; read -r m lo hi n < <(med "$1" "$2"); calc '%.0f ms [%.0f–%.0f] (n=%d)' "$m, $lo, $hi, $n"; }
+	vs() { # KIND VARIANT: the ratio of its median to the baseline's
+		local m b
+		m=$(med "$1" "$2" | cut -d' ' -f1)
+		if [ -n "$base_bin" ]; then
+			b=$(med "$1" base | cut -d' ' -f1)
+			calc '×%.3f of interval-driven watch' "$m / $b"
+		fi
+	}
+	for k in s2s e2e; do
+		case $k in
+		s2s) what="job done → next stage's command running" ;;
+		e2e) what="enqueue → last of 3 instant stages done" ;;
+		esac
+		[ -z "$base_bin" ] || row "6 watch reacts" "$what; interval-driven watch (${WATCH_BASE:0:7}), --interval $REACT_INTERVAL" "$(fig $k base)" "baseline"
+		row "6 watch reacts" "$what; notified (fsnotify), --interval $REACT_INTERVAL" "$(fig $k new)" "$(vs $k new)"
+		row "6 watch reacts" "$what; ORCH_WATCH_NOTIFY=0 (poll every 1s), --interval $REACT_INTERVAL" "$(fig $k poll)" "$(vs $k poll)"
+	done
+	row "6 watch reacts" "notified, job done → next command, in parts" \
+		"advance $(fig adv new); claim $(fig claim new); prep $(fig prep new)" \
+		"advance: the monitor enqueues the next job; claim: watch dispatches, the new monitor starts and claims; prep: worktree, command start"
+	[ -n "$base_bin" ] || row "6 watch reacts" "interval-driven baseline" "not built (commit $WATCH_BASE missing): see log" ""
 fi
 
 # ---- the table --------------------------------------------------------------

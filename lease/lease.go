@@ -36,8 +36,8 @@ var (
 )
 
 // WaitPollMax caps the backoff between two looks at a held lease when the
-// kernel cannot wake waiters (no inotify): a release is noticed within this
-// long.
+// file system cannot wake waiters (no notifications): a release is noticed
+// within this long.
 const WaitPollMax = 5 * time.Millisecond
 
 // Lease is one lease record.
@@ -68,10 +68,11 @@ type Manager struct {
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 	// WaitRecheck bounds how long a waiter sleeps between two looks when
-	// the kernel wakes it on releases; zero means WaitRecheckDefault.
+	// the file system wakes it on releases; zero means WaitRecheckDefault.
 	WaitRecheck time.Duration
 
 	busyHook func() // tests: called when a look found the lease held
+	noWatch  bool   // tests: wait as when the file system cannot notify
 }
 
 // Open returns the lease manager of a state dir.
@@ -158,7 +159,10 @@ func Stale(l *Lease, now time.Time) (bool, string) {
 func (m *Manager) Acquire(ctx context.Context, target string, req Request) (*Lease, error) {
 	// The watch starts before the first look, so a release between that
 	// look and the wait still wakes the waiter.
-	w := watchDir(m.dir)
+	var w *dirWatch
+	if !m.noWatch {
+		w = watchDir(m.dir)
+	}
 	if w != nil {
 		defer w.close()
 	}
@@ -171,7 +175,7 @@ func (m *Manager) Acquire(ctx context.Context, target string, req Request) (*Lea
 		if m.busyHook != nil {
 			m.busyHook()
 		}
-		if w != nil {
+		if w != nil && w.alive() {
 			recheck := m.WaitRecheck
 			if recheck <= 0 {
 				recheck = WaitRecheckDefault

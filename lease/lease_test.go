@@ -765,6 +765,42 @@ func TestWaiterWokenByRelease(t *testing.T) {
 	}
 }
 
+// Where the file system cannot notify, a waiter polls (with a backoff up
+// to WaitPollMax) and still takes the lease soon after its release.
+func TestWaiterPollsWithoutNotify(t *testing.T) {
+	m, _, _ := newManager(t)
+	m.WaitRecheck = time.Hour
+	lease.SetNoWatch(m)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	first := mustAcquire(t, m, "main", req(t, "alice", time.Hour))
+	looks := make(chan struct{}, 100)
+	lease.SetBusyHook(m, func() {
+		select {
+		case looks <- struct{}{}:
+		default:
+		}
+	})
+	got := make(chan error, 1)
+	go func() {
+		l, err := m.Acquire(ctx, "main", req(t, "bob", time.Hour))
+		if err == nil && l.Holder != "bob" {
+			err = fmt.Errorf("holder %q", l.Holder)
+		}
+		got <- err
+	}()
+	// Two looks while held: the waiter polls, it does not sleep for an
+	// hour.
+	<-looks
+	<-looks
+	if err := m.Release(ctx, "main", first.Token); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("polling waiter after the release: %v", err)
+	}
+}
+
 // An acquire whose wait is over while another process holds the record
 // lock (a renewal, a fenced write) reports the lease busy, exit 3, not a
 // failure: lease_cli.txtar's `lease acquire --wait 0s` met a renewal of

@@ -1,20 +1,19 @@
 package lease
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"os"
+	"path/filepath"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/fsnotify/fsnotify"
 )
 
-// WaitRecheckDefault is how long a waiter that is woken by the kernel when
-// a lease record is removed sleeps at most between two looks anyway: a
+// WaitRecheckDefault is how long a waiter that is woken by the file system
+// when a lease record is removed sleeps at most between two looks anyway: a
 // holder that dies or outlives its TTL removes nothing, so that is noticed
-// within this long. Without inotify the waiter polls with a backoff up to
-// WaitPollMax instead.
+// within this long. Without notifications the waiter polls with a backoff
+// up to WaitPollMax instead.
 const WaitRecheckDefault = 250 * time.Millisecond
 
 // dirWatch wakes a waiter when a lease record is removed from the leases
@@ -24,82 +23,95 @@ const WaitRecheckDefault = 250 * time.Millisecond
 // holder's git processes needed the CPU; and they sleep through other
 // changes (acquires, renewals, token counters, other targets), each of
 // which used to wake every waiter for a look that could only find the
-// lease held.
-type dirWatch struct{ fd int }
+// lease held. It uses fsnotify (inotify, kqueue, ReadDirectoryChangesW), as
+// watch does; the other changes reach its goroutine and are dropped there.
+type dirWatch struct {
+	w    *fsnotify.Watcher
+	dir  string
+	dead bool // the watch ended: the caller polls
+}
 
-// watchDir starts watching dir; nil when inotify is unavailable (the
-// caller polls).
+// watchDir starts watching dir; nil when the file system cannot notify
+// (the caller polls).
 func watchDir(dir string) *dirWatch {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil
 	}
-	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	// Buffered, so that the changes between two waits (the look at the
+	// lease) queue up here rather than in the kernel.
+	w, err := fsnotify.NewBufferedWatcher(64)
 	if err != nil {
 		return nil
 	}
-	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_DELETE|unix.IN_DELETE_SELF); err != nil {
-		unix.Close(fd)
+	if err := w.Add(dir); err != nil {
+		w.Close()
 		return nil
 	}
-	return &dirWatch{fd: fd}
+	return &dirWatch{w: w, dir: filepath.Clean(dir)}
 }
 
-func (w *dirWatch) close() { unix.Close(w.fd) }
+func (w *dirWatch) close() { w.w.Close() }
+
+// alive reports whether wait can still be woken by a removal.
+func (w *dirWatch) alive() bool { return !w.dead }
 
 // wait returns when the file called name is removed, d passes or ctx ends.
-// It drains what it reads, so each return stands for changes since the
-// last. An overflowed queue or a removed directory also returns: the
-// caller looks, as it would after d.
+// It drains what is queued when it returns, so each return stands for
+// changes since the last. An overflowed queue, an error, or the directory
+// removed also returns: the caller looks, as it would after d. A watch that
+// ended returns at once and is no longer alive.
 func (w *dirWatch) wait(ctx context.Context, d time.Duration, name string) {
-	deadline := time.Now().Add(d)
-	fds := []unix.PollFd{{Fd: int32(w.fd), Events: unix.POLLIN}}
-	var buf [4096]byte
-	for ctx.Err() == nil {
-		left := time.Until(deadline)
-		if left <= 0 {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	defer w.drain()
+	for {
+		select {
+		case <-ctx.Done():
 			return
-		}
-		// Slices of at most 50 ms keep a cancelled context noticed.
-		ms := int(min(left, 50*time.Millisecond) / time.Millisecond)
-		n, err := unix.Poll(fds, max(ms, 1))
-		if err == unix.EINTR || err == nil && n == 0 {
-			continue
-		}
-		if err != nil {
+		case <-t.C:
 			return
-		}
-		woken := false
-		for {
-			k, err := unix.Read(w.fd, buf[:])
-			if k <= 0 || err != nil {
-				break
+		case ev, ok := <-w.w.Events:
+			if !ok {
+				w.dead = true
+				return
 			}
-			woken = woken || removed(buf[:k], name)
-		}
-		if woken {
+			if w.wakes(ev, name) {
+				return
+			}
+		case _, ok := <-w.w.Errors:
+			// An overflow lost changes, maybe the removal: look.
+			w.dead = w.dead || !ok
 			return
 		}
 	}
 }
 
-// removed reports whether the inotify events in b include the removal of
-// name, or an event that means "look anyway" (queue overflow, the watched
-// directory gone).
-func removed(b []byte, name string) bool {
-	for len(b) >= unix.SizeofInotifyEvent {
-		mask := binary.NativeEndian.Uint32(b[4:8])
-		n := int(binary.NativeEndian.Uint32(b[12:16]))
-		if unix.SizeofInotifyEvent+n > len(b) {
-			return true // cut short: look
-		}
-		if mask&(unix.IN_Q_OVERFLOW|unix.IN_DELETE_SELF|unix.IN_IGNORED) != 0 {
-			return true
-		}
-		got := string(bytes.TrimRight(b[unix.SizeofInotifyEvent:unix.SizeofInotifyEvent+n], "\x00"))
-		if mask&unix.IN_DELETE != 0 && got == name {
-			return true
-		}
-		b = b[unix.SizeofInotifyEvent+n:]
+// wakes reports whether ev is the removal of name, or of the directory.
+func (w *dirWatch) wakes(ev fsnotify.Event, name string) bool {
+	if !ev.Has(fsnotify.Remove | fsnotify.Rename) {
+		return false
 	}
-	return false
+	p := filepath.Clean(ev.Name)
+	return p == w.dir || filepath.Base(p) == name && filepath.Dir(p) == w.dir
+}
+
+// drain drops the changes queued now: they happened before the look that
+// follows this wait.
+func (w *dirWatch) drain() {
+	for {
+		select {
+		case _, ok := <-w.w.Events:
+			if !ok {
+				w.dead = true
+				return
+			}
+		case _, ok := <-w.w.Errors:
+			if !ok {
+				w.dead = true
+				return
+			}
+		default:
+			return
+		}
+	}
 }

@@ -6,8 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -15,26 +18,32 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/orch-hooks/orch-hooks/config"
+	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/hooks"
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/reaper"
 	"github.com/orch-hooks/orch-hooks/statefile"
+	"github.com/orch-hooks/orch-hooks/statewatch"
 	"github.com/orch-hooks/orch-hooks/termtext"
 )
 
 func init() {
 	commands = append(commands, &command{name: "watch", args: "[--interval D] [--once] [--no-dispatch] [--standby]",
-		summary: "keep the pipeline going: reaper pass, lease reclaim and dispatch every interval, with a live view",
-		help: `Every interval: a reaper pass (with stale lease reclaim) and a dispatch of
-queued jobs up to max_concurrency. On a terminal it shows a live view (jobs
-by status with stage, branch, age, pid and gates; leases; the last pass; the
-newest events), redrawn every second and on resize. Piped, or with --once,
-it prints one line per event instead, without escape codes. Ctrl-C or TERM
-exits cleanly; running jobs keep running (their monitors are detached).
-orch.toml is re-read when it changes and applied from the next tick; a bad
-file keeps the last good configuration (no job is started until it is
-fixed) and is shown with its file, line and key.
+		summary: "keep the pipeline going: dispatch as soon as there is work, reaper pass and lease reclaim every interval, with a live view",
+		help: `Dispatches queued jobs up to max_concurrency as soon as the state changes
+(a job enqueued, advanced or ended, a lease released, orch.toml changed:
+within milliseconds, told by the file system), and every interval makes a
+reaper pass (with stale lease reclaim) and a dispatch. Where the file
+system cannot tell (or with ORCH_WATCH_NOTIFY=0) it says so in one line and
+looks for work every second instead. On a terminal it shows a live view
+(jobs by status with stage, branch, age, pid and gates; leases; the last
+pass; the newest events), redrawn every second, on resize and on changes.
+Piped, or with --once, it prints one line per event instead, without
+escape codes. Ctrl-C or TERM exits cleanly; running jobs keep running
+(their monitors are detached). orch.toml is re-read when it changes and
+applied at once; a bad file keeps the last good configuration (no job is
+started until it is fixed) and is shown with its file, line and key.
 One dispatcher per repository: a second watch says who holds it and exits
 1, or with --standby waits to take over. NO_COLOR turns colour off.`,
 		setup: setupWatch})
@@ -115,7 +124,33 @@ type watcher struct {
 	cfgNote      string // the last reload, shown for a while
 	cfgNoteAt    time.Time
 	offset       int64 // event log read position (line mode)
+
+	// notify tells of state changes as they happen; nil when the file
+	// system cannot (poll looks for work every pollEvery instead).
+	notify *statewatch.Watcher
+	poll   *time.Ticker
+	// settle rechecks orch.toml once a change notified has settled.
+	settle *time.Timer
+	// leases as last said (line mode), by target, to say what changed.
+	leases map[string]*lease.Lease
+	// logModeAt is when env.Store.LogMode was last read (refreshLogMode).
+	logModeAt time.Time
 }
+
+// pollEvery is how often watch looks for work when the file system does
+// not tell it of changes.
+const pollEvery = time.Second
+
+// configSettle is how long after its modification watch reads a notified
+// orch.toml again: config.Reloader defers a file modified less than 50 ms
+// ago (an editor may be half-way through writing it), so the read right
+// after the notification may be deferred, and this one is not.
+const configSettle = 52 * time.Millisecond
+
+// NotifyEnv set to 0 turns file-system notifications off: watch then looks
+// for work every pollEvery (for a state dir on a network file system, whose
+// changes made on another machine are never notified).
+const NotifyEnv = "ORCH_WATCH_NOTIFY"
 
 // configCheckEvery is how often watch stats orch.toml between ticks, so a
 // change is said (and a bad file shown) within a second even when the
@@ -147,6 +182,13 @@ func (w *watcher) run(once bool) error {
 	}
 	w.pass = time.NewTicker(w.interval)
 	defer w.pass.Stop()
+	w.settle = time.NewTimer(time.Hour)
+	w.settle.Stop()
+	defer w.settle.Stop()
+	// Started before the first tick, so that a change during it is seen.
+	w.leaseChanges(false)
+	w.startNotify()
+	defer w.stopNotify()
 	if w.tty {
 		return w.live(ctx)
 	}
@@ -165,22 +207,152 @@ func (w *watcher) run(once bool) error {
 			case <-w.pass.C:
 				break wait
 			case <-check.C:
-				w.checkConfig()
+				w.configChanged(ctx)
+			case <-w.settle.C:
+				w.configChanged(ctx)
+			case <-w.notified():
+				w.react(ctx)
+			case <-w.polled():
+				w.dispatchJobs(ctx)
+			}
+			if err := w.printEvents(); err != nil {
+				return err
 			}
 		}
 	}
 }
 
+// startNotify starts the file-system watch of the state dir and orch.toml,
+// or, when it cannot start, the poll that stands for it (said in one line).
+func (w *watcher) startNotify() {
+	if os.Getenv(NotifyEnv) == "0" {
+		w.startPoll(NotifyEnv + "=0")
+		return
+	}
+	n, err := statewatch.New(w.env.Store.Dir(), w.cfg.Path(), 0)
+	if err != nil {
+		w.startPoll(err.Error())
+		return
+	}
+	w.notify = n
+}
+
+func (w *watcher) startPoll(why string) {
+	msg := fmt.Sprintf("watch: not told of changes by the file system (%s); looking for work every %s", termtext.Line(why), pollEvery)
+	if w.tty {
+		w.note = msg
+	} else {
+		w.say("%s", msg)
+	}
+	w.poll = time.NewTicker(pollEvery)
+}
+
+func (w *watcher) stopNotify() {
+	if w.notify != nil {
+		w.notify.Close()
+	}
+	if w.poll != nil {
+		w.poll.Stop()
+	}
+}
+
+// notified receives when the file system told of changes (never when
+// watch polls instead).
+func (w *watcher) notified() <-chan struct{} {
+	if w.notify == nil {
+		return nil
+	}
+	return w.notify.Ready()
+}
+
+// polled receives every pollEvery when watch polls for lack of
+// notifications.
+func (w *watcher) polled() <-chan time.Time {
+	if w.poll == nil {
+		return nil
+	}
+	return w.poll.C
+}
+
+// react handles the changes notified: a changed orch.toml is read (and a
+// good one applied at once), and a change that may give work (a job
+// enqueued, advanced or ended, a lease released, a config applied) is
+// followed by a dispatch, so that a queued job never waits for the clock
+// while a slot is free. A watch that stopped working says so and polls.
+func (w *watcher) react(ctx context.Context) {
+	c := w.notify.Take()
+	if err := w.notify.Err(); err != nil {
+		w.notify.Close()
+		w.notify = nil
+		w.startPoll(err.Error())
+		c = statewatch.All
+	}
+	if c&statewatch.Leases != 0 && !w.tty {
+		w.leaseChanges(true)
+	}
+	if c&statewatch.Config != 0 {
+		w.cfg.Invalidate()
+		switch w.checkConfig() {
+		case config.Reloaded:
+			c |= statewatch.Work
+		case config.Unchanged:
+			// Maybe deferred as too fresh: look again once it is not.
+			wait := configSettle
+			if st := config.StatStamp(w.cfg.Path()); st.Exists {
+				wait = time.Until(time.Unix(0, st.MTime).Add(configSettle))
+			}
+			w.settle.Reset(min(max(wait, time.Millisecond), configSettle))
+		}
+	}
+	if c&statewatch.Work != 0 {
+		w.dispatchJobs(ctx)
+	}
+}
+
+// leaseChanges reads the leases and, with say, prints one line per lease
+// that became free or was taken since the last call (a renewal is no news).
+func (w *watcher) leaseChanges(say bool) {
+	ls, _, err := lease.Open(w.env.Store.Dir()).List()
+	if err != nil {
+		return // said by the next pass, which lists them too
+	}
+	now := make(map[string]*lease.Lease, len(ls))
+	for _, l := range ls {
+		now[l.Target] = l
+	}
+	if say {
+		for _, t := range slices.Sorted(maps.Keys(w.leases)) {
+			if l, old := now[t], w.leases[t]; l == nil || l.Token != old.Token {
+				w.say("lease: %s is free (held by %s with token %d until now)", termtext.Line(t), termtext.Line(old.Holder), old.Token)
+			}
+		}
+		for _, t := range slices.Sorted(maps.Keys(now)) {
+			if l, old := now[t], w.leases[t]; old == nil || old.Token != l.Token {
+				w.say("lease: %s taken by %s (token %d)", termtext.Line(t), termtext.Line(l.Holder), l.Token)
+			}
+		}
+	}
+	w.leases = now
+}
+
+// configChanged checks orch.toml and dispatches at once when a good new
+// file was applied (it may allow more jobs).
+func (w *watcher) configChanged(ctx context.Context) {
+	if w.checkConfig() == config.Reloaded {
+		w.dispatchJobs(ctx)
+	}
+}
+
 // checkConfig re-reads orch.toml when it changed (config.Reloader) and
-// applies a good new file from the next tick on: max_concurrency to the
+// applies a good new file at once: max_concurrency to the
 // next dispatch, the reaper and lease settings and stages to the next
 // pass, reaper.interval_s to the tick timer at once (unless --interval
 // was given). A bad file keeps the last good configuration: the error is
 // said (piped: one line; live view: shown until fixed) and no job is
 // started until the file is fixed, since a job's monitor reads the file
 // when it starts. A change notification (a file-system watch) calls
-// w.cfg.Invalidate and then this.
-func (w *watcher) checkConfig() {
+// w.cfg.Invalidate and then this. It returns what Check found.
+func (w *watcher) checkConfig() config.Change {
 	ch, err := w.cfg.Check()
 	switch ch {
 	case config.Reloaded:
@@ -210,6 +382,7 @@ func (w *watcher) checkConfig() {
 				termtext.Line(err.Error()), w.cfg.LoadedAt().UTC().Format(time.RFC3339))
 		}
 	}
+	return ch
 }
 
 // tick is one round: a reaper pass (which reclaims stale leases) and a
@@ -242,9 +415,15 @@ func (w *watcher) tick(ctx context.Context) {
 			}
 		}
 	}()
-	// A bad orch.toml: a monitor started now would refuse it (checkConfig
-	// said so).
+	w.dispatchJobs(ctx)
+}
+
+// dispatchJobs starts queued jobs up to max_concurrency (not with
+// --no-dispatch, and not while orch.toml is bad: a monitor started now
+// would refuse it, and checkConfig said so).
+func (w *watcher) dispatchJobs(ctx context.Context) {
 	if w.dispatch && ctx.Err() == nil && w.cfg.Err() == nil {
+		w.refreshLogMode(ctx)
 		started, err := w.env.Dispatch(ctx, w.env.StartMonitor(w.exe, w.env.MonitorArgs()...))
 		if !w.tty {
 			for _, id := range started {
@@ -258,6 +437,25 @@ func (w *watcher) tick(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// refreshLogMode fixes the mode of the job logs this watch creates
+// (StartMonitor opens each started job's log) from core.sharedRepository,
+// as gitstate.Store does for each log, but once per interval: a git process
+// per dispatched job was a fifth of the time from a job's enqueue to its
+// command's start. A change of core.sharedRepository applies within an
+// interval.
+func (w *watcher) refreshLogMode(ctx context.Context) {
+	if !w.logModeAt.IsZero() && time.Since(w.logModeAt) < w.interval {
+		return
+	}
+	w.logModeAt = time.Now()
+	gitDir := filepath.Dir(w.env.Store.Dir())
+	v, err := gitstate.Git(ctx, gitDir, "--git-dir", gitDir, "config", "--get", "core.sharedRepository")
+	if err != nil {
+		v = "" // unset (exit 1), or no answer: owner only, as the store does
+	}
+	w.env.Store.LogMode = gitstate.SharedLogMode(v)
 }
 
 func (w *watcher) say(format string, args ...any) {
@@ -279,8 +477,9 @@ func (w *watcher) printEvents() error {
 }
 
 // live runs the terminal view: the alternate screen, redrawn every second,
-// on resize and after each tick, restored on exit. It writes its own escape
-// codes to the raw stream; render escapes every text it shows.
+// on resize, after each tick and on each change notified, restored on exit.
+// It writes its own escape codes to the raw stream; render escapes every
+// text it shows.
 func (w *watcher) live(ctx context.Context) error {
 	out := w.c.rawStdout
 	io.WriteString(out, "\x1b[?1049h\x1b[?25l") // alternate screen, hide cursor
@@ -300,7 +499,13 @@ func (w *watcher) live(ctx context.Context) error {
 		case <-w.pass.C:
 			w.tick(ctx)
 		case <-redraw.C:
-			w.checkConfig()
+			w.configChanged(ctx)
+		case <-w.settle.C:
+			w.configChanged(ctx)
+		case <-w.notified():
+			w.react(ctx)
+		case <-w.polled():
+			w.dispatchJobs(ctx)
 		case <-winch:
 		}
 	}
