@@ -50,6 +50,9 @@ func TestLeaseFromScripts(t *testing.T) {
 		// GitHub Actions runs a run: step as this command on a file.
 		{"github-step", []string{"bash", "--noprofile", "--norc", "-eo", "pipefail"}},
 	}
+	// Each case has its own repository and script, and mostly waits for
+	// processes: they run in parallel, beside the testscripts.
+	t.Parallel()
 	for _, sh := range shells {
 		t.Run(sh.name, func(t *testing.T) {
 			if _, err := exec.LookPath(sh.argv[0]); err != nil {
@@ -57,6 +60,7 @@ func TestLeaseFromScripts(t *testing.T) {
 			}
 			for _, idiom := range idioms {
 				t.Run(idiom.name, func(t *testing.T) {
+					t.Parallel()
 					testLeaseFromScript(t, sh.name, sh.argv, idiom.line, idiom.pipe)
 				})
 			}
