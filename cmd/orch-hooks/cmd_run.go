@@ -49,6 +49,7 @@ none has, in the current worktree (as in a CI checkout).`,
 }
 
 func setupRun(fs *flag.FlagSet, c *cli) func([]string) error {
+	adopt := fs.Bool("adopt", false, "take over a running job whose monitor died while its command lived (what reap, watch and dispatch start; exits 3 when another adopter won or none is needed)")
 	return func(args []string) error {
 		if err := needArgs("run", args, 1, 1, "one job id"); err != nil {
 			return err
@@ -60,7 +61,15 @@ func setupRun(fs *flag.FlagSet, c *cli) func([]string) error {
 			return err
 		}
 		env.Store.Actor = "monitor"
-		res, err := env.Run(c.ctx, args[0], pipeline.RunOptions{Claimed: claimed})
+		var res pipeline.Result
+		if *adopt {
+			res, err = env.Adopt(c.ctx, args[0])
+			if errors.Is(err, pipeline.ErrNotAdoptable) {
+				return withCode(exitNo, err)
+			}
+		} else {
+			res, err = env.Run(c.ctx, args[0], pipeline.RunOptions{Claimed: claimed})
+		}
 		if err != nil {
 			return jobLookupError(err)
 		}
