@@ -41,6 +41,7 @@ const (
 	remoteEnv = "CM_REMOTE"
 	opEnv     = "CM_OP"
 	seedEnv   = "CM_SEED"
+	cliEnv    = "CM_CLI" // the orch-hooks binary a reaploop helper starts adopters with
 )
 
 func TestMain(m *testing.M) {
@@ -250,6 +251,9 @@ func reapLoopHelper() int {
 		return fatal("reaploop", err)
 	}
 	env.Store.Actor = "reaper"
+	if cli := os.Getenv(cliEnv); cli != "" {
+		env.Adopter = env.StartAdopter(cli, env.MonitorArgs()...)
+	}
 	kick := make(chan struct{}, 1)
 	go func() {
 		in := bufio.NewScanner(os.Stdin)

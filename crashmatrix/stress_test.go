@@ -101,6 +101,10 @@ func TestStress(t *testing.T) {
 		deadline = d.Add(-10 * time.Second)
 	}
 	repo, env := newWorld(t, stressToml)
+	// Passes start adopters (the CLI, run --adopt) for jobs whose monitor
+	// was killed while their command lived, as reap, watch and hooks do.
+	cli := cliBinary(t)
+	env.Adopter = env.StartAdopter(cli, env.MonitorArgs()...)
 	oldMain := repo.Git(repo.Dir, "rev-parse", "main")
 	var branches []string
 	for i := 0; i < tasks; i++ {
@@ -116,7 +120,7 @@ func TestStress(t *testing.T) {
 	// Reapers make a pass per monitor event until their stdin closes.
 	var reapers []*proc
 	for i := 0; i < stressReapers; i++ {
-		reapers = append(reapers, startProc(t, repo.Dir, "reaploop"))
+		reapers = append(reapers, startProc(t, repo.Dir, "reaploop", cliEnv+"="+cli))
 	}
 	// Mergers merge every branch once, each in its own order.
 	var mergers []*exec.Cmd
@@ -282,8 +286,22 @@ func TestStress(t *testing.T) {
 	}
 	var merges []mergeCheck
 	count, reasons := map[string]int{}, map[string]int{}
+	// A job lost with no command started (its monitor killed before the
+	// command's gate opened: nothing ran, so nothing is lost but the
+	// attempt) or with its command killed (this test kills none) is
+	// rightly lost; one whose command was started and only the monitor
+	// killed must have been adopted, never lost.
+	lostNoCommand, lostMonitorOnly := 0, 0
 	for _, j := range all.Jobs {
 		count[string(j.Status)+" by "+j.EndedBy]++
+		if j.Status == gitstate.Failed && j.Reason == pipeline.LostReason {
+			if j.Command.IsZero() {
+				lostNoCommand++
+			} else {
+				lostMonitorOnly++
+				t.Errorf("job %s ended lost though only its monitor was killed (command pid %d was started); log:\n%s", j.ID, j.Command.PID, readLog(env, j.ID))
+			}
+		}
 		if j.Status == gitstate.Failed {
 			reasons[j.Stage+": "+firstLine(j.Reason)]++
 		}
@@ -323,9 +341,15 @@ func TestStress(t *testing.T) {
 	t.Logf("stress: %d jobs (%d tasks), seed %d, %s: %d monitors spawned, %d SIGKILLed, %d reaper passes in %d loops (+%d in-process), %d violations, %d log gaps",
 		len(all.Jobs), tasks, *stressSeed, elapsed.Round(time.Millisecond), spawned, kills, reaperPasses, stressReapers, inProcessPasses, len(rep.violations), rep.logGaps)
 	t.Logf("stress: jobs by outcome %v; mergers' results %v", count, mergerResults)
+	t.Logf("stress: ended lost: %d with no command started or the command killed, %d with only the monitor killed (must be 0)", lostNoCommand, lostMonitorOnly)
 	for r, n := range reasons {
 		t.Logf("stress: failed %dx: %s", n, r)
 	}
+}
+
+func readLog(env *pipeline.Env, id string) string {
+	b, _ := os.ReadFile(env.Store.LogPath(id))
+	return string(b)
 }
 
 func firstLine(s string) string {

@@ -31,6 +31,7 @@ const (
 	advanceDir = "advance"
 	locksDir   = "locks"
 	logsDir    = "logs"
+	exitDir    = "exit"
 	eventsFile = "events.jsonl"
 	recordExt  = ".toml"
 )
@@ -141,7 +142,7 @@ func (s *Store) OpenLog(id string) (*os.File, error) {
 
 // Init creates the state dir and its subdirectories. It is idempotent.
 func Init(stateDir string) error {
-	for _, d := range []string{"", jobsDir, activeDir, runningDir, advanceDir, locksDir, logsDir} {
+	for _, d := range []string{"", jobsDir, activeDir, runningDir, advanceDir, locksDir, logsDir, exitDir} {
 		if err := os.MkdirAll(filepath.Join(stateDir, d), 0o755); err != nil {
 			return fmt.Errorf("init state dir: %w", err)
 		}
@@ -150,7 +151,7 @@ func Init(stateDir string) error {
 }
 
 // stateSubdirs are the directories of the state dir, each checked at open.
-var stateSubdirs = []string{jobsDir, activeDir, runningDir, advanceDir, locksDir, logsDir}
+var stateSubdirs = []string{jobsDir, activeDir, runningDir, advanceDir, locksDir, logsDir, exitDir}
 
 // OpenStore opens the job store of an initialised state dir. The state dir
 // itself may be a symlink (put there by the repository's owner, as .git
@@ -667,7 +668,7 @@ func (s *Store) Remove(id string) error {
 	if !j.Status.Terminal() {
 		return fmt.Errorf("job %s is %s: only an ended job can be removed", id, j.Status)
 	}
-	for _, p := range []string{s.RecordPath(id), s.LogPath(id), filepath.Join(s.dir, advanceDir, id), s.activePath(id), filepath.Join(s.dir, runningDir, id), s.LockPath("job-" + id)} {
+	for _, p := range []string{s.RecordPath(id), s.LogPath(id), filepath.Join(s.dir, advanceDir, id), s.activePath(id), filepath.Join(s.dir, runningDir, id), s.ExitPath(id), s.LockPath("job-" + id)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("job %s: remove: %w", id, err)
 		}

@@ -43,10 +43,16 @@ func (e *Env) Dispatch(ctx context.Context, start MonitorStarter) (started []str
 	defer unlock()
 	var errs []error
 	tried := map[string]bool{}
-	for {
+	for first := true; ; first = false {
 		l, err := e.Store.Active()
 		if err != nil {
 			return started, err
+		}
+		if first {
+			// A job whose monitor died while its command lives gets a new
+			// monitor; it still counts as running below.
+			_, aerrs := e.adoptOrphans(ctx, l.Jobs)
+			errs = append(errs, aerrs...)
 		}
 		running := 0
 		var next *gitstate.Job

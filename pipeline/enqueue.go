@@ -19,6 +19,11 @@ type Env struct {
 	Repo   *gitstate.Repo
 	Store  *gitstate.Store
 	Config *config.Config
+	// Adopter, when set, starts a new monitor for a running job whose
+	// monitor died while its command lived (StartAdopter); dispatch and
+	// the reaper's pass call it. Nil: such a job waits for its command
+	// with no one to record the outcome, and ends lost, as before.
+	Adopter MonitorStarter
 }
 
 // Request names a job to enqueue. Task defaults to Branch, Stage to the

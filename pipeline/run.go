@@ -134,9 +134,24 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	say("job %s stage %s attempt %d in %s: %s", j.ID, j.Stage, j.Attempt, wt, stage.Run)
 
 	// The command must not die with the monitor's context: a monitor that is
-	// told to stop passes TERM on and keeps watching.
+	// told to stop passes TERM on and keeps watching. Its direct child is
+	// the exit-status recorder (exitRecorder), held at a gate until the
+	// command's identity is in the record.
+	if err := e.Store.PrepareExit(id); err != nil {
+		unlockTask()
+		return fail(err.Error())
+	}
 	cmd := shellCmd(context.Background(), wt, stage.Run, mergeEnv(os.Environ(), e.JobVars(j, wt)), logf)
+	gate, open, err := os.Pipe()
+	if err != nil {
+		unlockTask()
+		return fail(fmt.Sprintf("start %q: %v", stage.Run, err))
+	}
+	defer open.Close()
+	cmd.Args = []string{"sh", "-c", exitRecorder, "orch-run", e.Store.ExitPath(id), stage.Run}
+	cmd.Stdin = gate
 	err = cmd.Start()
+	gate.Close() // the recorder's copy is the only one left
 	unlockTask()
 	if err != nil {
 		return fail(fmt.Sprintf("start %q: %v", stage.Run, err))
@@ -144,16 +159,23 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	stopForwarding := forwardSignals(cmd.Process.Pid)
 	defer stopForwarding()
 	// The child cannot be reaped before Wait, so its /proc entry is there
-	// even if it has exited already.
+	// even if it has exited already. The gate opens under the job's lock
+	// once the stamp has landed: a monitor killed before that leaves it
+	// shut, and the command never runs unnamed by its record.
 	cmdID, err := procid.Of(cmd.Process.Pid)
 	if err == nil {
-		_, err = e.whileRunning(ctx, id, self, "", func(j *gitstate.Job) {
+		_, err = e.whileRunningErr(ctx, id, self, func(j *gitstate.Job) error {
 			j.Command, j.PGID = cmdID, cmd.Process.Pid
+			return nil
+		}, func(*gitstate.Job) {
+			io.WriteString(open, "go\n")
+			open.Close()
 		})
 	}
 	if err != nil {
 		// Cancelled between the claim and now, or the record is gone: the
-		// command must not outlive its job.
+		// command must not outlive its job (the gate never opened).
+		open.Close()
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
 		say("command stopped: %v", err)
@@ -161,12 +183,39 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	}
 	crashpoint.Hit("run.stamped")
 
-	code, detail, _ := exitStatus(cmd.Wait())
+	code, detail := recordedStatus(cmd.Wait())
 	say("command ended: %s", detail)
 	// What the command left running in its process group (a `sleep &`)
 	// ends with it: a job's processes are over when its command is.
 	if left, _ := procid.SignalGroup(cmdID, syscall.SIGTERM); left {
 		say("stopped what the command left running in its process group")
+	}
+	return e.afterCommand(ctx, monitored{id: id, self: self, job: j, worktree: wt, stage: stage, log: logf, logCap: logCap, say: say}, code)
+}
+
+// monitored is what a monitor (Run, or an adopter: Adopt) knows of the job
+// it watches once the command is running.
+type monitored struct {
+	id       string
+	self     procid.Identity
+	job      *gitstate.Job
+	worktree string
+	stage    config.Stage
+	log      *os.File
+	logCap   *logCap
+	say      func(string, ...any)
+}
+
+// afterCommand is steps 3 to 5 of Run, for a command that exited with code:
+// record the exit code and finished_at first (only while the job is still
+// running under m.self), run the finalize steps, finalize. Run and an
+// adopter share it, so an adopted job ends exactly as one whose monitor
+// lived.
+func (e *Env) afterCommand(ctx context.Context, m monitored, code int) (Result, error) {
+	id, self, j, wt, stage, logf, logCap, say := m.id, m.self, m.job, m.worktree, m.stage, m.log, m.logCap, m.say
+	fail := func(reason string) (Result, error) {
+		say("%s", reason)
+		return e.finalizeOnSpace(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor, Failure: reason}, logCap, say)
 	}
 	// The command may have written all its output between two looks.
 	logCap.Enforce()
@@ -189,6 +238,8 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 		say("exit code not recorded: %v", err)
 		return e.Finalize(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor})
 	}
+	// The record holds it now; the recorder's copy has served.
+	e.Store.RemoveExit(id)
 	crashpoint.Hit("run.exit_recorded")
 
 	if code == 0 {
@@ -253,6 +304,30 @@ func (e *Env) finalizeOnSpace(ctx context.Context, id string, end Ending, lc *lo
 		e.waitForSpace(fmt.Sprintf("the end of job %s not recorded", id), n, err, lc, say)
 	}
 }
+
+// exitRecorder is the stage command's direct parent, the leader of its
+// process group: it waits for the monitor's "go" on its stdin (end of
+// input: the monitor died before the command's identity was stamped, and
+// the command never runs), runs the command ($2) as `sh -c "$2"` — so the
+// command's $0, $$, arguments and environment are what a plain `sh -c`
+// gives it — and writes its exit status, "N\n", to the exit file ($1),
+// created exclusively (set -C: never through a symlink or over a file left
+// there), before exiting with the same status. It lives in the command's
+// process group, so a SIGKILL of the monitor leaves it recording, and it
+// dies with the group when the group is killed (cancel, tier 3): then no
+// status is written, and none is owed. TERM, INT and HUP (the monitor
+// forwards TERM to the group) are trapped so the recorder outlives them
+// and records what the command made of them; a trap set to a command is
+// reset in the child, so the command gets the default dispositions, as
+// before. A command killed by signal N is recorded as 128+N, as the
+// monitor records it.
+const exitRecorder = `IFS= read -r go || exit 125
+trap : HUP INT TERM
+sh -c "$2" </dev/null
+c=$?
+set -C
+printf '%s\n' "$c" >"$1"
+exit "$c"`
 
 // finalizeGate runs a finalize step ($1) only once the monitor says "go" on
 // its stdin; end of input (the monitor died, or did not get its stamp

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -48,6 +49,18 @@ func exitStatus(err error) (code int, detail string, ok bool) {
 		return 128 + int(ws.Signal()), fmt.Sprintf("killed by signal %s", ws.Signal()), true
 	}
 	return ee.ExitCode(), fmt.Sprintf("exit code %d", ee.ExitCode()), true
+}
+
+// recordedStatus is exitStatus for the stage command run under its exit
+// recorder (exitRecorder), which exits with the command's status: 128+N
+// reports death by signal N, as shells report it (and as Wait reports the
+// command itself killed), so the detail names the signal.
+func recordedStatus(err error) (code int, detail string) {
+	code, detail, ok := exitStatus(err)
+	if sig := syscall.Signal(code - 128); ok && err != nil && code > 128 && code < 128+65 && !strings.HasPrefix(detail, "killed") {
+		detail = fmt.Sprintf("killed by signal %s", sig)
+	}
+	return code, detail
 }
 
 // tailWriter keeps the last max bytes written to it.

@@ -216,6 +216,8 @@ func explain(j *gitstate.Job, v verdict, cfg config.Reaper, c clock, next *time.
 	}
 
 	switch {
+	case v.tier == TierAdopt:
+		e.Action, e.Why = ActionAdopt, "its monitor is dead and its outcome can still be had ("+v.why+"): a pass starts a new monitor for it"
 	case v.tier != "":
 		e.Action, e.Why = ActionReap, v.why
 	case v.err != nil:
@@ -246,7 +248,7 @@ func explain(j *gitstate.Job, v verdict, cfg config.Reaper, c clock, next *time.
 		}
 		e.Why = "not reaped: " + alive + " " + state + " (tier 1 waits until every process is dead)"
 		if alive != "monitor" && e.Monitor.State != ProcAlive {
-			e.Why += "; with its monitor dead no exit code will be recorded: when the command ends the job fails lost, or max_running ends it"
+			e.Why += "; its monitor is dead: the command's exit-status recorder keeps its outcome, and a reaper pass, watch or dispatch starts a new monitor for it"
 		}
 	case v.note != "":
 		e.Action = ActionObserve

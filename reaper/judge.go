@@ -173,7 +173,7 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 		// since this pass read the record means the monitor lives on.
 		code := *j.ExitCode
 		onlyIf := func(cur *gitstate.Job) bool {
-			return cur.ExitCode != nil && *cur.ExitCode == code && cur.FinalizeStep == j.FinalizeStep &&
+			return cur.ExitCode != nil && *cur.ExitCode == code && cur.FinalizeStep == j.FinalizeStep && cur.Monitor == j.Monitor &&
 				cur.ProgressAt.Equal(j.ProgressAt) && cur.ProgressBoot == j.ProgressBoot
 		}
 		ending := pipeline.Ending{EndedBy: gitstate.EndedByReaperExitCode, OnlyIf: onlyIf}
@@ -225,7 +225,9 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 	if s.Count >= cfg.DeadTicks {
 		v.tier, v.why = TierDead, fmt.Sprintf("%s on %d consecutive observations", why, s.Count)
 		v.ending = pipeline.Ending{EndedBy: gitstate.EndedByReaperDead, Failure: ReasonLost,
-			OnlyIf: func(cur *gitstate.Job) bool { return cur.ExitCode == nil }}
+			// An adopter that took the job over since this pass judged
+			// it is a live monitor: the judgement no longer holds.
+			OnlyIf: func(cur *gitstate.Job) bool { return cur.ExitCode == nil && cur.Monitor == j.Monitor }}
 		// A dry run counts nothing: it says what it would end.
 		v.observed = v.observed && count
 		return v

@@ -181,7 +181,7 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 			snap.Deferred += len(running) - i
 			break
 		}
-		v := verdicts[i]
+		v := adoption(env, j, verdicts[i], table)
 		// What the pass did, said on each way out; reported with what it
 		// saw when asked.
 		outcome := func() string {
@@ -200,6 +200,9 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 					return fmt.Sprintf("would count observation %d of %d", v.seen.streak.Count, cfg.DeadTicks)
 				}
 				return fmt.Sprintf("observation %d of %d counted", v.seen.streak.Count, cfg.DeadTicks)
+			}
+			if v.tier == TierAdopt {
+				return startAdopter(ctx, env, j, v, opts, snap)
 			}
 			if v.tier == TierExitCode && opts.DeferSlow && env.HasCommandGates(j) {
 				snap.Deferred++

@@ -61,17 +61,20 @@ type Sighting struct {
 // Snapshot is the report of one pass, kept as the last pass and shown by
 // status.
 type Snapshot struct {
-	At              time.Time   `toml:"at" json:"at"`
-	DurationMS      int64       `toml:"duration_ms" json:"duration_ms"`
-	DryRun          bool        `toml:"dry_run" json:"dry_run"`
-	Disabled        bool        `toml:"disabled" json:"disabled"`
-	Scanned         int         `toml:"scanned" json:"scanned"`
-	Tier1           int         `toml:"tier1" json:"tier1"`
-	Tier2           int         `toml:"tier2" json:"tier2"`
-	Tier3           int         `toml:"tier3" json:"tier3"`
-	Observed        int         `toml:"observed" json:"observed"`
-	Repaired        int         `toml:"repaired" json:"repaired"`
-	Deferred        int         `toml:"deferred" json:"deferred"`
+	At         time.Time `toml:"at" json:"at"`
+	DurationMS int64     `toml:"duration_ms" json:"duration_ms"`
+	DryRun     bool      `toml:"dry_run" json:"dry_run"`
+	Disabled   bool      `toml:"disabled" json:"disabled"`
+	Scanned    int       `toml:"scanned" json:"scanned"`
+	Tier1      int       `toml:"tier1" json:"tier1"`
+	Tier2      int       `toml:"tier2" json:"tier2"`
+	Tier3      int       `toml:"tier3" json:"tier3"`
+	Observed   int       `toml:"observed" json:"observed"`
+	Repaired   int       `toml:"repaired" json:"repaired"`
+	Deferred   int       `toml:"deferred" json:"deferred"`
+	// Adopted counts the jobs the pass started a new monitor for (their
+	// monitor dead, their command alive or its exit status recorded).
+	Adopted         int         `toml:"adopted,omitzero" json:"adopted"`
 	LeasesReclaimed int         `toml:"leases_reclaimed" json:"leases_reclaimed"`
 	Actions         []Action    `toml:"actions,omitempty" json:"actions"`
 	Errors          []PassError `toml:"errors,omitempty" json:"errors"`

@@ -537,7 +537,14 @@ func (c *cli) env() (*pipeline.Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &pipeline.Env{Repo: r, Store: s, Config: cfg}, nil
+	env := &pipeline.Env{Repo: r, Store: s, Config: cfg}
+	// A pass (reap, watch, a hook) and dispatch start a new monitor for a
+	// job whose monitor died while its command lived: this binary, run
+	// --adopt, detached.
+	if exe, err := os.Executable(); err == nil {
+		env.Adopter = env.StartAdopter(exe, env.MonitorArgs()...)
+	}
+	return env, nil
 }
 
 func (c *cli) errf(format string, args ...any) {

@@ -26,7 +26,13 @@ finalize steps, evaluates the gates, ends the job done or failed and, when
 done, enqueues the next stage. The command's output goes to the job's log
 (orch-hooks logs JOB). Ctrl-C passes TERM to the command; the job then ends
 failed with the command's exit status. Exits 0 when the job ends done, 3
-when it ends failed or was not queued, 1 on an operational error.`,
+when it ends failed or was not queued, 1 on an operational error.
+
+run --adopt JOB takes over a running job whose monitor died while its
+command lived on: it waits for the command, records the exit status the
+command's recorder wrote, runs the finalize steps and ends the job as the
+monitor would have. reap, watch, hooks and dispatch start it themselves,
+detached; of several adopters one wins, the others exit 3 doing nothing.`,
 			setup: setupRun},
 		&command{name: "dispatch", args: "", summary: "start queued jobs, detached, up to max_concurrency",
 			help: `Starts queued jobs, oldest first, each under a detached monitor (its own
@@ -49,6 +55,7 @@ none has, in the current worktree (as in a CI checkout).`,
 }
 
 func setupRun(fs *flag.FlagSet, c *cli) func([]string) error {
+	adopt := fs.Bool("adopt", false, "take over a running job whose monitor died while its command lived (what reap, watch and dispatch start; exits 3 when another adopter won or none is needed)")
 	return func(args []string) error {
 		if err := needArgs("run", args, 1, 1, "one job id"); err != nil {
 			return err
@@ -60,7 +67,15 @@ func setupRun(fs *flag.FlagSet, c *cli) func([]string) error {
 			return err
 		}
 		env.Store.Actor = "monitor"
-		res, err := env.Run(c.ctx, args[0], pipeline.RunOptions{Claimed: claimed})
+		var res pipeline.Result
+		if *adopt {
+			res, err = env.Adopt(c.ctx, args[0])
+			if errors.Is(err, pipeline.ErrNotAdoptable) {
+				return withCode(exitNo, err)
+			}
+		} else {
+			res, err = env.Run(c.ctx, args[0], pipeline.RunOptions{Claimed: claimed})
+		}
 		if err != nil {
 			return jobLookupError(err)
 		}

@@ -1,0 +1,103 @@
+package gitstate
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/orch-hooks/orch-hooks/procid"
+)
+
+// deadIdentity is the identity of a process that has ended (and been
+// waited for): confirmed dead by identity.
+func deadIdentity(t *testing.T) procid.Identity {
+	t.Helper()
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	id, err := procid.Of(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	return id
+}
+
+// TestAdopt: the compare-and-swap on the monitor identity takes a running
+// job only from the monitor the caller saw, and only once that one is dead
+// by identity; a refusal writes nothing.
+func TestAdopt(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	self, err := procid.Self()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := deadIdentity(t)
+	j := queued("t", "build", 1)
+	if _, _, err := s.Create(j); err != nil {
+		t.Fatal(err)
+	}
+	if _, won, err := s.Claim(ctx, j.ID, []Status{Queued}, Running, "", func(j *Job) { j.Monitor = self }); !won || err != nil {
+		t.Fatalf("claim: %v %v", won, err)
+	}
+	before, _ := os.ReadFile(s.RecordPath(j.ID))
+	// The monitor lives (this process): refused.
+	if _, err := s.Adopt(ctx, j.ID, self, dead); !errors.Is(err, ErrNotAdoptable) {
+		t.Fatalf("adopting from a live monitor: %v, want ErrNotAdoptable", err)
+	}
+	// Not the monitor the record names: refused.
+	if _, err := s.Adopt(ctx, j.ID, dead, self); !errors.Is(err, ErrNotAdoptable) {
+		t.Fatalf("adopting from a monitor the record does not name: %v, want ErrNotAdoptable", err)
+	}
+	if after, _ := os.ReadFile(s.RecordPath(j.ID)); string(after) != string(before) {
+		t.Fatal("a refused adoption wrote the record")
+	}
+	// The named monitor dead: taken, once.
+	if _, err := s.Update(ctx, j.ID, "", func(j *Job) error { j.Monitor = dead; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Adopt(ctx, j.ID, dead, self)
+	if err != nil || got.Monitor != self || got.ProgressAt.IsZero() {
+		t.Fatalf("adopt from a dead monitor: %v, monitor %v", err, got.Monitor)
+	}
+	if _, err := s.Adopt(ctx, j.ID, dead, self); !errors.Is(err, ErrNotAdoptable) {
+		t.Fatalf("a second adoption from the same dead monitor: %v, want ErrNotAdoptable", err)
+	}
+}
+
+// TestRecordedExit: only a whole "N\n" is a status; no file or a cut one
+// is none; anything else is an error naming the file.
+func TestRecordedExit(t *testing.T) {
+	s := newStore(t)
+	for _, tc := range []struct {
+		data   string
+		code   int
+		ok     bool
+		errors bool
+	}{
+		{"0\n", 0, true, false},
+		{"137\n", 137, true, false},
+		{"13", 0, false, false},
+		{"", 0, false, false},
+		{"x\n", 0, false, true},
+		{"300\n", 0, false, true},
+	} {
+		if err := os.WriteFile(s.ExitPath("j"), []byte(tc.data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		code, ok, err := s.RecordedExit("j")
+		if code != tc.code || ok != tc.ok || (err != nil) != tc.errors {
+			t.Errorf("%q: %d %v %v; want %d %v error=%v", tc.data, code, ok, err, tc.code, tc.ok, tc.errors)
+		}
+	}
+	if err := s.RemoveExit("j"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := s.RecordedExit("j"); ok || err != nil {
+		t.Errorf("no file: %v %v", ok, err)
+	}
+}
