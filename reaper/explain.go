@@ -7,6 +7,7 @@ import (
 
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/termtext"
 )
@@ -93,10 +94,13 @@ type DeadStreak struct {
 // them with the pass's own code against the reaper's state file in
 // stateDir, and checks every process of each. opts gives the clocks (Now,
 // BootNow). An unreadable state file is the error returned, with the
-// explanations a pass would then make (it starts a fresh state).
-func Explain(stateDir string, cfg config.Reaper, jobs []*gitstate.Job, opts Options) ([]Explanation, error) {
+// explanations a pass would then make (it starts a fresh state). env is
+// the pass's: its state dir, and whether the pass would start a new
+// monitor for a job (env.Adopter set; a job whose monitor died while its
+// command lived or recorded its status).
+func Explain(env *pipeline.Env, cfg config.Reaper, jobs []*gitstate.Job, opts Options) ([]Explanation, error) {
 	c := opts.readClock()
-	st, err := LoadState(stateDir)
+	st, err := LoadState(env.Store.Dir())
 	if err != nil {
 		st = &State{Streaks: map[string]Streak{}, Seen: map[string]Seen{}}
 	}
@@ -113,7 +117,7 @@ func Explain(stateDir string, cfg config.Reaper, jobs []*gitstate.Job, opts Opti
 			out = append(out, e)
 			continue
 		}
-		v := judge(j, st, cfg, c, table, false, true)
+		v := adoption(env, j, judge(j, st, cfg, c, table, false, true), table)
 		out = append(out, explain(j, v, cfg, c, nextPass(st.LastPass, cfg)))
 	}
 	return out, err

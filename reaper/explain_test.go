@@ -21,7 +21,7 @@ func (f *fixture) explainAt(d time.Duration) map[string]reaper.Explanation {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	es, err := reaper.Explain(f.store().Dir(), f.cfg.Reaper, l.Jobs, reaper.Options{Now: clock(d), BootNow: bootClock(d)})
+	es, err := reaper.Explain(f.env, f.cfg.Reaper, l.Jobs, reaper.Options{Now: clock(d), BootNow: bootClock(d)})
 	if err != nil {
 		f.t.Fatalf("Explain at base%+v: %v", d, err)
 	}

@@ -28,7 +28,11 @@ func (c *cli) explainRunning(s *gitstate.Store, jobs []*gitstate.Job) (map[strin
 	if err != nil {
 		return nil, err
 	}
-	es, err := reaper.Explain(s.Dir(), cfg.Reaper, jobs, reaper.Options{})
+	env, err := c.env()
+	if err != nil {
+		return nil, err
+	}
+	es, err := reaper.Explain(env, cfg.Reaper, jobs, reaper.Options{})
 	m := map[string]reaper.Explanation{}
 	for _, e := range es {
 		m[e.Job] = e
@@ -97,6 +101,8 @@ func printExplanation(w io.Writer, e reaper.Explanation) {
 		row("action", "end it ("+e.Tier+"): "+e.Why)
 	case reaper.ActionObserve:
 		row("action", "count a dead observation: "+e.Why)
+	case reaper.ActionAdopt:
+		row("action", "adopt: "+e.Why)
 	default:
 		row("action", "none: "+e.Why)
 	}
