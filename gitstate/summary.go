@@ -424,26 +424,25 @@ func (s *Store) readSummary(path, id string, buf []byte) (*Job, bool) {
 	return j, true
 }
 
-// readRegular reads all of the regular file open at fd into buf, which it
-// must fit with a byte to spare.
+// readRegular reads the regular file open at fd into buf, which it must fit
+// with a byte to spare: as many bytes as fstat says it holds, in one read
+// as a rule. A file that changes meanwhile yields a summary that does not
+// check, never a wrong one.
 func readRegular(fd int, buf []byte) (int, bool) {
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Size >= int64(len(buf)) {
 		return 0, false
 	}
-	n := 0
-	for n < len(buf) {
-		m, err := syscall.Read(fd, buf[n:])
+	n, size := 0, int(st.Size)
+	for n < size {
+		m, err := syscall.Read(fd, buf[n:size])
 		if err == syscall.EINTR {
 			continue
 		}
-		if err != nil {
+		if err != nil || m == 0 {
 			return 0, false
-		}
-		if m == 0 {
-			return n, true
 		}
 		n += m
 	}
-	return 0, false // grew past what a summary can be
+	return n, true
 }

@@ -100,7 +100,7 @@ func ReadStat(pid int) (Stat, error) {
 	if pid <= 0 {
 		return Stat{}, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
 	}
-	b, err := readProcFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	b, err := readStatFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errESRCH) {
 			return Stat{}, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
@@ -119,11 +119,11 @@ func ReadStat(pid int) (Stat, error) {
 	return st, nil
 }
 
-// readProcFile reads a small /proc file with bare system calls (open, read
-// until end of file, close) into one buffer: a reaper pass reads one stat
-// file per process it checks, and os.ReadFile's extra work (an fstat,
-// the poller's bookkeeping, a growing buffer) doubled that cost.
-func readProcFile(path string) ([]byte, error) {
+// readStatFile reads a /proc/<pid>/stat file with bare system calls (open,
+// read, close) into one buffer: a reaper pass reads one per process it
+// checks, and os.ReadFile's extra work (an fstat, the poller's bookkeeping,
+// a growing buffer, a last read to see the end) doubled that cost.
+func readStatFile(path string) ([]byte, error) {
 	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	for err == syscall.EINTR {
 		fd, err = syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
@@ -150,6 +150,12 @@ func readProcFile(path string) ([]byte, error) {
 			return b, nil
 		}
 		b = b[:len(b)+n]
+		// /proc makes a stat file whole at its first read: a line read
+		// whole, with room to spare, is all of it (one read call saved
+		// per process checked).
+		if len(b) < cap(b) && b[len(b)-1] == '\n' {
+			return b, nil
+		}
 	}
 }
 
