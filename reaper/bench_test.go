@@ -82,20 +82,25 @@ func benchEnv(b *testing.B, running, ended int, bare bool) *pipeline.Env {
 func BenchmarkPass(b *testing.B) {
 	for _, c := range []struct {
 		running, ended int
-		bare           bool
-	}{{0, 0, false}, {10, 0, false}, {10, 10000, false}, {10, 100000, false}, {100, 0, false}, {1000, 0, false}, {100, 0, true}, {1000, 0, true}} {
+		bare, explain  bool
+	}{{0, 0, false, false}, {10, 0, false, false}, {10, 10000, false, false}, {10, 100000, false, false}, {100, 0, false, false},
+		{1000, 0, false, false}, {100, 0, true, false}, {1000, 0, true, false}, {0, 0, false, true}, {1000, 0, false, true}, {1000, 0, true, true}} {
 		name := fmt.Sprintf("running=%d/ended=%d", c.running, c.ended)
 		if c.bare {
 			name += "/markers=bare"
 		} else {
 			name += "/markers=summary"
 		}
+		if c.explain {
+			// As orch-hooks reap makes it: every job explained.
+			name += "/explain"
+		}
 		b.Run(name, func(b *testing.B) {
 			env := benchEnv(b, c.running, c.ended, c.bare)
 			ctx := context.Background()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				snap, err := reaper.RunOnce(ctx, env, reaper.Options{})
+				snap, err := reaper.RunOnce(ctx, env, reaper.Options{Explain: c.explain})
 				if err != nil || snap.Scanned != c.running || len(snap.Errors) > 0 {
 					b.Fatalf("pass: %v, scanned %d, errors %v", err, snap.Scanned, snap.Errors)
 				}
