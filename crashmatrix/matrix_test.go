@@ -131,6 +131,13 @@ var matrix = []struct {
 	scenarios []scenario
 }{
 	{"", []scenario{pipelineScenario, mergeScenario, remoteScenario, leaseScenario}},
+	// A job record written, the summary in its running marker not yet
+	// (the monitor's claim, command stamp, exit code), and written: a
+	// pass judges by the record whatever the marker says.
+	{"store.updated", []scenario{pipelineScenario}},
+	{"store.updated:2", []scenario{pipelineScenario}},
+	{"store.updated:3", []scenario{pipelineScenario}},
+	{"store.summarised:2", []scenario{pipelineScenario}},
 	{"run.claimed", []scenario{pipelineScenario}},
 	{"run.stamped", []scenario{pipelineScenario}},
 	// Armed in every monitor: the build monitor dies at its own hit, and

@@ -456,12 +456,15 @@ func (s *Store) All() (Listing, error) {
 }
 
 func sortJobs(js []*Job) {
-	sort.SliceStable(js, func(a, b int) bool {
-		if !js[a].CreatedAt.Equal(js[b].CreatedAt) {
-			return js[a].CreatedAt.Before(js[b].CreatedAt)
-		}
-		return js[a].ID < js[b].ID
-	})
+	sort.SliceStable(js, func(a, b int) bool { return jobBefore(js[a], js[b]) })
+}
+
+// jobBefore orders jobs by creation, then id.
+func jobBefore(a, b *Job) bool {
+	if !a.CreatedAt.Equal(b.CreatedAt) {
+		return a.CreatedAt.Before(b.CreatedAt)
+	}
+	return a.ID < b.ID
 }
 
 // Lock takes a job's lock, waiting up to the store's LockTimeout.
@@ -547,6 +550,12 @@ func (s *Store) Update(ctx context.Context, id string, reason string, fn func(j 
 		return cur, fmt.Errorf("job %s: %w", id, err)
 	}
 	crashpoint.Hit("store.updated")
+	if next.Status == Running {
+		// The marker's summary of the record, for the reaper's listing:
+		// the record just written is the one it names, so a crash before
+		// this (or a write that fails) leaves a summary readers pass over.
+		s.writeSummary(next)
+	}
 	if t != nil {
 		if next.Status.Terminal() {
 			os.Remove(s.activePath(id))

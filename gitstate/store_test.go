@@ -26,6 +26,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("GITSTATE_HELPER") == "claim" {
 		os.Exit(claimHelper())
 	}
+	if os.Getenv("GITSTATE_HELPER") == "stamp" {
+		os.Exit(stampHelper())
+	}
 	if os.Getenv("GITSTATE_HELPER") == "boottime" {
 		d, ok := BootTime()
 		fmt.Println(int64(d), ok)

@@ -284,3 +284,29 @@ func allDead(ps []procSeen) (bool, string, error) {
 	}
 	return true, why, nil
 }
+
+// judgeSummary judges a job read from the summary in its running marker
+// (only gitstate.SummaryFields), as judge does, when the verdict is to
+// leave it alone — which those fields decide as its record would. Any other
+// verdict (an action, an observation, an error) is not made: st is left as
+// it was and reread is true, and the caller judges the job again from its
+// record. So every write a pass makes is decided from the record, and the
+// claim that makes it re-checks the record under the job's lock
+// (pipeline.Ending.OnlyIf).
+func judgeSummary(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupChecker, count, all bool) (v verdict, reread bool) {
+	streak, hadStreak := st.Streaks[j.ID]
+	seen, hadSeen := st.Seen[j.ID]
+	v = judge(j, st, cfg, c, groups, count, all)
+	if v.tier == "" && v.err == nil && v.note == "" && !v.observed {
+		return v, false
+	}
+	delete(st.Streaks, j.ID)
+	if hadStreak {
+		st.Streaks[j.ID] = streak
+	}
+	delete(st.Seen, j.ID)
+	if hadSeen {
+		st.Seen[j.ID] = seen
+	}
+	return verdict{}, true
+}

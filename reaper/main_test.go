@@ -49,6 +49,8 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	case "pass":
 		os.Exit(passHelper())
+	case "stamp":
+		os.Exit(stampHelper())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", helperEnv, os.Getenv(helperEnv))
 		os.Exit(2)

@@ -115,21 +115,23 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		snap.Disabled = true
 		return snap, nil
 	}
-	l, err := env.Store.Running()
+	listed, unreadable, err := env.Store.RunningSummarised()
 	if err != nil {
 		return snap, err
 	}
-	for _, u := range l.Unreadable {
+	for _, u := range unreadable {
 		if endUndecodable(ctx, env, opts, u, snap) {
 			continue
 		}
 		snap.Errors = append(snap.Errors, PassError{Path: u.Path, Message: u.Err.Error()})
 	}
-	var running []*gitstate.Job
-	for _, j := range l.Jobs {
-		if j.Status == gitstate.Running {
-			running = append(running, j)
-		}
+	// A job read from its marker's summary is judged from it only to be
+	// left alone; anything else is judged again from its record
+	// (judgeSummary), so every action is decided as before, from the record.
+	running := make([]*gitstate.Job, len(listed))
+	summarised := make([]bool, len(listed))
+	for i, j := range listed {
+		running[i], summarised[i] = j.Job, j.Summarised
 	}
 	snap.Scanned = len(running)
 
@@ -138,39 +140,74 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 	// them; act afterwards, outside the lock.
 	table := &procid.GroupTable{}
 	verdicts := make([]verdict, len(running))
-	judgeAll := func(st *State) error {
-		alive := map[string]bool{}
-		for i, j := range running {
-			alive[j.ID] = true
-			verdicts[i] = judge(j, st, cfg, c, table, !opts.DryRun, opts.Explain)
-		}
-		for id := range st.Streaks {
-			if !alive[id] {
-				delete(st.Streaks, id)
+	// reread marks the summarised jobs whose summary did not settle their
+	// verdict: their records are read between two turns of the state lock,
+	// not while holding it, and they are judged again in the second turn.
+	reread := make([]bool, len(running))
+	judgeAll := func(only []bool) func(st *State) error {
+		return func(st *State) error {
+			alive := map[string]bool{}
+			for i, j := range running {
+				alive[j.ID] = true
+				switch {
+				case only != nil && !only[i]:
+				case summarised[i]:
+					verdicts[i], reread[i] = judgeSummary(j, st, cfg, c, table, !opts.DryRun, opts.Explain)
+				default:
+					verdicts[i] = judge(j, st, cfg, c, table, !opts.DryRun, opts.Explain)
+				}
 			}
-		}
-		for id := range st.Seen {
-			if !alive[id] {
-				delete(st.Seen, id)
+			for id := range st.Streaks {
+				if !alive[id] {
+					delete(st.Streaks, id)
+				}
 			}
+			for id := range st.Seen {
+				if !alive[id] {
+					delete(st.Seen, id)
+				}
+			}
+			return nil
 		}
-		return nil
 	}
 	// The next pass is due an interval after this one, or after the last
 	// one saved when this one is dry.
 	next := c.now.Add(cfg.Interval())
 	nextAt := &next
-	if opts.DryRun {
-		st, err := LoadState(env.Store.Dir())
-		if err != nil {
+	judgeLocked := func(fn func(st *State) error) error {
+		if opts.DryRun {
+			st, err := LoadState(env.Store.Dir())
+			if err != nil {
+				snap.Errors = append(snap.Errors, PassError{Message: err.Error()})
+				st = &State{Streaks: map[string]Streak{}, Seen: map[string]Seen{}}
+			}
+			fn(st)
+			nextAt = nextPass(st.LastPass, cfg)
+		} else if err := updateState(ctx, env.Store.Dir(), fn); err != nil {
 			snap.Errors = append(snap.Errors, PassError{Message: err.Error()})
-			st = &State{Streaks: map[string]Streak{}, Seen: map[string]Seen{}}
+			if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+				return err
+			}
 		}
-		judgeAll(st)
-		nextAt = nextPass(st.LastPass, cfg)
-	} else if err := updateState(ctx, env.Store.Dir(), judgeAll); err != nil {
-		snap.Errors = append(snap.Errors, PassError{Message: err.Error()})
-		if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		return nil
+	}
+	if err := judgeLocked(judgeAll(nil)); err != nil {
+		return snap, err
+	}
+	again := false
+	for i := range running {
+		if !reread[i] {
+			continue
+		}
+		full, err := env.Store.Get(running[i].ID)
+		if err != nil {
+			verdicts[i], reread[i] = verdict{err: fmt.Errorf("read the record to judge it: %w", err)}, false
+			continue
+		}
+		running[i], summarised[i], again = full, false, true
+	}
+	if again {
+		if err := judgeLocked(judgeAll(reread)); err != nil {
 			return snap, err
 		}
 	}

@@ -5,15 +5,20 @@
 // jobs) without an
 // fsync each, as the Go benchmarks do, so that 100,000 jobs take seconds.
 //
-//	go run ./bench/seed -C DIR [-queued N] [-running N] [-ended N] [-monitor PID]
+//	go run ./bench/seed -C DIR [-queued N] [-running N] [-ended N] [-monitor PID] [-bare]
 //
 // Running jobs name process PID (default: the parent, i.e. the calling
 // shell) as their monitor, with its real start time from /proc, so a reaper
-// pass finds them alive and leaves them alone.
+// pass finds them alive and leaves them alone. Their running markers hold
+// the summary of their record (Store.Summarise), as the store leaves them;
+// with -bare they are empty, as a state dir of an older version has them,
+// so a pass reads every running job's record (the code path before
+// summaries, a baseline).
 package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -34,14 +39,15 @@ func main() {
 	ended := flag.Int("ended", 0, "ended (done) jobs")
 	monitor := flag.Int("monitor", os.Getppid(), "pid of the live monitor of running jobs")
 	prefix := flag.String("prefix", "b", "task name prefix (distinct per call)")
+	bare := flag.Bool("bare", false, "leave running markers empty (no summary), as an older version did")
 	flag.Parse()
-	if err := seed(*dir, *prefix, *queued, *running, *ended, *monitor); err != nil {
+	if err := seed(*dir, *prefix, *queued, *running, *ended, *monitor, *bare); err != nil {
 		fmt.Fprintln(os.Stderr, "seed:", err)
 		os.Exit(1)
 	}
 }
 
-func seed(dir, prefix string, queued, running, ended, monitor int) error {
+func seed(dir, prefix string, queued, running, ended, monitor int, bare bool) error {
 	repo, err := gitstate.Open(dir)
 	if err != nil {
 		return err
@@ -107,6 +113,11 @@ func seed(dir, prefix string, queued, running, ended, monitor int) error {
 			j.History = append(j.History, gitstate.Transition{At: now, Actor: "monitor", PID: monitor, Host: host, From: gitstate.Queued, To: gitstate.Running, Reason: "started by monitor"})
 			if err := write(j, true); err != nil {
 				return err
+			}
+			if !bare {
+				if err := s.Summarise(context.Background(), j.ID); err != nil {
+					return err
+				}
 			}
 		}
 	}

@@ -1,0 +1,448 @@
+package gitstate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/orch-hooks/orch-hooks/crashpoint"
+	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/statefile"
+)
+
+// A running job's marker (running/<id>) holds a summary of its record: what
+// a reaper pass needs to leave the job alone — the process identities, the
+// exit code, the progress stamps and the start — in a small fixed text
+// format that costs a few microseconds to read, where decoding the TOML
+// record costs tens. A pass at 1,000 running jobs reads 1,000 of them.
+//
+// The summary is a cache, never a source of truth. It names the record it
+// was made from by that file's identity and change stamps (device, inode,
+// size, mtime, ctime: every write of a record renames a new file over it,
+// so each write has a new inode and new stamps), and a reader uses it only
+// while the record on disk is still that file. So a summary can be missing
+// (a crash between the record write and the marker write, a marker write
+// that failed), stale, torn, empty (a state dir of an older version) or of
+// another format, and the reader only loses time: it reads the record. No
+// fsync either: a summary lost to a power cut is a stale one.
+//
+// It is written under the job's lock, after every write of the record of a
+// running job (Update), so the claim queued → running and every identity
+// or progress stamp leave a fresh one behind them.
+
+// summaryHeader starts every summary; the number is the format's version. A
+// marker that does not start with it (empty: an older version; another
+// number: a newer one) is not read.
+const summaryHeader = "orch-hooks running summary 1\n"
+
+// summaryMax bounds what a reader reads of a marker: a summary is a few
+// hundred bytes (two host names and boot ids per identity at most).
+const summaryMax = 4096
+
+// recordStamp names one file written at one record path: a record rewritten
+// since (a new file renamed over it) has another inode and change time.
+type recordStamp struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime int64 // ns since the epoch
+}
+
+func stampOf(st *syscall.Stat_t) recordStamp {
+	return recordStamp{dev: uint64(st.Dev), ino: uint64(st.Ino), size: st.Size,
+		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
+}
+
+// statRecord stamps the record at path, without following a symlink (a
+// record is a regular file; anything else is left to the full read, which
+// refuses it).
+func statRecord(path string) (recordStamp, bool) {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(path, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return recordStamp{}, false
+	}
+	return stampOf(&st), true
+}
+
+// SummaryFields are the fields of Job a running marker's summary carries;
+// a job read from one (RunningJob.Summarised) has these and ID, Status
+// (running) and nothing else. A reaper pass judges a job from them alone;
+// a field it comes to need must be added here, to the summary format (and
+// its version) and to encodeSummary/decodeSummary.
+var SummaryFields = []string{"ID", "Status", "CreatedAt", "StartedAt", "StartedBoot", "FinishedAt",
+	"ProgressAt", "ProgressBoot", "FinalizeStep", "Monitor", "Command", "PGID", "Finalizer", "ExitCode"}
+
+// encodeSummary writes the summary of running job j, whose record on disk
+// is the file stamped rs.
+//
+//	orch-hooks running summary 1
+//	record <dev> <ino> <size> <mtime ns> <ctime ns>
+//	created <time>
+//	started <time> <boottime ns>
+//	finished <time>
+//	progress <time> <boottime ns> <finalize step>
+//	exit <code or ->
+//	pgid <pgid>
+//	monitor <pid> <start time> <pid ns> <host, quoted> <boot id, quoted>
+//	command ...
+//	finalizer ...
+//	end <crc32 of everything before this line, hex>
+//
+// A time is "<unix seconds>.<nanoseconds>", or "-" for none. The last line
+// makes a torn or cut summary (read while it is rewritten) unreadable
+// rather than wrong.
+func encodeSummary(j *Job, rs recordStamp) []byte {
+	var b bytes.Buffer
+	b.WriteString(summaryHeader)
+	fmt.Fprintf(&b, "record %d %d %d %d %d\n", rs.dev, rs.ino, rs.size, rs.mtime, rs.ctime)
+	fmt.Fprintf(&b, "created %s\n", summaryTime(j.CreatedAt))
+	fmt.Fprintf(&b, "started %s %d\n", summaryTime(j.StartedAt), int64(j.StartedBoot))
+	fmt.Fprintf(&b, "finished %s\n", summaryTime(j.FinishedAt))
+	fmt.Fprintf(&b, "progress %s %d %d\n", summaryTime(j.ProgressAt), int64(j.ProgressBoot), j.FinalizeStep)
+	if j.ExitCode != nil {
+		fmt.Fprintf(&b, "exit %d\n", *j.ExitCode)
+	} else {
+		b.WriteString("exit -\n")
+	}
+	fmt.Fprintf(&b, "pgid %d\n", j.PGID)
+	for _, p := range []struct {
+		name string
+		id   procid.Identity
+	}{{"monitor", j.Monitor}, {"command", j.Command}, {"finalizer", j.Finalizer}} {
+		fmt.Fprintf(&b, "%s %d %d %d %s %s\n", p.name, p.id.PID, p.id.StartTime, p.id.PidNS, strconv.Quote(p.id.Host), strconv.Quote(p.id.BootID))
+	}
+	fmt.Fprintf(&b, "end %08x\n", crc32.ChecksumIEEE(b.Bytes()))
+	return b.Bytes()
+}
+
+func summaryTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return strconv.FormatInt(t.Unix(), 10) + "." + strconv.Itoa(t.Nanosecond())
+}
+
+var errSummary = errors.New("not a summary of this format")
+
+// summaryReader reads a summary line by line, word by word.
+type summaryReader struct {
+	rest []byte // what follows the current line
+	line []byte // the rest of the current line
+	err  error
+}
+
+// next starts the line that must begin with key.
+func (r *summaryReader) next(key string) {
+	if r.err != nil {
+		return
+	}
+	i := bytes.IndexByte(r.rest, '\n')
+	if i < 0 {
+		r.err = errSummary
+		return
+	}
+	line := r.rest[:i]
+	r.rest = r.rest[i+1:]
+	w, after, ok := bytes.Cut(line, []byte{' '})
+	if !ok || string(w) != key {
+		r.err = errSummary
+		return
+	}
+	r.line = after
+}
+
+func (r *summaryReader) word() []byte {
+	if r.err != nil {
+		return nil
+	}
+	w, after, _ := bytes.Cut(r.line, []byte{' '})
+	if len(w) == 0 {
+		r.err = errSummary
+	}
+	r.line = after
+	return w
+}
+
+func (r *summaryReader) int() int64 {
+	w := r.word()
+	if r.err != nil {
+		return 0
+	}
+	n, err := strconv.ParseInt(string(w), 10, 64)
+	if err != nil {
+		r.err = errSummary
+	}
+	return n
+}
+
+func (r *summaryReader) uint() uint64 {
+	w := r.word()
+	if r.err != nil {
+		return 0
+	}
+	n, err := strconv.ParseUint(string(w), 10, 64)
+	if err != nil {
+		r.err = errSummary
+	}
+	return n
+}
+
+func (r *summaryReader) time() time.Time {
+	w := r.word()
+	if r.err != nil || string(w) == "-" {
+		return time.Time{}
+	}
+	sec, nsec, ok := bytes.Cut(w, []byte{'.'})
+	s, err1 := strconv.ParseInt(string(sec), 10, 64)
+	ns, err2 := strconv.ParseInt(string(nsec), 10, 64)
+	if !ok || err1 != nil || err2 != nil || ns < 0 || ns >= 1e9 {
+		r.err = errSummary
+		return time.Time{}
+	}
+	return time.Unix(s, ns).UTC()
+}
+
+func (r *summaryReader) quoted() string {
+	if r.err != nil {
+		return ""
+	}
+	q, err := strconv.QuotedPrefix(string(r.line))
+	if err != nil {
+		r.err = errSummary
+		return ""
+	}
+	s, _ := strconv.Unquote(q)
+	r.line = bytes.TrimPrefix(r.line[len(q):], []byte{' '})
+	return s
+}
+
+// end checks that the current line is used up.
+func (r *summaryReader) end() {
+	if r.err == nil && len(r.line) != 0 {
+		r.err = errSummary
+	}
+}
+
+// decodeSummary reads the summary of running job id: the job as far as the
+// summary carries it (SummaryFields) and the stamp of the record it was
+// made from. Anything but a whole summary of this format is errSummary.
+func decodeSummary(id string, data []byte) (*Job, recordStamp, error) {
+	body, ok := bytes.CutPrefix(data, []byte(summaryHeader))
+	if !ok {
+		return nil, recordStamp{}, errSummary
+	}
+	// The check line closes the summary and covers all before it.
+	i := bytes.LastIndex(data, []byte("\nend "))
+	if i < 0 || len(data) != i+len("\nend ")+8+1 || data[len(data)-1] != '\n' {
+		return nil, recordStamp{}, errSummary
+	}
+	sum, err := strconv.ParseUint(string(data[i+len("\nend "):len(data)-1]), 16, 32)
+	if err != nil || uint32(sum) != crc32.ChecksumIEEE(data[:i+1]) {
+		return nil, recordStamp{}, errSummary
+	}
+	r := &summaryReader{rest: body}
+	var rs recordStamp
+	r.next("record")
+	rs.dev, rs.ino, rs.size, rs.mtime, rs.ctime = r.uint(), r.uint(), r.int(), r.int(), r.int()
+	r.end()
+	j := &Job{ID: id, Status: Running}
+	r.next("created")
+	j.CreatedAt = r.time()
+	r.end()
+	r.next("started")
+	j.StartedAt, j.StartedBoot = r.time(), time.Duration(r.int())
+	r.end()
+	r.next("finished")
+	j.FinishedAt = r.time()
+	r.end()
+	r.next("progress")
+	j.ProgressAt, j.ProgressBoot, j.FinalizeStep = r.time(), time.Duration(r.int()), int(r.int())
+	r.end()
+	r.next("exit")
+	if string(r.line) == "-" {
+		r.line = nil
+	} else {
+		code := int(r.int())
+		j.ExitCode = &code
+	}
+	r.end()
+	r.next("pgid")
+	j.PGID = int(r.int())
+	r.end()
+	for _, p := range []struct {
+		name string
+		id   *procid.Identity
+	}{{"monitor", &j.Monitor}, {"command", &j.Command}, {"finalizer", &j.Finalizer}} {
+		r.next(p.name)
+		p.id.PID, p.id.StartTime, p.id.PidNS = int(r.int()), r.uint(), r.uint()
+		p.id.Host, p.id.BootID = r.quoted(), r.quoted()
+		r.end()
+	}
+	r.next("end")
+	if r.err != nil {
+		return nil, recordStamp{}, r.err
+	}
+	return j, rs, nil
+}
+
+// writeSummary replaces job j's running marker with the summary of its
+// record as it now stands on disk. The caller holds the job's lock and has
+// just written the record. It is best effort: a summary that is not
+// written leaves one that no longer matches the record (or none), which
+// readers pass over for the record itself.
+func (s *Store) writeSummary(j *Job) {
+	rs, ok := statRecord(s.RecordPath(j.ID))
+	if !ok {
+		return
+	}
+	path := filepath.Join(s.dir, runningDir, j.ID)
+	// In place: a reader that catches it half-written finds no end line.
+	f, err := statefile.Open(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, statefile.Mode)
+	if err != nil {
+		return
+	}
+	f.Write(encodeSummary(j, rs))
+	f.Close()
+	crashpoint.Hit("store.summarised")
+}
+
+// Summarise rewrites running job id's marker with the summary of its
+// record, under the job's lock: for tools that write records directly
+// rather than through Update (bench/seed). A job that is not running is
+// left alone.
+func (s *Store) Summarise(ctx context.Context, id string) error {
+	unlock, err := s.Lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	j, err := s.Get(id)
+	if err != nil {
+		return err
+	}
+	if j.Status == Running {
+		s.writeSummary(j)
+	}
+	return nil
+}
+
+// RunningJob is one job of RunningSummarised.
+type RunningJob struct {
+	*Job
+	// Summarised says that Job was read from the summary in the job's
+	// running marker and holds only SummaryFields: the summary of the
+	// record as it stands on disk, which was last written with status
+	// running. Anything more needs Get.
+	Summarised bool
+}
+
+// RunningSummarised lists the running jobs as Running does, for a reaper
+// pass: each job from the summary in its running marker when that summary
+// is of the record as it stands (Summarised), from the record otherwise.
+// The cost of a summarised job is reading its marker and stamping its
+// record (no decode). Markers whose job has ended are removed on the way,
+// unless ReadOnly, as Running removes them.
+func (s *Store) RunningSummarised() ([]RunningJob, []*UnreadableError, error) {
+	dir := filepath.Join(s.dir, runningDir)
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil // a state dir made before running/ existed
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("list running jobs: %w", err)
+	}
+	var (
+		jobs       []RunningJob
+		unreadable []*UnreadableError
+		buf        = make([]byte, summaryMax+1)
+	)
+	for _, e := range ents {
+		id := e.Name()
+		if ValidateJobID(id) != nil {
+			continue
+		}
+		if e.Type().IsRegular() {
+			if j, ok := s.readSummary(filepath.Join(dir, id), id, buf); ok {
+				jobs = append(jobs, RunningJob{Job: j, Summarised: true})
+				continue
+			}
+		}
+		j, err := s.Get(id)
+		var ue *UnreadableError
+		switch {
+		case errors.Is(err, ErrNotFound):
+		case errors.As(err, &ue):
+			unreadable = append(unreadable, ue)
+		case err != nil:
+			unreadable = append(unreadable, &UnreadableError{Path: s.RecordPath(id), Err: err})
+		case j.Status.Terminal():
+			if !s.ReadOnly {
+				os.Remove(filepath.Join(dir, id))
+			}
+		case j.Status == Running:
+			jobs = append(jobs, RunningJob{Job: j})
+		}
+	}
+	sortRunning(jobs)
+	return jobs, unreadable, nil
+}
+
+func sortRunning(js []RunningJob) {
+	sort.SliceStable(js, func(a, b int) bool { return jobBefore(js[a].Job, js[b].Job) })
+}
+
+// readSummary reads the summary in the marker at path and returns the job
+// it summarises when the record at RecordPath(id) is still the file it was
+// made from. The marker is opened as every state file is (no symlink
+// followed, never waited on, nothing but a regular file read), with bare
+// system calls: this is the pass's per-job cost.
+func (s *Store) readSummary(path, id string, buf []byte) (*Job, bool) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, false
+	}
+	n, ok := readRegular(fd, buf)
+	syscall.Close(fd)
+	if !ok {
+		return nil, false
+	}
+	j, rs, err := decodeSummary(id, buf[:n])
+	if err != nil {
+		return nil, false
+	}
+	if cur, ok := statRecord(s.RecordPath(id)); !ok || cur != rs {
+		return nil, false
+	}
+	return j, true
+}
+
+// readRegular reads the regular file open at fd into buf, which it must fit
+// with a byte to spare: as many bytes as fstat says it holds, in one read
+// as a rule. A file that changes meanwhile yields a summary that does not
+// check, never a wrong one.
+func readRegular(fd int, buf []byte) (int, bool) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Size >= int64(len(buf)) {
+		return 0, false
+	}
+	n, size := 0, int(st.Size)
+	for n < size {
+		m, err := syscall.Read(fd, buf[n:size])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil || m == 0 {
+			return 0, false
+		}
+		n += m
+	}
+	return n, true
+}
