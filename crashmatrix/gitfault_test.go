@@ -15,7 +15,7 @@ import (
 )
 
 var gitFaultStride = flag.Int("gitfault.stride", 0,
-	"TestGitFaultMatrix fails every stride-th git invocation (1: every one; 0: 1 with -crash.runs>1, else a stride that keeps CI to about 12 runs per scenario)")
+	"TestGitFaultMatrix fails every stride-th git invocation (1: every one; 0: 1 with -crash.runs>1, else a stride that keeps CI to about 12 runs per scenario, 6 under -race)")
 
 // gitFaultPrefix marks a matrix "point" that is not a crash point but a git
 // invocation made to fail: "git#K" fails the K-th git process the armed
@@ -115,6 +115,9 @@ func TestGitFaultMatrix(t *testing.T) {
 				stride := *gitFaultStride
 				if stride <= 0 {
 					stride = max(1, n/12)
+					if raceBuild {
+						stride = max(1, n/6)
+					}
 					if *crashRuns > 1 {
 						stride = 1
 					}

@@ -21,7 +21,7 @@ import (
 )
 
 var (
-	stressJobs = flag.Int("stress.jobs", 0, "jobs in TestStress (two per task: build and merge); default 60, 500 for the long run")
+	stressJobs = flag.Int("stress.jobs", 0, "jobs in TestStress (two per task: build and merge); default 60 (24 under -race), 500 for the long run")
 	stressSeed = flag.Int64("stress.seed", 1, "seed of TestStress's random kills and merge orders")
 )
 
@@ -94,6 +94,9 @@ func TestStress(t *testing.T) {
 	jobs := *stressJobs
 	if jobs <= 0 {
 		jobs = 60
+		if raceBuild {
+			jobs = 24
+		}
 	}
 	tasks := jobs / 2
 	deadline := time.Now().Add(10 * time.Minute)

@@ -1,0 +1,5 @@
+//go:build !race
+
+package crashmatrix_test
+
+const raceBuild = false
