@@ -145,26 +145,18 @@ func (e *Env) removeTaskWorktree(ctx context.Context, task string, jobs []*gitst
 	if _, err := os.Stat(wt); err != nil {
 		return "", "", nil
 	}
-	st, err := gitstate.Git(ctx, wt, "status", "--porcelain")
-	if err != nil {
-		return "", "", fmt.Errorf("gc: worktree %s: %w", wt, err)
-	}
-	if st != "" && !force {
-		return "", wt, nil
-	}
-	// Last before the removal: a job claimed while gc worked counts.
 	branches := map[string]bool{}
 	for _, j := range jobs {
 		branches[j.Branch] = true
 	}
-	l, err := e.Store.Active()
-	if err != nil {
-		return "", "", fmt.Errorf("gc: %w", err)
-	}
-	for _, a := range l.Jobs {
-		if a.Task == task || branches[a.Branch] {
-			return "", "", nil // in use now: the next gc looks again
-		}
+	st, active, err := e.worktreeInUse(ctx, wt, task, branches)
+	switch {
+	case err != nil:
+		return "", "", fmt.Errorf("gc: worktree %s: %w", wt, err)
+	case st != "" && !force:
+		return "", wt, nil
+	case active != nil:
+		return "", "", nil // in use now: the next gc looks again
 	}
 	if !dryRun {
 		args := []string{"worktree", "remove", wt}
@@ -194,4 +186,27 @@ func (e *Env) collect(ctx context.Context, id string) error {
 	}
 	crashpoint.Hit("gc.tombstoned")
 	return e.Store.Remove(id)
+}
+
+// worktreeInUse is what keeps a task's worktree wt, asked under the task's
+// lock by every path that removes one (gc, and a merged task's removal):
+// its uncommitted changes (git status --porcelain -z, untracked files
+// included; "" when clean) and a queued or running job of the task or of
+// one of branches. The active jobs are listed last, right before the
+// caller removes: a job enqueued while git status ran counts.
+func (e *Env) worktreeInUse(ctx context.Context, wt, task string, branches map[string]bool) (status string, active *gitstate.Job, err error) {
+	status, err = gitstate.Git(ctx, wt, "status", "--porcelain", "-z")
+	if err != nil {
+		return "", nil, fmt.Errorf("git status: %w", err)
+	}
+	l, err := e.Store.Active()
+	if err != nil {
+		return "", nil, err
+	}
+	for _, a := range l.Jobs {
+		if a.Task == task || branches[a.Branch] {
+			return status, a, nil
+		}
+	}
+	return status, nil, nil
 }

@@ -233,15 +233,6 @@ func (e *Env) RemoveMergedWorktree(ctx context.Context, j *gitstate.Job) string 
 		}
 		return "" // not the branch's checkout (moved, or removed already)
 	}
-	l, err := e.Store.Active()
-	if err != nil {
-		return kept("%v; orch-hooks gc removes it later", err)
-	}
-	for _, a := range l.Jobs {
-		if a.Task == j.Task || a.Branch == j.Branch {
-			return kept("job %s of the task is %s in it", a.ID, a.Status)
-		}
-	}
 	b, err := e.Repo.ResolveCommit(ctx, "refs/heads/"+j.Branch)
 	if err != nil {
 		return kept("%v", err)
@@ -256,11 +247,13 @@ func (e *Env) RemoveMergedWorktree(ctx context.Context, j *gitstate.Job) string 
 		}
 		return kept("%s has commits that are not in %s (%s)", j.Branch, j.Target, shortID(b))
 	}
-	st, err := gitstate.Git(ctx, wt, "status", "--porcelain", "-z")
-	if err != nil {
-		return kept("git status: %v", err)
-	}
-	if st != "" {
+	st, active, err := e.worktreeInUse(ctx, wt, j.Task, map[string]bool{j.Branch: true})
+	switch {
+	case err != nil:
+		return kept("%v; orch-hooks gc removes it later", err)
+	case active != nil:
+		return kept("job %s of the task is %s in it", active.ID, active.Status)
+	case st != "":
 		return kept("it has uncommitted changes (%s); commit or discard them, then git worktree remove %s", porcelainPaths(st, 3), wt)
 	}
 	if _, err := gitstate.Git(ctx, e.gitDir(), "worktree", "remove", wt); err != nil {
