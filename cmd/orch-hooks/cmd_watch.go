@@ -194,32 +194,40 @@ func (w *watcher) run(once bool) error {
 	}
 	check := time.NewTicker(configCheckEvery)
 	defer check.Stop()
+	w.tick(ctx)
 	for {
-		w.tick(ctx)
 		if err := w.printEvents(); err != nil {
 			return err
 		}
-	wait:
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-w.pass.C:
-				break wait
-			case <-check.C:
-				w.configChanged(ctx)
-			case <-w.settle.C:
-				w.configChanged(ctx)
-			case <-w.notified():
-				w.react(ctx)
-			case <-w.polled():
-				w.dispatchJobs(ctx)
-			}
-			if err := w.printEvents(); err != nil {
-				return err
-			}
+		if !w.next(ctx, check.C, nil) {
+			return nil
 		}
 	}
+}
+
+// next waits for one thing to happen and handles it, the same for the
+// piped and the live view: the interval's pass (a tick), orch.toml looked
+// at (on check, and once it has settled), a notified change (reacted to),
+// a poll standing for notifications (a dispatch), or wake alone (the live
+// view's resize: nothing to do but redraw). It reports false once ctx is
+// done.
+func (w *watcher) next(ctx context.Context, check <-chan time.Time, wake <-chan os.Signal) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-w.pass.C:
+		w.tick(ctx)
+	case <-check:
+		w.configChanged(ctx)
+	case <-w.settle.C:
+		w.configChanged(ctx)
+	case <-w.notified():
+		w.react(ctx)
+	case <-w.polled():
+		w.dispatchJobs(ctx)
+	case <-wake:
+	}
+	return true
 }
 
 // startNotify starts the file-system watch of the state dir and orch.toml,
@@ -493,20 +501,8 @@ func (w *watcher) live(ctx context.Context) error {
 	w.tick(ctx)
 	for {
 		w.draw()
-		select {
-		case <-ctx.Done():
+		if !w.next(ctx, redraw.C, winch) {
 			return nil
-		case <-w.pass.C:
-			w.tick(ctx)
-		case <-redraw.C:
-			w.configChanged(ctx)
-		case <-w.settle.C:
-			w.configChanged(ctx)
-		case <-w.notified():
-			w.react(ctx)
-		case <-w.polled():
-			w.dispatchJobs(ctx)
-		case <-winch:
 		}
 	}
 }
