@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/procid"
 )
 
 const orchToml = `# orch-hooks demo pipeline
@@ -290,12 +291,14 @@ func (d *demo) crashRun(id string) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	fmt.Fprintf(d.out, "$ kill -9 %d       # the monitor\n", j.Monitor.PID)
-	if err := syscall.Kill(j.Monitor.PID, syscall.SIGKILL); err != nil {
-		return err
+	// By the identities the record holds: the demo kills only what it
+	// started, never a pid that has since been reused.
+	if ok, err := procid.Signal(j.Monitor, syscall.SIGKILL); !ok {
+		return fmt.Errorf("the monitor %s was not killed: %v", j.Monitor, err)
 	}
 	fmt.Fprintf(d.out, "$ kill -9 -%d      # the agent's process group\n", j.PGID)
-	if err := syscall.Kill(-j.PGID, syscall.SIGKILL); err != nil {
-		return err
+	if ok, err := procid.SignalGroup(j.Command, syscall.SIGKILL); !ok {
+		return fmt.Errorf("the agent's process group %d was not killed: %v", j.PGID, err)
 	}
 	cmd.Wait()
 	return nil

@@ -559,9 +559,8 @@ func cmdKillJob(ts *testscript.TestScript, neg bool, args []string) {
 	if j.Status != gitstate.Running {
 		ts.Fatalf("killjob: %s is %s, not running", j.ID, j.Status)
 	}
-	if l, _ := procid.Check(j.Monitor); l == procid.Alive {
-		ts.Check(syscall.Kill(j.Monitor.PID, syscall.SIGKILL))
-	}
+	_, err = procid.Signal(j.Monitor, syscall.SIGKILL)
+	ts.Check(err)
 	for _, g := range []procid.Identity{j.Command, j.Finalizer} {
 		_, err := procid.SignalGroup(g, syscall.SIGKILL)
 		ts.Check(err)
@@ -600,7 +599,9 @@ func cmdKillMonitor(ts *testscript.TestScript, neg bool, args []string) {
 	if l, err := procid.Check(j.Monitor); l != procid.Alive {
 		ts.Fatalf("killmonitor: the monitor of %s (%s) is %s (%v), not alive", j.ID, j.Monitor, l, err)
 	}
-	ts.Check(syscall.Kill(j.Monitor.PID, syscall.SIGKILL))
+	if ok, err := procid.Signal(j.Monitor, syscall.SIGKILL); !ok {
+		ts.Fatalf("killmonitor: the monitor of %s (%s) was not signalled: %v", j.ID, j.Monitor, err)
+	}
 	if !pollUntil(func() bool { l, _ := procid.Check(j.Monitor); return l != procid.Alive }) {
 		ts.Fatalf("killmonitor %s: monitor still alive after %s", j.ID, waitLimit)
 	}
@@ -625,9 +626,7 @@ func stopScriptJobs(dir string) {
 			if err != nil || j.Status != gitstate.Running {
 				continue
 			}
-			if l, _ := procid.Check(j.Monitor); l == procid.Alive {
-				_ = syscall.Kill(j.Monitor.PID, syscall.SIGKILL)
-			}
+			_, _ = procid.Signal(j.Monitor, syscall.SIGKILL)
 			_ = pipeline.StopGroups(j, 0)
 		}
 		return filepath.SkipDir
