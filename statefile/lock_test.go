@@ -190,9 +190,9 @@ func TestLockDeadline(t *testing.T) {
 	}
 	defer unlock()
 	const wait = 150 * time.Millisecond
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	start := time.Now()
 	_, err = Lock(ctx, path)
 	d := time.Since(start)
 	if !errors.Is(err, ErrLockTimeout) || !strings.Contains(err.Error(), path) {
