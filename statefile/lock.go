@@ -42,8 +42,10 @@ const (
 // lockFlags open a lock file: read-write (an exclusive lock where flock(2)
 // is emulated with fcntl locks, as on NFS, needs a writable descriptor),
 // never following a symlink, never blocking in open(2) (a FIFO planted at
-// the name would otherwise hang the caller), not inherited by children.
-const lockFlags = os.O_RDWR | os.O_CREATE | syscall.O_NOFOLLOW | syscall.O_NONBLOCK | syscall.O_CLOEXEC
+// the name would otherwise hang the caller), not inherited by children. No
+// O_CREATE: a missing lock file is created by Open, which gives it Mode
+// exactly whatever the umask.
+const lockFlags = os.O_RDWR | syscall.O_NOFOLLOW | syscall.O_NONBLOCK | syscall.O_CLOEXEC
 
 // Lock takes an exclusive lock on the lock file at path, creating it if
 // needed, waiting until ctx is done (or LockTimeoutDefault if ctx has no
@@ -67,10 +69,7 @@ func lock(ctx context.Context, path string, poll func(waited time.Duration) time
 		ctx, cancel = context.WithTimeout(ctx, LockTimeoutDefault)
 		defer cancel()
 	}
-	l, err := newLockFile(path)
-	if err != nil {
-		return nil, err
-	}
+	l := newLockFile(path)
 	start := time.Now()
 	for {
 		unlock, err := l.try()
@@ -90,11 +89,7 @@ func lock(ctx context.Context, path string, poll func(waited time.Duration) time
 // TryLock takes the lock at path only if it is free at once; otherwise it
 // returns an error wrapping ErrLocked.
 func TryLock(path string) (unlock func(), err error) {
-	l, err := newLockFile(path)
-	if err != nil {
-		return nil, err
-	}
-	return l.try()
+	return newLockFile(path).try()
 }
 
 // lockFile is one acquisition of one lock file. The primitive is
@@ -106,35 +101,30 @@ func TryLock(path string) (unlock func(), err error) {
 // the flags (lockFlags) refuse a symlink, a socket and a directory in
 // open(2) and never block on a FIFO; the held descriptor is checked to be
 // a regular file before the lock is handed out (a FIFO opens read-write
-// without blocking, and may be flocked); and a lock file is created by
-// Open, so it gets Mode exactly whatever the umask.
+// without blocking, and flock(2) locks it); a missing lock file is created
+// by Open (exact mode, the same refusals).
 type lockFile struct {
 	path string
 	fl   *flock.Flock
 }
 
-func newLockFile(path string) (*lockFile, error) {
-	fi, err := os.Lstat(path)
-	switch {
-	case err == nil && !fi.Mode().IsRegular():
-		return nil, lockError(path, NotRegular(path, fi.Mode()))
-	case errors.Is(err, fs.ErrNotExist):
-		// The first use of this lock file (they are never removed).
-		f, err := Open(path, os.O_RDWR|os.O_CREATE, Mode)
-		if err != nil {
-			return nil, lockError(path, err)
-		}
-		f.Close()
-	}
-	// Any other Lstat error (a directory this user may not search) is
-	// reported by the open in try, with its hint.
-	return &lockFile{path: path, fl: flock.New(path, flock.SetFlag(lockFlags), flock.SetPermissions(Mode))}, nil
+func newLockFile(path string) *lockFile {
+	return &lockFile{path: path, fl: flock.New(path, flock.SetFlag(lockFlags), flock.SetPermissions(Mode))}
 }
 
 // try takes the lock if it is free: an error wrapping ErrLocked if it is
 // not, ErrNotRegular if the file is not a regular file.
 func (l *lockFile) try() (unlock func(), err error) {
 	ok, err := l.fl.TryLock()
+	if errors.Is(err, fs.ErrNotExist) {
+		// The first use of this lock file (they are never removed).
+		f, cerr := Open(l.path, os.O_RDWR|os.O_CREATE, Mode)
+		if cerr != nil {
+			return nil, lockError(l.path, cerr)
+		}
+		f.Close()
+		ok, err = l.fl.TryLock()
+	}
 	switch {
 	case errors.Is(err, syscall.EINTR):
 		// A try interrupted by a signal is a try to make again.
@@ -142,6 +132,11 @@ func (l *lockFile) try() (unlock func(), err error) {
 	case err != nil:
 		return nil, lockError(l.path, openError(l.path, err))
 	case !ok:
+		// Held by another: but if what is there is no lock file, say so
+		// rather than wait on it.
+		if fi, err := os.Lstat(l.path); err == nil && !fi.Mode().IsRegular() {
+			return nil, lockError(l.path, NotRegular(l.path, fi.Mode()))
+		}
 		return nil, fmt.Errorf("lock %s: %w", l.path, ErrLocked)
 	}
 	// fstat of the descriptor now locked: whatever the name held when it

@@ -118,21 +118,17 @@ func TestLockRefusesNonRegular(t *testing.T) {
 	}
 }
 
-// TestLockChecksWhatItLocked: an entry swapped for a FIFO after the lock
-// file was first looked at (a FIFO opens read-write without blocking, and
-// flock(2) takes a lock on it) is refused once locked, and left unlocked.
+// TestLockChecksWhatItLocked: a FIFO at a lock file's name opens
+// read-write without blocking, and flock(2) locks it; the descriptor locked
+// is checked, so the FIFO is refused and left unlocked. One that another
+// holds a flock on is refused too, not waited on.
 func TestLockChecksWhatItLocked(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "x.lock")
-	l, err := newLockFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Remove(path)
 	if err := syscall.Mkfifo(path, 0o644); err != nil {
 		t.Skipf("mkfifo: %v", err)
 	}
-	if _, err := l.try(); !errors.Is(err, ErrNotRegular) || !strings.Contains(err.Error(), "FIFO") {
-		t.Fatalf("try on a FIFO swapped in: %v; want ErrNotRegular naming a FIFO", err)
+	if _, err := TryLock(path); !errors.Is(err, ErrNotRegular) || !strings.Contains(err.Error(), "FIFO") {
+		t.Fatalf("TryLock on a FIFO: %v; want ErrNotRegular naming a FIFO", err)
 	}
 	// Nothing holds the FIFO's lock now: a flock on it succeeds.
 	f, err := os.OpenFile(path, os.O_RDWR|syscall.O_NONBLOCK, 0)
@@ -141,7 +137,13 @@ func TestLockChecksWhatItLocked(t *testing.T) {
 	}
 	defer f.Close()
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		t.Errorf("the refused FIFO was left locked: %v", err)
+		t.Fatalf("the refused FIFO was left locked: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if _, err := Lock(ctx, path); !errors.Is(err, ErrNotRegular) || time.Since(start) > time.Second {
+		t.Errorf("Lock on a FIFO another holds a flock on: %v after %v; want ErrNotRegular at once", err, time.Since(start))
 	}
 }
 
