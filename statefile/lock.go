@@ -26,13 +26,18 @@ const LockTimeoutDefault = 10 * time.Second
 // How often a contended lock is tried again. A blocking flock(2) cannot be
 // given a deadline, so a wait is a poll of the non-blocking try. The
 // interval is a sixteenth of the time waited so far, kept between
-// lockPollMin and lockPollMax: a lock released within a few milliseconds
-// (a record update) is picked up within about lockPollMin, a wait
-// costs at most about a sixteenth more than the hold it waited for up to
-// lockPollMax, and a long wait costs one try (~6 µs) per lockPollMax. The
-// interval backed off by doubling from 200 µs to 8 ms before: a lock held
-// 20 ms was picked up 3.9 ms late on average, against 0.9 ms now
-// (BenchmarkLockHandOff; docs/PERFORMANCE.md "Locks").
+// lockPollMin and lockPollMax: a lock held a few milliseconds (a record
+// update) is picked up about as soon as the scheduler allows, a wait is
+// made longer by at most about a sixteenth of itself until lockPollMax,
+// and a long wait costs one try per lockPollMax. A try costs more than it
+// did (flock.Flock opens and closes the file on every try that fails: ~16
+// µs of CPU against ~2.5 µs for a flock(2) on a kept descriptor), so a
+// fixed 1 ms poll was not chosen: it hands a lock held 20 ms over a little
+// sooner (1.1-1.2 ms late against 1.5-1.9 ms) but makes three times the
+// tries of a 200 ms wait (137 against 42), and more the longer the wait.
+// The interval backed off by doubling from 200 µs to 8 ms before: a lock
+// held 20 ms was picked up 5.4-5.9 ms late (BenchmarkLockHandOff;
+// docs/PERFORMANCE.md "Locks").
 const (
 	lockPollMin   = 250 * time.Microsecond
 	lockPollMax   = 8 * time.Millisecond
