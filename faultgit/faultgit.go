@@ -65,6 +65,7 @@
 package faultgit
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -75,6 +76,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/orch-hooks/orch-hooks/statefile"
 )
 
 // Environment variables.
@@ -360,15 +363,14 @@ func run(real string, args []string) int {
 // count adds this invocation to the counters and the log, under a lock on
 // the state dir, and returns its number among sub's and among all.
 func count(dir, sub string, args []string) (nSub, nAll int, err error) {
-	lf, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	// statefile.Lock, the one lock primitive: it waits with a deadline
+	// (LockTimeoutDefault), where a blocking flock(2) would hang every git
+	// of a test behind one that stopped holding it.
+	unlock, err := statefile.Lock(context.Background(), filepath.Join(dir, "lock"))
 	if err != nil {
 		return 0, 0, err
 	}
-	defer lf.Close()
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-		return 0, 0, err
-	}
-	defer syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)
+	defer unlock()
 	bump := func(name string) (int, error) {
 		p := filepath.Join(dir, "count-"+name)
 		b, err := os.ReadFile(p)

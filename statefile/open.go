@@ -43,14 +43,7 @@ func Open(path string, flag int, perm fs.FileMode) (*os.File, error) {
 		created = err == nil && flag&os.O_EXCL != 0
 	}
 	if err != nil {
-		// ELOOP: a symlink (O_NOFOLLOW). ENXIO: a FIFO with no reader
-		// opened for writing, or a socket. EISDIR: a directory opened for
-		// writing. EEXIST from the exclusive create: a dangling symlink.
-		// Each is a thing that is not a regular file; say which.
-		if fi, lerr := os.Lstat(path); lerr == nil && !fi.Mode().IsRegular() {
-			return nil, NotRegular(path, fi.Mode())
-		}
-		return nil, err
+		return nil, openError(path, err)
 	}
 	fi, err := f.Stat()
 	if err != nil {
@@ -70,6 +63,19 @@ func Open(path string, flag int, perm fs.FileMode) (*os.File, error) {
 		}
 	}
 	return f, nil
+}
+
+// openError is the error for an open(2) of path with O_NOFOLLOW|O_NONBLOCK
+// that failed with err. ELOOP: a symlink. ENXIO: a FIFO with no reader
+// opened for writing, or a socket. EISDIR: a directory opened for writing.
+// EEXIST from an exclusive create: a dangling symlink. Each is a thing that
+// is not a regular file, and the error says which (NotRegular); any other
+// err is returned as it is.
+func openError(path string, err error) error {
+	if fi, lerr := os.Lstat(path); lerr == nil && !fi.Mode().IsRegular() {
+		return NotRegular(path, fi.Mode())
+	}
+	return err
 }
 
 // NotRegular is the error for a state path found to be of type mode: an

@@ -24,6 +24,8 @@ func TestMain(m *testing.M) {
 		writerLoop(os.Getenv("STATEFILE_PATH"))
 	case "holder":
 		holdLock(os.Getenv("STATEFILE_PATH"))
+	case "handoff":
+		handOffHolder(os.Getenv("STATEFILE_PATH"))
 	default:
 		os.Exit(m.Run())
 	}
