@@ -20,6 +20,9 @@ type verdict struct {
 	note     string // what happened to a job left alone, worth reporting
 	err      error
 	seen     sight // what the verdict was made of, for explanations
+	// fallback, for TierAdopt, is the tier-2 verdict the adoption replaced:
+	// taken when no adopter can be started.
+	fallback *verdict
 }
 
 // sight is what judge saw of one job on its way to the verdict: the same
