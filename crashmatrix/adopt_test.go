@@ -387,8 +387,16 @@ const finalizeSteps = 3
 // (in-k), waits for the test's go-k and exits with the number in exit-k
 // (0 without one). Files, not the environment, steer the steps: an
 // adopter's steps get the environment of whoever started the adopter.
-var adoptFinToml = func() string {
+var adoptFinToml = adoptFinTomlTimeout(0)
+
+// adoptFinTomlTimeout is adoptFinToml with finalize_timeout_s = s (0: the
+// default).
+func adoptFinTomlTimeout(s int) string {
 	var steps []string
+	timeout := ""
+	if s > 0 {
+		timeout = fmt.Sprintf("finalize_timeout_s = %d\n", s)
+	}
 	for k := 1; k <= finalizeSteps; k++ {
 		steps = append(steps, fmt.Sprintf(`'echo %[1]d >> "$CM_SYNC/ran"; touch "$CM_SYNC/in-%[1]d"; while [ ! -e "$CM_SYNC/go-%[1]d" ]; do sleep 0.01; done; exit $(cat "$CM_SYNC/exit-%[1]d" 2>/dev/null || echo 0)'`, k))
 	}
@@ -403,8 +411,8 @@ name = "build"
 run = 'git commit -q --allow-empty -m built'
 gates = ["commits_ahead"]
 finalize = [` + strings.Join(steps, ", ") + `]
-`
-}()
+` + timeout
+}
 
 // releaseStep lets finalize step k (from 1) finish.
 func (c *adoptCase) releaseStep(k int) {
@@ -699,5 +707,29 @@ func TestAdoptionsExhausted(t *testing.T) {
 	}
 	if got := c.stepsRan(); got != "1" {
 		t.Errorf("finalize steps ran %q, want only step 1 (none re-run, none run by the reaper)", got)
+	}
+}
+
+// TestAdoptFinalizeStepTimeout: a step that outlives its monitor and runs
+// past its finalize_timeout_s is stopped by the adopter (its process group,
+// by identity), which fails the job for it; the steps after it never run.
+func TestAdoptFinalizeStepTimeout(t *testing.T) {
+	c := newAdoptCaseWith(t, adoptFinTomlTimeout(2))
+	c.releaseStep(1)
+	c.releaseStep(3)
+	dead := c.monitorCrash("run.finalize_started:2") // step 2 never released
+	c.waitFile("in-2")
+	if out := c.reap(); !strings.Contains(out, "adopt: started a new monitor") {
+		t.Fatalf("reap did not start an adopter:\n%s", out)
+	}
+	j := c.endedOnce()
+	if j.Status != gitstate.Failed || !strings.Contains(j.Reason, "timed out after 2s") || j.EndedBy != gitstate.EndedByMonitor {
+		t.Errorf("job ended %s (%s) by %s, want failed (… timed out after 2s) by its adopter; log:\n%s", j.Status, j.Reason, j.EndedBy, c.log())
+	}
+	if l, _ := procid.GroupLiveness(dead.Finalizer); l != procid.Dead {
+		t.Errorf("step 2's process group is %s after the job ended, want dead", l)
+	}
+	if got := c.stepsRan(); got != "1 2" {
+		t.Errorf("finalize steps ran %q, want \"1 2\"", got)
 	}
 }

@@ -264,7 +264,9 @@ func (e *Env) settleStep(j *gitstate.Job, stage config.Stage, k int, say func(st
 		say("finalize step %d (%s) still runs (pid %d): waiting for it, %s at most", k, step, j.Finalizer.PID, max(left, 0).Round(time.Second))
 		if !waitGone(j.Finalizer, time.Now().Add(left)) {
 			say("finalize step %d (%s) passed its timeout: stopping its process group", k, step)
-			stopGroup(j.Finalizer)
+			if err := stopJudgeable([]procid.Identity{j.Finalizer}, killGrace); err != nil {
+				say("stop finalize step %d: %v", k, err)
+			}
 			return fmt.Sprintf("finalize step %q timed out after %s", step, timeout)
 		}
 	}
@@ -286,23 +288,6 @@ func (e *Env) settleStep(j *gitstate.Job, stage config.Stage, k int, say func(st
 	}
 	say("finalize step %d (%s) had ended: exit code 0 (recorded by its exit-status recorder)", k, step)
 	return ""
-}
-
-// stopGroup stops the process group led by leader: TERM, then KILL if it
-// still lives after killGrace; by identity, so a group whose id was reused
-// is never signalled.
-func stopGroup(leader procid.Identity) {
-	if sent, _ := procid.SignalGroup(leader, syscall.SIGTERM); !sent {
-		return
-	}
-	deadline := time.Now().Add(killGrace)
-	for time.Now().Before(deadline) {
-		if l, _ := procid.GroupLiveness(leader); l != procid.Alive {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	procid.SignalGroup(leader, syscall.SIGKILL)
 }
 
 // LostReason is the reason of a job whose command ended with no exit

@@ -64,7 +64,6 @@ func (e *Env) DispatchAll(ctx context.Context, start MonitorStarter) (d Dispatch
 		return d, fmt.Errorf("dispatch: %w", err)
 	}
 	defer unlock()
-	started := &d.Started
 	var errs []error
 	tried := map[string]bool{}
 	for first := true; ; first = false {
@@ -99,7 +98,7 @@ func (e *Env) DispatchAll(ctx context.Context, start MonitorStarter) (d Dispatch
 			}
 			continue
 		}
-		*started = append(*started, next.ID)
+		d.Started = append(d.Started, next.ID)
 	}
 }
 

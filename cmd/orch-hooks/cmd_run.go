@@ -31,8 +31,12 @@ when it ends failed or was not queued, 1 on an operational error.
 run --adopt JOB takes over a running job whose monitor died while its
 command lived on: it waits for the command, records the exit status the
 command's recorder wrote, runs the finalize steps and ends the job as the
-monitor would have. reap, watch, hooks and dispatch start it themselves,
-detached; of several adopters one wins, the others exit 3 doing nothing.`,
+monitor would have. A monitor that died in its finalize steps (exit code 0
+recorded) is taken over the same way: the adopter waits out the step that
+was running and takes its recorded outcome (a step is never run twice),
+then runs the steps after it and ends the job. reap, watch, hooks and
+dispatch start it themselves, detached; of several adopters one wins, the
+others exit 3 doing nothing.`,
 			setup: setupRun},
 		&command{name: "dispatch", args: "", summary: "start queued jobs, detached, up to max_concurrency",
 			help: `Starts queued jobs, oldest first, each under a detached monitor (its own
