@@ -37,10 +37,11 @@ const MaxAdoptions = 3
 //   - exit code 0 is in the record and the stage has finalize steps: the
 //     monitor died in them, and the steps not yet run are still owed
 //     (resumeFinalize). That holds only while the job has had fewer than
-//     MaxAdoptions adopters and its last progress stamp is younger than
-//     finalize_grace_s; past either, and for a failed command or a stage
-//     without steps (where an adopter would add nothing), the reaper's
-//     tier 2 finalizes it.
+//     MaxAdoptions adopters; past that, and for a failed command or a
+//     stage without steps (where an adopter would add nothing), the
+//     reaper's tier 2 finalizes it. Callers also leave such a job to
+//     tier 2 once its last progress stamp is older than finalize_grace_s
+//     (GraceOver), each on its own clock.
 //
 // groups answers process-group liveness (procid.GroupLiveness, or a pass's
 // procid.GroupTable). why says what was seen, for a person.
@@ -88,10 +89,16 @@ func (e *Env) resumeDue(j *gitstate.Job) (bool, string, error) {
 	if !ok || stage.Kind == config.KindMerge || len(stage.Finalize) == 0 || cur.Adoptions >= MaxAdoptions {
 		return false, "", nil
 	}
-	if age, ok := progressAge(cur); ok && age >= e.Config.Reaper.FinalizeGrace() {
-		return false, "", nil
-	}
 	return true, fmt.Sprintf("monitor dead in its finalize steps (exit code 0 recorded, %d of %d started)", cur.FinalizeStep, len(stage.Finalize)), nil
+}
+
+// GraceOver reports whether running job j has an exit code recorded and a
+// last progress stamp older than finalize_grace_s: the reaper's tier 2 is
+// then due, and no adopter is started for it (an adopter that never wins
+// the job never stamps, so this bounds them all).
+func (e *Env) GraceOver(j *gitstate.Job) bool {
+	age, ok := progressAge(j)
+	return j.ExitCode != nil && ok && age >= e.Config.Reaper.FinalizeGrace()
 }
 
 // progressAge is the age of j's last progress stamp: on the boot clock when
@@ -364,7 +371,7 @@ func (e *Env) adoptOrphans(ctx context.Context, jobs []*gitstate.Job) (started [
 		return nil, nil
 	}
 	for _, j := range jobs {
-		if j.Status != gitstate.Running || !procid.Local(j.Monitor) {
+		if j.Status != gitstate.Running || !procid.Local(j.Monitor) || e.GraceOver(j) {
 			continue
 		}
 		due, why, err := e.AdoptionDue(j, procid.GroupLiveness)

@@ -26,9 +26,11 @@ const ActionAdopt = "adopt"
 //   - or exit code 0 is recorded and finalize steps are still owed: the
 //     monitor died in them. That replaces "left running" (a step still
 //     runs) and tier 2, which stays the backstop: the verdict it replaces
-//     is kept as its fallback, taken when no adopter can be started, and
-//     AdoptionDue says no once the job has had pipeline.MaxAdoptions
-//     adopters or its last progress stamp is past finalize_grace_s.
+//     is kept as its fallback, taken when no adopter can be started; and
+//     the job is not adopted once it has had pipeline.MaxAdoptions
+//     adopters (AdoptionDue) or its last progress stamp is older than
+//     finalize_grace_s on the pass's clock (an adopter that never wins,
+//     never stamps).
 //
 // Without env.Adopter (no binary to start) v stands, as before adoption
 // existed.
@@ -44,6 +46,9 @@ func adoption(env *pipeline.Env, j *gitstate.Job, v verdict, groups groupChecker
 	}
 	if len(v.seen.procs) == 0 || v.seen.procs[0].live != procid.Dead {
 		return v // the monitor lives (or could not be judged)
+	}
+	if j.ExitCode != nil && v.seen.progressOK && v.seen.progressAge >= env.Config.Reaper.FinalizeGrace() {
+		return v
 	}
 	due, why, err := env.AdoptionDue(j, groups.GroupLiveness)
 	if err != nil {
