@@ -134,8 +134,9 @@ var ErrNotAdoptable = errors.New("not adoptable")
 // error wrapping ErrNotAdoptable and the current record, and nothing is
 // written. The winner's write also stamps progress (now), so tier 2 of the
 // reaper measures a stall from the adoption, not from the dead monitor's
-// last step, and counts the adoption (Job.Adoptions). A dead monitor can write nothing more: every monitor write
-// checks, under the same lock, that it is still the job's monitor.
+// last step, and counts the adoption (Job.Adoptions). A dead monitor can
+// write nothing more: every monitor write checks, under the same lock,
+// that it is still the job's monitor.
 func (s *Store) Adopt(ctx context.Context, id string, old, self procid.Identity) (*Job, error) {
 	var why string
 	j, err := s.Update(ctx, id, "", func(j *Job) error {

@@ -329,10 +329,9 @@ func (e *Env) finalizeOnSpace(ctx context.Context, id string, end Ending, lc *lo
 
 // exitRecorder is the stage command's direct parent (and a finalize
 // step's: then the file is Store.StepExitPath, and "the command" below is
-// the step), the leader of its
-// process group: it waits for the monitor's "go" on its stdin (end of
-// input: the monitor died before the command's identity was stamped, and
-// the command never runs), runs the command ($2) as `sh -c "$2"` — so the
+// the step), the leader of its process group: it waits for the monitor's
+// "go" on its stdin (end of input: the monitor died before the command's
+// identity was stamped, and the command never runs), runs the command ($2) as `sh -c "$2"` — so the
 // command's $0, $$, arguments and environment are what a plain `sh -c`
 // gives it — and writes its exit status, "N\n", to the exit file ($1),
 // created exclusively (set -C: never through a symlink or over a file left
@@ -359,11 +358,12 @@ exit "$c"`
 // recorder (exitRecorder, writing Store.StepExitPath), which runs the step —
 // is started held at a gate, "step k started" — its number, its process and
 // the progress stamp — is written, and only then is the gate opened, all
-// before the lock is let go. The recorder's file is how an adopter learns
-// the step's outcome when this monitor dies while it runs (settleStep). So a step never runs for a job that was ended or taken over,
-// never runs unless the record names it (a monitor killed before the write
-// leaves the gate shut), and whoever ends the job later finds the step's
-// process group in the record and can stop it. err (wrapping errNotOurs,
+// before the lock is let go. So a step never runs for a job that was ended
+// or taken over, never runs unless the record names it (a monitor killed
+// before the write leaves the gate shut), and whoever ends the job later
+// finds the step's process group in the record and can stop it; the
+// recorder's file is how an adopter learns the step's outcome when this
+// monitor dies while it runs (settleStep). err (wrapping errNotOurs,
 // or the store's failure) means the step did not run: the monitor lost its
 // job and must do nothing more.
 func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity, j *gitstate.Job, wt string, k int, step string,
