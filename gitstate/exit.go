@@ -59,7 +59,50 @@ func (s *Store) RecordedExit(id string) (code int, ok bool, err error) {
 	if err := ValidateJobID(id); err != nil {
 		return 0, false, err
 	}
-	path := s.ExitPath(id)
+	return readExit(id, s.ExitPath(id))
+}
+
+// StepExitPath is where the recorder of job id's finalize step k (from 1)
+// writes the step's exit status (exit/<id>+step<k>; '+' is not in a job
+// id, so no job's file is another's), as the command's recorder does
+// (ExitPath): the step's outcome survives its monitor.
+func (s *Store) StepExitPath(id string, k int) string {
+	return filepath.Join(s.dir, exitDir, fmt.Sprintf("%s+step%d", id, k))
+}
+
+// RecordedStepExit is RecordedExit for finalize step k of job id.
+func (s *Store) RecordedStepExit(id string, k int) (code int, ok bool, err error) {
+	if err := ValidateJobID(id); err != nil {
+		return 0, false, err
+	}
+	return readExit(id, s.StepExitPath(id, k))
+}
+
+// RemoveStepExits removes the exit files of job id's finalize steps: once
+// the job has ended, its record is the truth.
+func (s *Store) RemoveStepExits(id string) error {
+	if err := ValidateJobID(id); err != nil {
+		return err
+	}
+	// The directory holds a file or two per running job: listing it is
+	// cheap, and (unlike a glob) blind to what the state dir's path holds.
+	ents, err := os.ReadDir(filepath.Join(s.dir, exitDir))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("job %s: list exit status files: %w", id, err)
+	}
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), id+"+step") {
+			continue
+		}
+		if err := os.Remove(filepath.Join(s.dir, exitDir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("job %s: remove a finalize step's exit status file: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// readExit reads an exit status file of job id at path (RecordedExit).
+func readExit(id, path string) (code int, ok bool, err error) {
 	data, err := statefile.ReadFile(path, 64)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, false, nil
@@ -91,8 +134,9 @@ var ErrNotAdoptable = errors.New("not adoptable")
 // error wrapping ErrNotAdoptable and the current record, and nothing is
 // written. The winner's write also stamps progress (now), so tier 2 of the
 // reaper measures a stall from the adoption, not from the dead monitor's
-// last step. A dead monitor can write nothing more: every monitor write
-// checks, under the same lock, that it is still the job's monitor.
+// last step, and counts the adoption (Job.Adoptions). A dead monitor can
+// write nothing more: every monitor write checks, under the same lock,
+// that it is still the job's monitor.
 func (s *Store) Adopt(ctx context.Context, id string, old, self procid.Identity) (*Job, error) {
 	var why string
 	j, err := s.Update(ctx, id, "", func(j *Job) error {
@@ -113,6 +157,7 @@ func (s *Store) Adopt(ctx context.Context, id string, old, self procid.Identity)
 			return ErrSkip
 		}
 		j.Monitor = self
+		j.Adoptions++
 		j.ProgressAt = s.now()
 		j.ProgressBoot, _ = BootTime()
 		return nil

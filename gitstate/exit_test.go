@@ -61,8 +61,8 @@ func TestAdopt(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := s.Adopt(ctx, j.ID, dead, self)
-	if err != nil || got.Monitor != self || got.ProgressAt.IsZero() {
-		t.Fatalf("adopt from a dead monitor: %v, monitor %v", err, got.Monitor)
+	if err != nil || got.Monitor != self || got.ProgressAt.IsZero() || got.Adoptions != 1 {
+		t.Fatalf("adopt from a dead monitor: %v, monitor %v, adoptions %d", err, got.Monitor, got.Adoptions)
 	}
 	if _, err := s.Adopt(ctx, j.ID, dead, self); !errors.Is(err, ErrNotAdoptable) {
 		t.Fatalf("a second adoption from the same dead monitor: %v, want ErrNotAdoptable", err)
@@ -99,5 +99,34 @@ func TestRecordedExit(t *testing.T) {
 	}
 	if _, ok, err := s.RecordedExit("j"); ok || err != nil {
 		t.Errorf("no file: %v %v", ok, err)
+	}
+}
+
+// TestStepExits: a finalize step's exit file reads as the command's does,
+// and RemoveStepExits removes every step file of its job and nothing else
+// (not the command's, not another job's).
+func TestStepExits(t *testing.T) {
+	s := newStore(t)
+	if err := s.PrepareExit("j"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{s.StepExitPath("j", 1), s.StepExitPath("j", 12), s.StepExitPath("jj", 1), s.ExitPath("j")} {
+		if err := os.WriteFile(p, []byte("4\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if code, ok, err := s.RecordedStepExit("j", 12); code != 4 || !ok || err != nil {
+		t.Fatalf("step 12: %d %v %v, want 4", code, ok, err)
+	}
+	if _, ok, err := s.RecordedStepExit("j", 2); ok || err != nil {
+		t.Fatalf("step 2, no file: %v %v, want none", ok, err)
+	}
+	if err := s.RemoveStepExits("j"); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]bool{s.StepExitPath("j", 1): false, s.StepExitPath("j", 12): false, s.StepExitPath("jj", 1): true, s.ExitPath("j"): true} {
+		if _, err := os.Lstat(p); (err == nil) != want {
+			t.Errorf("%s: %v, want there %v", p, err, want)
+		}
 	}
 }

@@ -97,6 +97,10 @@ type Job struct {
 	// FinalizeStep is the number (from 1) of the last finalize step the
 	// monitor started, 0 before the first.
 	FinalizeStep int `toml:"finalize_step,omitzero"`
+	// Adoptions counts the monitors that took the job over from a dead one
+	// (Store.Adopt), so that adopters that keep dying are not replaced
+	// forever.
+	Adoptions int `toml:"adoptions,omitzero"`
 
 	// Monitor is the process that claimed the job and watches its command;
 	// it is written in the same write as queued → running, so a running job

@@ -682,5 +682,8 @@ func (s *Store) Remove(id string) error {
 			return fmt.Errorf("job %s: remove: %w", id, err)
 		}
 	}
+	if err := s.RemoveStepExits(id); err != nil {
+		return err
+	}
 	return statefile.SyncDir(filepath.Join(s.dir, jobsDir))
 }

@@ -23,7 +23,9 @@ import (
 // notSummarised are the fields of Job a running marker's summary leaves
 // out: a reaper pass does not need them to leave a job alone.
 var notSummarised = []string{"Version", "Task", "Stage", "Branch", "Target", "Attempt", "EndedAt",
-	"MergeAuthor", "Merging", "PrevCommit", "Gates", "Reason", "EndedBy", "NextJob", "History"}
+	"MergeAuthor", "Merging", "PrevCommit", "Gates", "Reason", "EndedBy", "NextJob", "History",
+	// Read from the record when a pass adopts (pipeline.Env.AdoptionDue).
+	"Adoptions"}
 
 // Every field of Job is either in the summary or named as left out, so a
 // field added to Job (one a pass may come to judge by) fails here until

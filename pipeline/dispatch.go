@@ -29,16 +29,39 @@ const ClaimWaitDefault = 30 * time.Second
 // monitor has reported its claim.
 type MonitorStarter func(ctx context.Context, id string) error
 
-// Dispatch starts queued jobs, oldest first, while the jobs running on this
-// host are fewer than max_concurrency. Dispatchers exclude each other with a
-// lock and each started monitor reports its claim before the next job is
-// considered, so two dispatches at once never exceed the limit and never
-// start a job twice. It returns the ids of the jobs it started; a job that
-// could not be started is reported in the error and the others still go.
+// Dispatch is DispatchAll returning the ids of the jobs it started.
 func (e *Env) Dispatch(ctx context.Context, start MonitorStarter) (started []string, err error) {
+	d, err := e.DispatchAll(ctx, start)
+	return d.Started, err
+}
+
+// Dispatched is what a dispatch did.
+type Dispatched struct {
+	// Started are the queued jobs it started, in order.
+	Started []string
+	// Adopted are the running jobs it started a new monitor for (their
+	// monitor was dead: AdoptionDue). Started, not won: of the adopters
+	// started for a job, by this dispatch or anyone, one takes it over.
+	Adopted []Adoption
+}
+
+// Adoption is one new monitor started for a running job (Env.Adopter).
+type Adoption struct {
+	Job string `json:"job"`
+	Why string `json:"why"` // what AdoptionDue saw
+}
+
+// DispatchAll starts a new monitor for every running job of this host that
+// needs one (AdoptionDue), then queued jobs, oldest first, while the jobs
+// running on this host are fewer than max_concurrency. Dispatchers exclude
+// each other with a lock and each started monitor reports its claim before
+// the next job is considered, so two dispatches at once never exceed the
+// limit and never start a job twice. A job that could not be started or
+// adopted is reported in the error and the others still go.
+func (e *Env) DispatchAll(ctx context.Context, start MonitorStarter) (d Dispatched, err error) {
 	unlock, err := statefile.Lock(ctx, e.Store.LockPath("dispatch"))
 	if err != nil {
-		return nil, fmt.Errorf("dispatch: %w", err)
+		return d, fmt.Errorf("dispatch: %w", err)
 	}
 	defer unlock()
 	var errs []error
@@ -46,12 +69,13 @@ func (e *Env) Dispatch(ctx context.Context, start MonitorStarter) (started []str
 	for first := true; ; first = false {
 		l, err := e.Store.Active()
 		if err != nil {
-			return started, err
+			return d, err
 		}
 		if first {
-			// A job whose monitor died while its command lives gets a new
-			// monitor; it still counts as running below.
-			_, aerrs := e.adoptOrphans(ctx, l.Jobs)
+			// A job whose monitor died while its outcome can still be had
+			// gets a new monitor; it still counts as running below.
+			var aerrs []error
+			d.Adopted, aerrs = e.adoptOrphans(ctx, l.Jobs)
 			errs = append(errs, aerrs...)
 		}
 		running := 0
@@ -65,7 +89,7 @@ func (e *Env) Dispatch(ctx context.Context, start MonitorStarter) (started []str
 			}
 		}
 		if next == nil || running >= e.Config.MaxConcurrency {
-			return started, errors.Join(errs...)
+			return d, errors.Join(errs...)
 		}
 		tried[next.ID] = true
 		if err := start(ctx, next.ID); err != nil {
@@ -74,7 +98,7 @@ func (e *Env) Dispatch(ctx context.Context, start MonitorStarter) (started []str
 			}
 			continue
 		}
-		started = append(started, next.ID)
+		d.Started = append(d.Started, next.ID)
 	}
 }
 

@@ -212,11 +212,7 @@ type monitored struct {
 // adopter share it, so an adopted job ends exactly as one whose monitor
 // lived.
 func (e *Env) afterCommand(ctx context.Context, m monitored, code int) (Result, error) {
-	id, self, j, wt, stage, logf, logCap, say := m.id, m.self, m.job, m.worktree, m.stage, m.log, m.logCap, m.say
-	fail := func(reason string) (Result, error) {
-		say("%s", reason)
-		return e.finalizeOnSpace(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor, Failure: reason}, logCap, say)
-	}
+	id, self, stage, logCap, say := m.id, m.self, m.stage, m.logCap, m.say
 	// The command may have written all its output between two looks.
 	logCap.Enforce()
 	now := time.Now().UTC()
@@ -242,28 +238,54 @@ func (e *Env) afterCommand(ctx context.Context, m monitored, code int) (Result, 
 	e.Store.RemoveExit(id)
 	crashpoint.Hit("run.exit_recorded")
 
-	if code == 0 {
-		for i, step := range stage.Finalize {
-			reason, err := e.finalizeStep(ctx, id, self, j, wt, i+1, step, stage.FinalizeTimeout(), logf, say)
-			if err != nil && !errors.Is(err, errNotOurs) {
-				// The store failed (a lock deadline, a full disk): the
-				// step did not run, and the job fails saying so.
-				return fail(fmt.Sprintf("finalize step %q not started: %v", step, err))
+	if code != 0 {
+		return e.finalizeFrom(ctx, m, len(stage.Finalize)+1)
+	}
+	return e.finalizeFrom(ctx, m, 1)
+}
+
+// finalizeFrom is steps 4 and 5 of Run for a job whose exit code 0 is in
+// the record, from finalize step `from` (from 1; past the last, none): it
+// runs the steps not yet run, each fenced (finalizeStep), and finalizes.
+// Run starts at step 1; an adopter of a job whose monitor died in its
+// finalize steps starts after the last one stamped started (settleStep
+// decides that one's outcome), so each step runs at most once.
+func (e *Env) finalizeFrom(ctx context.Context, m monitored, from int) (Result, error) {
+	id, self, j, wt, stage, logf, logCap, say := m.id, m.self, m.job, m.worktree, m.stage, m.log, m.logCap, m.say
+	if len(stage.Finalize) > 0 {
+		// Once the job has ended its record is the truth: the steps'
+		// exit files, kept for an adopter until now, have served.
+		defer func() {
+			if cur, err := e.Store.Get(id); err == nil && cur.Status.Terminal() {
+				e.Store.RemoveStepExits(id)
 			}
-			if err != nil {
-				// Lost: the job was ended (cancel, the reaper) or taken
-				// over while this monitor worked. It runs nothing more.
-				say("finalize step %d not started: %v", i+1, err)
-				if cur, gerr := e.Store.Get(id); gerr == nil {
-					j = cur
-				}
-				return Result{Job: j}, err
-			}
-			if reason != "" {
-				return fail(reason)
-			}
-			crashpoint.Hit(fmt.Sprintf("run.finalize_step.%d", i))
+		}()
+	}
+	fail := func(reason string) (Result, error) {
+		say("%s", reason)
+		return e.finalizeOnSpace(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor, Failure: reason}, logCap, say)
+	}
+	for i := from - 1; i >= 0 && i < len(stage.Finalize); i++ {
+		step := stage.Finalize[i]
+		reason, err := e.finalizeStep(ctx, id, self, j, wt, i+1, step, stage.FinalizeTimeout(), logf, say)
+		if err != nil && !errors.Is(err, errNotOurs) {
+			// The store failed (a lock deadline, a full disk): the
+			// step did not run, and the job fails saying so.
+			return fail(fmt.Sprintf("finalize step %q not started: %v", step, err))
 		}
+		if err != nil {
+			// Lost: the job was ended (cancel, the reaper) or taken
+			// over while this monitor worked. It runs nothing more.
+			say("finalize step %d not started: %v", i+1, err)
+			if cur, gerr := e.Store.Get(id); gerr == nil {
+				j = cur
+			}
+			return Result{Job: j}, err
+		}
+		if reason != "" {
+			return fail(reason)
+		}
+		crashpoint.Hit(fmt.Sprintf("run.finalize_step.%d", i))
 	}
 	res, err := e.finalizeOnSpace(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor}, logCap, say)
 	if err == nil {
@@ -305,10 +327,11 @@ func (e *Env) finalizeOnSpace(ctx context.Context, id string, end Ending, lc *lo
 	}
 }
 
-// exitRecorder is the stage command's direct parent, the leader of its
-// process group: it waits for the monitor's "go" on its stdin (end of
-// input: the monitor died before the command's identity was stamped, and
-// the command never runs), runs the command ($2) as `sh -c "$2"` — so the
+// exitRecorder is the stage command's direct parent (and a finalize
+// step's: then the file is Store.StepExitPath, and "the command" below is
+// the step), the leader of its process group: it waits for the monitor's
+// "go" on its stdin (end of input: the monitor died before the command's
+// identity was stamped, and the command never runs), runs the command ($2) as `sh -c "$2"` — so the
 // command's $0, $$, arguments and environment are what a plain `sh -c`
 // gives it — and writes its exit status, "N\n", to the exit file ($1),
 // created exclusively (set -C: never through a symlink or over a file left
@@ -329,20 +352,18 @@ set -C
 printf '%s\n' "$c" >"$1"
 exit "$c"`
 
-// finalizeGate runs a finalize step ($1) only once the monitor says "go" on
-// its stdin; end of input (the monitor died, or did not get its stamp
-// written) ends it without running the step.
-const finalizeGate = `IFS= read -r go || exit 125; exec sh -c "$1" </dev/null`
-
 // finalizeStep runs finalize step k (from 1) and returns a failure reason,
 // or "". The step is fenced: under the job's lock, the record is checked to
-// be still running under this monitor, the step's process is started held
-// at a gate, "step k started" — its number, its process and the progress
-// stamp — is written, and only then is the gate opened, all before the lock
-// is let go. So a step never runs for a job that was ended or taken over,
-// never runs unless the record names it (a monitor killed before the write
-// leaves the gate shut), and whoever ends the job later finds the step's
-// process group in the record and can stop it. err (wrapping errNotOurs,
+// be still running under this monitor, the step's process — its exit-status
+// recorder (exitRecorder, writing Store.StepExitPath), which runs the step —
+// is started held at a gate, "step k started" — its number, its process and
+// the progress stamp — is written, and only then is the gate opened, all
+// before the lock is let go. So a step never runs for a job that was ended
+// or taken over, never runs unless the record names it (a monitor killed
+// before the write leaves the gate shut), and whoever ends the job later
+// finds the step's process group in the record and can stop it; the
+// recorder's file is how an adopter learns the step's outcome when this
+// monitor dies while it runs (settleStep). err (wrapping errNotOurs,
 // or the store's failure) means the step did not run: the monitor lost its
 // job and must do nothing more.
 func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity, j *gitstate.Job, wt string, k int, step string,
@@ -357,7 +378,12 @@ func (e *Env) finalizeStep(ctx context.Context, id string, self procid.Identity,
 	}
 	defer gate.Close()
 	defer open.Close()
-	cmd.Args = []string{"sh", "-c", finalizeGate, "orch-finalize", step}
+	// A leftover (or planted) file would stop the recorder's exclusive
+	// create; a job's step k runs at most once, so none is owed.
+	if err := os.Remove(e.Store.StepExitPath(id, k)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Sprintf("finalize step %q: %v", step, err), nil
+	}
+	cmd.Args = []string{"sh", "-c", exitRecorder, "orch-finalize", e.Store.StepExitPath(id, k), step}
 	cmd.Stdin = gate
 	var startErr error
 	var fid procid.Identity

@@ -20,6 +20,9 @@ type verdict struct {
 	note     string // what happened to a job left alone, worth reporting
 	err      error
 	seen     sight // what the verdict was made of, for explanations
+	// fallback, for TierAdopt, is the tier-2 verdict the adoption replaced:
+	// taken when no adopter can be started.
+	fallback *verdict
 }
 
 // sight is what judge saw of one job on its way to the verdict: the same
@@ -177,9 +180,6 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 				cur.ProgressAt.Equal(j.ProgressAt) && cur.ProgressBoot == j.ProgressBoot
 		}
 		ending := pipeline.Ending{EndedBy: gitstate.EndedByReaperExitCode, OnlyIf: onlyIf}
-		if dead {
-			return verdict{tier: TierExitCode, why: "exit code recorded and " + why, ending: ending}
-		}
 		wall, boot, what := j.FinishedAt, time.Duration(0), "exit code recorded"
 		if !j.ProgressAt.IsZero() {
 			wall, boot = j.ProgressAt, j.ProgressBoot
@@ -187,8 +187,13 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 		if j.FinalizeStep > 0 {
 			what = fmt.Sprintf("finalize step %d started", j.FinalizeStep)
 		}
+		// Measured even when every process is dead: adoption (a dead
+		// monitor's finalize steps) is bounded by the same grace.
 		age, ok := c.stampAge(wall, boot, local, &seen.Progress, count)
 		sg.progressAge, sg.progressOK, sg.progressOf = age, ok, what
+		if dead {
+			return verdict{tier: TierExitCode, why: "exit code recorded and " + why, ending: ending}
+		}
 		if ok && age >= cfg.FinalizeGrace() {
 			// Ended while its monitor lives: whatever step it is stuck in
 			// is stopped, so the reaped job causes no further effect.

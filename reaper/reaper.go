@@ -239,7 +239,12 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 				return fmt.Sprintf("observation %d of %d counted", v.seen.streak.Count, cfg.DeadTicks)
 			}
 			if v.tier == TierAdopt {
-				return startAdopter(ctx, env, j, v, opts, snap)
+				out, started := startAdopter(ctx, env, j, v, opts, snap)
+				if started || v.fallback == nil {
+					return out
+				}
+				// No adopter: tier 2 is the backstop.
+				v = *v.fallback
 			}
 			if v.tier == TierExitCode && opts.DeferSlow && env.HasCommandGates(j) {
 				snap.Deferred++

@@ -31,13 +31,21 @@ when it ends failed or was not queued, 1 on an operational error.
 run --adopt JOB takes over a running job whose monitor died while its
 command lived on: it waits for the command, records the exit status the
 command's recorder wrote, runs the finalize steps and ends the job as the
-monitor would have. reap, watch, hooks and dispatch start it themselves,
-detached; of several adopters one wins, the others exit 3 doing nothing.`,
+monitor would have. A monitor that died in its finalize steps (exit code 0
+recorded) is taken over the same way: the adopter waits out the step that
+was running and takes its recorded outcome (a step is never run twice),
+then runs the steps after it and ends the job. reap, watch, hooks and
+dispatch start it themselves, detached; of several adopters one wins, the
+others exit 3 doing nothing.`,
 			setup: setupRun},
 		&command{name: "dispatch", args: "", summary: "start queued jobs, detached, up to max_concurrency",
 			help: `Starts queued jobs, oldest first, each under a detached monitor (its own
 session: this command may exit, the job goes on), while the jobs running on
-this host are fewer than max_concurrency. Prints the started job ids.`,
+this host are fewer than max_concurrency. Prints the started job ids.
+First it starts a new monitor (run --adopt, detached) for each running job
+whose monitor died while its outcome could still be had, and says so on
+stderr: "JOB: adopt: started a new monitor: WHY". --json prints
+{"started": [ids], "adopted": [{"job", "why"}]} instead.`,
 			setup: setupDispatch},
 		&command{name: "logs", args: "JOB [-f] [--raw]", summary: "the job's output",
 			help: `Prints the job's output file. On a terminal its control characters are
@@ -121,6 +129,7 @@ func readyReporter() func(error) {
 }
 
 func setupDispatch(fs *flag.FlagSet, c *cli) func([]string) error {
+	asJSON := fs.Bool("json", false, "print {\"started\": [...], \"adopted\": [...]} as JSON")
 	return func(args []string) error {
 		if err := needArgs("dispatch", args, 0, 0, "no arguments"); err != nil {
 			return err
@@ -133,11 +142,29 @@ func setupDispatch(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return fmt.Errorf("dispatch: find own executable: %w", err)
 		}
-		started, err := env.Dispatch(c.ctx, env.StartMonitor(exe, env.MonitorArgs()...))
-		for _, id := range started {
+		d, err := env.DispatchAll(c.ctx, env.StartMonitor(exe, env.MonitorArgs()...))
+		if *asJSON {
+			started, adopted := d.Started, d.Adopted
+			if started == nil {
+				started = []string{}
+			}
+			if adopted == nil {
+				adopted = []pipeline.Adoption{}
+			}
+			if jerr := writeJSON(c.stdout, map[string]any{"started": started, "adopted": adopted}); jerr != nil {
+				return errors.Join(err, jerr)
+			}
+			return err
+		}
+		// Started ids alone on stdout, for scripts; the adoptions, like
+		// a reaper pass's, on stderr.
+		for _, a := range d.Adopted {
+			c.errf("%s: adopt: started a new monitor: %s\n", a.Job, termtext.Line(a.Why))
+		}
+		for _, id := range d.Started {
 			fmt.Fprintln(c.stdout, id)
 		}
-		if len(started) == 0 && err == nil {
+		if len(d.Started) == 0 && err == nil {
 			c.errf("nothing to start (no queued job, or max_concurrency = %d reached)\n", env.Config.MaxConcurrency)
 		}
 		return err
