@@ -295,7 +295,7 @@ type graphLayerSpec struct {
 
 // writeGraphs removes any commit-graph and writes the layers: one file for
 // a single layer, else a split chain, one layer per write (no merging).
-func writeGraphs(t *testing.T, dir string, env []string, ids []string, layers []graphLayerSpec, changedPaths bool) {
+func writeGraphs(t testing.TB, dir string, env []string, ids []string, layers []graphLayerSpec, changedPaths bool) {
 	t.Helper()
 	info := filepath.Join(dir, ".git", "objects", "info")
 	os.Remove(filepath.Join(info, "commit-graph"))
@@ -322,7 +322,7 @@ func writeGraphs(t *testing.T, dir string, env []string, ids []string, layers []
 
 // graphChunks lists the chunk ids of each layer of g's files, from the
 // chunk table.
-func graphChunks(t *testing.T, info string) [][]string {
+func graphChunks(t testing.TB, info string) [][]string {
 	t.Helper()
 	files := []string{filepath.Join(info, "commit-graph")}
 	if chain, err := os.ReadFile(filepath.Join(info, "commit-graphs", "commit-graph-chain")); err == nil {
