@@ -20,7 +20,6 @@ import (
 
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/format/objfile"
-	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
 	"github.com/orch-hooks/orch-hooks/gittest"
@@ -90,30 +89,6 @@ func looseHistory(tb testing.TB, n int) (*Repo, []string) {
 		}
 	}
 	return &Repo{CommonDir: filepath.Join(r.Dir, ".git")}, ids
-}
-
-// The candidate replacement (and the pooled variant) answers as
-// looseParents does, so the
-// benchmark compares equal work.
-func TestLooseParentsObjfileAgrees(t *testing.T) {
-	repo, ids := looseHistory(t, 40)
-	for _, id := range ids {
-		want, err := repo.looseParents(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for name, read := range map[string]func(string) ([]string, error){
-			"objfile": repo.looseParentsObjfile, "pooled": repo.looseParentsPooled,
-		} {
-			got, err := read(id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(want, got); diff != "" {
-				t.Fatalf("%s: (-looseParents +%s):\n%s", id, name, diff)
-			}
-		}
-	}
 }
 
 // looseParentsPooled is looseParents with its inflater reused through a
