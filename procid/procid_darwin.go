@@ -1,0 +1,87 @@
+package procid
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The offsets darwinKinfo decodes by are those of x/sys's KinfoProc,
+// generated from the SDK's sys/sysctl.h: a mismatch fails `GOOS=darwin go
+// build` (a negative constant cannot size an array), so CI's cross build
+// checks the layout the Linux tests decode.
+const (
+	darwinSize  = unsafe.Sizeof(unix.KinfoProc{})
+	darwinProc  = unsafe.Offsetof(unix.KinfoProc{}.Proc)
+	darwinStart = darwinProc + unsafe.Offsetof(unix.ExternProc{}.P_starttime)
+	darwinUsec  = darwinStart + unsafe.Offsetof(unix.Timeval{}.Usec)
+	darwinFlag  = darwinProc + unsafe.Offsetof(unix.ExternProc{}.P_flag)
+	darwinStat  = darwinProc + unsafe.Offsetof(unix.ExternProc{}.P_stat)
+	darwinPID   = darwinProc + unsafe.Offsetof(unix.ExternProc{}.P_pid)
+	darwinPPID  = unsafe.Offsetof(unix.KinfoProc{}.Eproc) + unsafe.Offsetof(unix.Eproc{}.Ppid)
+	darwinPGID  = unsafe.Offsetof(unix.KinfoProc{}.Eproc) + unsafe.Offsetof(unix.Eproc{}.Pgid)
+)
+
+var (
+	_ [darwinSize - 648]byte
+	_ [648 - darwinSize]byte
+	_ [darwinStart - 0]byte
+	_ [0 - darwinStart]byte
+	_ [darwinUsec - 8]byte
+	_ [8 - darwinUsec]byte
+	_ [darwinFlag - 32]byte
+	_ [32 - darwinFlag]byte
+	_ [darwinStat - 36]byte
+	_ [36 - darwinStat]byte
+	_ [darwinPID - 40]byte
+	_ [40 - darwinPID]byte
+	_ [darwinPPID - 560]byte
+	_ [560 - darwinPPID]byte
+	_ [darwinPGID - 564]byte
+	_ [564 - darwinPGID]byte
+)
+
+// readStat asks the kernel for the process's kinfo_proc. The start time is
+// p_starttime, the wall-clock time of the fork, which the kernel stores
+// once and never adjusts: microseconds since the epoch, compared only for
+// equality, on the same boot.
+func readStat(pid int) (Stat, error) {
+	b, err := unix.SysctlRaw("kern.proc.pid", pid)
+	if errors.Is(err, unix.ESRCH) {
+		return Stat{}, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
+	}
+	if err != nil {
+		return Stat{}, fmt.Errorf("sysctl kern.proc.pid.%d: %w", pid, err)
+	}
+	k, err := decodeKinfo(b, darwinKinfo, pid)
+	if err != nil {
+		return Stat{}, err
+	}
+	return k.stat(0), nil
+}
+
+// readBootID is kern.bootsessionuuid, a UUID made at each boot; on a
+// kernel without it, kern.boottime in microseconds ("boottime:<µs>"),
+// which setting the clock can move — the boot then looks like another,
+// and its processes are judged by tier 3 only: never wrongly dead.
+func readBootID() (string, error) {
+	if s, err := unix.Sysctl("kern.bootsessionuuid"); err == nil && s != "" {
+		return s, nil
+	}
+	b, err := unix.SysctlRaw("kern.boottime")
+	if err != nil {
+		return "", fmt.Errorf("boot id: sysctl kern.boottime: %w", err)
+	}
+	us, err := decodeTimeval(b, false)
+	if err != nil {
+		return "", fmt.Errorf("boot id: %w", err)
+	}
+	return "boottime:" + strconv.FormatInt(us, 10), nil
+}
+
+const procListName = "kern.proc.all"
+
+var kinfoLayoutHere = darwinKinfo
