@@ -30,6 +30,7 @@ type kinfoLayout struct {
 	flag      int // p_flag: int32 on darwin, long on FreeBSD
 	flag64    bool
 	stat      int // char: S* process status
+	jid       int // int ki_jid, FreeBSD's jail id; -1 where there is none
 }
 
 // darwinKinfo is macOS's struct kinfo_proc (sys/sysctl.h) on arm64 and
@@ -42,18 +43,20 @@ var darwinKinfo = kinfoLayout{
 	os: "darwin", size: 648, sizeField: -1,
 	pid: 40, ppid: 560, pgid: 564,
 	startSec: 0, startUsec: 8, usec64: false,
-	flag: 32, flag64: false, stat: 36,
+	flag: 32, flag64: false, stat: 36, jid: -1,
 }
 
 // freebsdKinfo is FreeBSD's struct kinfo_proc (sys/user.h,
 // KINFO_PROC_SIZE 1088 on amd64 and arm64): ki_structsize at 0, eight
 // pointers, then ki_pid 72, ki_ppid 76, ki_pgid 80; ki_start (a timeval
-// with a 64-bit tv_usec) at 336, long ki_flag at 368, char ki_stat at 388.
+// with a 64-bit tv_usec) at 336, long ki_flag at 368, char ki_stat at 388;
+// int ki_jid at 592, after the string fields and the spare ints that new
+// fields are carved from (so it has not moved since FreeBSD 7).
 var freebsdKinfo = kinfoLayout{
 	os: "freebsd", size: 1088, sizeField: 0,
 	pid: 72, ppid: 76, pgid: 80,
 	startSec: 336, startUsec: 344, usec64: true,
-	flag: 368, flag64: true, stat: 388,
+	flag: 368, flag64: true, stat: 388, jid: 592,
 }
 
 // The S* process states of sys/proc.h, the same numbers on both kernels.
@@ -77,6 +80,7 @@ type kinfo struct {
 	StartUsec       int64
 	Flag            uint64
 	Stat            byte
+	JID             int // 0 outside a jail, and on macOS
 }
 
 // decodeKinfo decodes the answer to kern.proc.pid.<pid>. An empty answer
@@ -112,6 +116,9 @@ func decodeKinfo(b []byte, l kinfoLayout, pid int) (kinfo, error) {
 		k.Flag = le.Uint64(b[l.flag:])
 	} else {
 		k.Flag = uint64(le.Uint32(b[l.flag:]))
+	}
+	if l.jid >= 0 {
+		k.JID = int(int32(le.Uint32(b[l.jid:])))
 	}
 	if k.PID != pid {
 		return kinfo{}, fmt.Errorf("%s kinfo_proc asked for pid %d describes pid %d", l.os, pid, k.PID)

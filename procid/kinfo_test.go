@@ -19,6 +19,7 @@ type kinfoFixture struct {
 	sec, usec       int64
 	flag            int64
 	stat            byte
+	jid             int32
 }
 
 func (f kinfoFixture) bytes(l kinfoLayout) []byte {
@@ -46,6 +47,9 @@ func (f kinfoFixture) bytes(l kinfoLayout) []byte {
 		le.PutUint32(b[l.flag:], uint32(f.flag))
 	}
 	b[l.stat] = f.stat
+	if l.jid >= 0 {
+		le.PutUint32(b[l.jid:], uint32(f.jid))
+	}
 	return b
 }
 
@@ -63,9 +67,13 @@ func TestKinfoLayoutsMatchHeaders(t *testing.T) {
 	// fixpt_t ki_pctcpu and 4 × u_int (..328), u_int64_t ki_runtime
 	// (..336), struct timeval ki_start (336), ki_childtime (352), long
 	// ki_flag (368), long ki_kiflag (376), int ki_traceflag (384), char
-	// ki_stat (388).
+	// ki_stat (388), 5 more chars (..394), the strings ki_tdname[17],
+	// ki_wmesg[9], ki_login[18], ki_lockname[9], ki_comm[20],
+	// ki_emul[17], ki_loginclass[18] and ki_sparestrings[50] (..552),
+	// int ki_spareints[7], ki_flag2, ki_fibnum, ki_cr_flags (..592), int
+	// ki_jid (592).
 	fb := kinfoLayout{os: "freebsd", size: 1088, sizeField: 0, pid: 72, ppid: 76, pgid: 80,
-		startSec: 336, startUsec: 344, usec64: true, flag: 368, flag64: true, stat: 388}
+		startSec: 336, startUsec: 344, usec64: true, flag: 368, flag64: true, stat: 388, jid: 592}
 	// macOS sys/proc.h struct extern_proc (LP64): union p_un whose
 	// struct timeval p_starttime (long tv_sec, int tv_usec, padded to 16)
 	// is at 0, struct vmspace *p_vmspace (16), struct sigacts *p_sigacts
@@ -75,7 +83,7 @@ func TestKinfoLayoutsMatchHeaders(t *testing.T) {
 	// vmspace come first), e_pgid after it; sizeof(struct kinfo_proc) is
 	// 648.
 	dw := kinfoLayout{os: "darwin", size: 648, sizeField: -1, pid: 40, ppid: 296 + 264, pgid: 296 + 268,
-		startSec: 0, startUsec: 8, usec64: false, flag: 32, flag64: false, stat: 36}
+		startSec: 0, startUsec: 8, usec64: false, flag: 32, flag64: false, stat: 36, jid: -1}
 	allow := cmp.AllowUnexported(kinfoLayout{})
 	if d := cmp.Diff(fb, freebsdKinfo, allow); d != "" {
 		t.Errorf("freebsdKinfo differs from sys/user.h (-header +table):\n%s", d)
@@ -88,12 +96,15 @@ func TestKinfoLayoutsMatchHeaders(t *testing.T) {
 func TestDecodeKinfo(t *testing.T) {
 	for _, l := range []kinfoLayout{darwinKinfo, freebsdKinfo} {
 		t.Run(l.os, func(t *testing.T) {
-			running := kinfoFixture{pid: 4242, ppid: 4100, pgid: 4200, sec: 1764633600, usec: 123456, flag: 0x4000 | 0x4, stat: bsdSRUN}
+			running := kinfoFixture{pid: 4242, ppid: 4100, pgid: 4200, sec: 1764633600, usec: 123456, flag: 0x4000 | 0x4, stat: bsdSRUN, jid: 3}
 			k, err := decodeKinfo(running.bytes(l), l, 4242)
 			if err != nil {
 				t.Fatal(err)
 			}
 			want := kinfo{PID: 4242, PPID: 4100, PGID: 4200, StartSec: 1764633600, StartUsec: 123456, Flag: 0x4004, Stat: bsdSRUN}
+			if l.jid >= 0 {
+				want.JID = 3 // macOS has no jails: its fixture's jid is not written
+			}
 			if d := cmp.Diff(want, k); d != "" {
 				t.Fatalf("decoded (-want +got):\n%s", d)
 			}

@@ -24,11 +24,13 @@ import (
 )
 
 // Identity names one process for as long as the machine stays up. The start
-// time is field 22 of /proc/<pid>/stat (clock ticks since boot, normalised
-// to the host's clock: see StartTime of Stat), so a pid recycled for
-// another process yields a different Identity. PidNS is the pid namespace
-// PID was read in; zero in records written before it was recorded, which
-// are judged as if they were of the judge's own namespace.
+// time is field 22 of /proc/<pid>/stat on Linux (clock ticks since boot,
+// normalised to the host's clock: see StartTime of Stat), microseconds from
+// the kinfo_proc on macOS and FreeBSD, so a pid recycled for another
+// process yields a different Identity. PidNS is the pid namespace PID was
+// read in (on FreeBSD its jail id plus one; nothing on macOS); zero in
+// records written before it was recorded, which are judged as if they were
+// of the judge's own namespace.
 type Identity struct {
 	Host      string `toml:"host,omitempty" json:"host,omitempty"`
 	BootID    string `toml:"boot_id,omitempty" json:"boot_id,omitempty"`
@@ -76,7 +78,8 @@ func (l Liveness) String() string {
 	}
 }
 
-// Stat is what this package reads from /proc/<pid>/stat.
+// Stat is what this package reads from /proc/<pid>/stat, or from the
+// kinfo_proc on macOS and FreeBSD (State is then 'Z' or 'R').
 type Stat struct {
 	State byte // field 3: R, S, D, Z, T, ...
 	PPID  int  // field 4

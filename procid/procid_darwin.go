@@ -85,3 +85,8 @@ func readBootID() (string, error) {
 const procListName = "kern.proc.all"
 
 var kinfoLayoutHere = darwinKinfo
+
+// readPidNS: macOS has no pid namespaces; a pid means the same process to
+// every reader on the machine, and an identity records no namespace (0,
+// judged as the reader's own).
+func readPidNS() (uint64, error) { return 0, nil }

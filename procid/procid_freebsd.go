@@ -3,6 +3,7 @@ package procid
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -62,3 +63,26 @@ func readBootID() (string, error) {
 const procListName = "kern.proc.proc"
 
 var kinfoLayoutHere = freebsdKinfo
+
+// readPidNS is this process's jail id plus one (1 outside any jail). Jails
+// share the host's pid numbers, but a jailed process sees only its jail's
+// processes: a host process would look gone to a reaper inside a jail. So
+// an identity names the jail it was read in, and a judge in another jail
+// (or outside, for a jailed one) treats it as foreign, as Linux treats
+// another pid namespace. Never 0, which means "recorded before
+// namespaces" and is judged as the reader's own.
+func readPidNS() (uint64, error) {
+	pid := os.Getpid()
+	b, err := unix.SysctlRaw("kern.proc.pid", pid)
+	if err != nil {
+		return 0, fmt.Errorf("jail of this process: sysctl kern.proc.pid.%d: %w", pid, err)
+	}
+	k, err := decodeKinfo(b, freebsdKinfo, pid)
+	if err != nil {
+		return 0, fmt.Errorf("jail of this process: %w", err)
+	}
+	if k.JID < 0 {
+		return 0, fmt.Errorf("jail of this process: jail id %d", k.JID)
+	}
+	return uint64(k.JID) + 1, nil
+}
