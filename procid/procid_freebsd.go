@@ -32,7 +32,11 @@ func readStat(pid int) (Stat, error) {
 		if err != nil {
 			return Stat{}, err
 		}
-		if again, err := bootTimeUsec(); err != nil || again != boot {
+		again, err := bootTimeUsec()
+		if err != nil {
+			return Stat{}, err
+		}
+		if again != boot {
 			continue
 		}
 		return k.stat(boot), nil

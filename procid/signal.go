@@ -8,7 +8,8 @@ import "syscall"
 // Linux the identity is checked after a pidfd is open and the signal goes
 // through it, so a pid reused between the check and the send cannot
 // receive it. macOS and FreeBSD have no pidfd for another process: the
-// check comes right before a plain kill, and the window is that of the
-// kernel handing the just-freed pid out again — which both avoid, giving
-// out pids in increasing order up to 99999 before wrapping.
+// check comes right before a plain kill, and a signal goes astray only if
+// the process exits and its pid is handed out again in between, which
+// both kernels' default of giving pids out in increasing order (up to
+// 99999, then wrapping) makes take a whole turn of the pid space.
 func Signal(id Identity, sig syscall.Signal) (bool, error) { return signal(id, sig) }
