@@ -40,11 +40,24 @@ type kinfoLayout struct {
 // kp_eproc (e_ppid at 264 into it, e_pgid after). tv_usec is a 32-bit
 // suseconds_t.
 var darwinKinfo = kinfoLayout{
-	os: "darwin", size: 648, sizeField: -1,
-	pid: 40, ppid: 560, pgid: 564,
-	startSec: 0, startUsec: 8, usec64: false,
-	flag: 32, flag64: false, stat: 36, jid: -1,
+	os: "darwin", size: darwinKinfoSize, sizeField: -1,
+	pid: darwinOffPID, ppid: darwinOffPPID, pgid: darwinOffPGID,
+	startSec: darwinOffStart, startUsec: darwinOffUsec, usec64: false,
+	flag: darwinOffFlag, flag64: false, stat: darwinOffStat, jid: -1,
 }
+
+// The numbers of darwinKinfo, as constants for procid_darwin.go's
+// compile-time check against x/sys.
+const (
+	darwinKinfoSize = 648
+	darwinOffStart  = 0
+	darwinOffUsec   = 8
+	darwinOffFlag   = 32
+	darwinOffStat   = 36
+	darwinOffPID    = 40
+	darwinOffPPID   = 296 + 264
+	darwinOffPGID   = 296 + 268
+)
 
 // freebsdKinfo is FreeBSD's struct kinfo_proc (sys/user.h,
 // KINFO_PROC_SIZE 1088 on amd64 and arm64): ki_structsize at 0, eight

@@ -11,8 +11,8 @@ import (
 
 // The offsets darwinKinfo decodes by are those of x/sys's KinfoProc,
 // generated from the SDK's sys/sysctl.h: a mismatch fails `GOOS=darwin go
-// build` (a negative constant cannot size an array), so CI's cross build
-// checks the layout the Linux tests decode.
+// build` (one of each pair of differences is negative, which overflows
+// uintptr), so CI's cross build checks the layout the Linux tests decode.
 const (
 	darwinSize  = unsafe.Sizeof(unix.KinfoProc{})
 	darwinProc  = unsafe.Offsetof(unix.KinfoProc{}.Proc)
@@ -26,22 +26,22 @@ const (
 )
 
 var (
-	_ [darwinSize - 648]byte
-	_ [648 - darwinSize]byte
-	_ [darwinStart - 0]byte
-	_ [0 - darwinStart]byte
-	_ [darwinUsec - 8]byte
-	_ [8 - darwinUsec]byte
-	_ [darwinFlag - 32]byte
-	_ [32 - darwinFlag]byte
-	_ [darwinStat - 36]byte
-	_ [36 - darwinStat]byte
-	_ [darwinPID - 40]byte
-	_ [40 - darwinPID]byte
-	_ [darwinPPID - 560]byte
-	_ [560 - darwinPPID]byte
-	_ [darwinPGID - 564]byte
-	_ [564 - darwinPGID]byte
+	_ [darwinSize - darwinKinfoSize]byte
+	_ [darwinKinfoSize - darwinSize]byte
+	_ [darwinStart - darwinOffStart]byte
+	_ [darwinOffStart - darwinStart]byte
+	_ [darwinUsec - darwinOffUsec]byte
+	_ [darwinOffUsec - darwinUsec]byte
+	_ [darwinFlag - darwinOffFlag]byte
+	_ [darwinOffFlag - darwinFlag]byte
+	_ [darwinStat - darwinOffStat]byte
+	_ [darwinOffStat - darwinStat]byte
+	_ [darwinPID - darwinOffPID]byte
+	_ [darwinOffPID - darwinPID]byte
+	_ [darwinPPID - darwinOffPPID]byte
+	_ [darwinOffPPID - darwinPPID]byte
+	_ [darwinPGID - darwinOffPGID]byte
+	_ [darwinOffPGID - darwinPGID]byte
 )
 
 // readStat asks the kernel for the process's kinfo_proc. The start time is
