@@ -36,7 +36,7 @@ func StatStamp(path string) Stamp {
 	s := Stamp{Exists: true, Size: fi.Size(), MTime: fi.ModTime().UnixNano()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		s.Dev, s.Ino = uint64(st.Dev), st.Ino
-		s.CTime = st.Ctim.Nano()
+		s.CTime = ctimeNano(st)
 	}
 	return s
 }

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/statefile"
@@ -56,7 +58,7 @@ type recordStamp struct {
 	mtime, ctime int64 // ns since the epoch
 }
 
-func stampOf(st *syscall.Stat_t) recordStamp {
+func stampOf(st *unix.Stat_t) recordStamp {
 	return recordStamp{dev: uint64(st.Dev), ino: uint64(st.Ino), size: st.Size,
 		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
 }
@@ -65,8 +67,8 @@ func stampOf(st *syscall.Stat_t) recordStamp {
 // record is a regular file; anything else is left to the full read, which
 // refuses it).
 func statRecord(path string) (recordStamp, bool) {
-	var st syscall.Stat_t
-	if err := syscall.Lstat(path, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return recordStamp{}, false
 	}
 	return stampOf(&st), true
@@ -429,8 +431,8 @@ func (s *Store) readSummary(path, id string, buf []byte) (*Job, bool) {
 // as a rule. A file that changes meanwhile yields a summary that does not
 // check, never a wrong one.
 func readRegular(fd int, buf []byte) (int, bool) {
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Size >= int64(len(buf)) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size >= int64(len(buf)) {
 		return 0, false
 	}
 	n, size := 0, int(st.Size)

@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/statefile"
 )
@@ -74,14 +72,15 @@ func recordDue(stateDir, configPath string, last time.Time, interval time.Durati
 	// starts the binary, which decides from the first fields).
 	boot, up, shellPath := "-", int64(0), "-"
 	if id, err := procid.BootID(); err == nil && id != "" && !strings.ContainsAny(id, " \t\n") {
-		var ts unix.Timespec
 		// Inside a time namespace /proc/uptime is shifted by its offset,
 		// and a hook may run in another namespace than this pass: the
 		// fast path is written only where no offset applies (the script
 		// checks its own side likewise).
-		if off, err := procid.BootOffset(); err == nil && off == 0 && unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) == nil {
-			if left := time.Until(due); left > 0 {
-				boot, up = id, (ts.Nano()+int64(left))/int64(time.Second)
+		if off, err := procid.BootOffset(); err == nil && off == 0 {
+			if now, ok := procUptime(); ok {
+				if left := time.Until(due); left > 0 {
+					boot, up = id, int64(now+left)/int64(time.Second)
+				}
 			}
 		}
 	}

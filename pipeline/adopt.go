@@ -304,10 +304,10 @@ const LostReason = "lost"
 // waitGone returns true once the process id is no longer alive (dead by
 // identity, or no longer judgeable), false if deadline (zero: none) comes
 // first. The caller is not its parent: it waits on a pidfd where the
-// kernel has them (woken at the exit), else polls /proc with a backoff up
-// to 250 ms.
+// kernel has them (Linux 5.3+: woken at the exit), else polls with a
+// backoff up to 250 ms.
 func waitGone(id procid.Identity, deadline time.Time) bool {
-	fd, err := unix.PidfdOpen(id.PID, 0)
+	fd, err := pidfdOpen(id.PID)
 	pidfd := err == nil
 	if pidfd {
 		defer unix.Close(fd)

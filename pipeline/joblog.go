@@ -127,7 +127,7 @@ func (c *logCap) punch(from, to int64) {
 	if to <= from {
 		return
 	}
-	err := unix.Fallocate(int(c.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, from, to-from)
+	err := punchHole(c.f, from, to-from)
 	switch {
 	case err == nil:
 		c.punched = max(c.punched, to)

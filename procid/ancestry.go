@@ -2,7 +2,9 @@ package procid
 
 // PFForkNoExec is the kernel's PF_FORKNOEXEC bit of a process's flags
 // (field 9 of /proc/<pid>/stat, include/linux/sched.h: "forked but didn't
-// exec"): set by fork, cleared by execve. A shell's subshell, forked for a
+// exec"): set by fork, cleared by execve. On macOS and FreeBSD, ReadStat
+// sets it when the kinfo_proc's p_flag lacks P_EXEC ("process called
+// exec"), which a child does not inherit at fork. A shell's subshell, forked for a
 // command substitution $(...), a pipeline element or ( ... ), has it; the
 // shell running a script, which was exec'd, does not.
 const PFForkNoExec = 0x40
@@ -21,6 +23,6 @@ const PFForkNoExec = 0x40
 // its parent exits, before that pid can be reused), so a chain that dies
 // while it is read gives an error, never the pid of an unrelated process.
 //
-// Where the kernel's flags are not available (not Linux) it is the calling
-// process's parent.
+// Where the kernel's flags are not available (not Linux, macOS or FreeBSD)
+// it is the calling process's parent.
 func ScriptOwner() (Identity, error) { return scriptOwner() }

@@ -1,10 +1,6 @@
 package procid
 
-import (
-	"os"
-	"strconv"
-	"syscall"
-)
+import "syscall"
 
 // GroupLiveness tells whether any process of the process group led by
 // leader is still running; Unknown, as Check, when leader cannot be judged
@@ -66,34 +62,6 @@ func groupLiveness(leader Identity, members func(pgid int) (int, error)) (Livene
 func groupMembers(pgid int) (int, error) {
 	m, err := scanGroups()
 	return m[pgid], err
-}
-
-// scanGroups counts the live, non-zombie processes of every process group.
-func scanGroups() (map[int]int, error) {
-	d, err := os.Open("/proc")
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	if err != nil {
-		return nil, err
-	}
-	m := map[int]int{}
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil {
-			continue
-		}
-		st, err := ReadStat(pid)
-		if err != nil {
-			continue // exited while we looked
-		}
-		if st.State != 'Z' && st.State != 'X' {
-			m[st.PGID]++
-		}
-	}
-	return m, nil
 }
 
 // SignalGroup sends sig to the process group led by leader, only if that

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -100,6 +101,9 @@ type nsProc struct {
 // unshare, which kills it if unshare dies; it exits when its stdin closes.
 func startInNS(t *testing.T, flags ...string) *nsProc {
 	t.Helper()
+	if runtime.GOOS != "linux" {
+		t.Skipf("pid and time namespaces are Linux's; this is %s", runtime.GOOS)
+	}
 	if out, err := exec.Command("unshare", append(flags, "true")...).CombinedOutput(); err != nil {
 		t.Skipf("unshare %s does not work here (needs root or user namespaces): %v: %s", strings.Join(flags, " "), err, out)
 	}

@@ -19,17 +19,18 @@ import (
 	"io/fs"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 )
 
 // Identity names one process for as long as the machine stays up. The start
-// time is field 22 of /proc/<pid>/stat (clock ticks since boot, normalised
-// to the host's clock: see StartTime of Stat), so a pid recycled for
-// another process yields a different Identity. PidNS is the pid namespace
-// PID was read in; zero in records written before it was recorded, which
-// are judged as if they were of the judge's own namespace.
+// time is field 22 of /proc/<pid>/stat on Linux (clock ticks since boot,
+// normalised to the host's clock: see StartTime of Stat), microseconds from
+// the kinfo_proc on macOS and FreeBSD, so a pid recycled for another
+// process yields a different Identity. PidNS is the pid namespace PID was
+// read in (on FreeBSD its jail id plus one; nothing on macOS); zero in
+// records written before it was recorded, which are judged as if they were
+// of the judge's own namespace.
 type Identity struct {
 	Host      string `toml:"host,omitempty" json:"host,omitempty"`
 	BootID    string `toml:"boot_id,omitempty" json:"boot_id,omitempty"`
@@ -77,7 +78,8 @@ func (l Liveness) String() string {
 	}
 }
 
-// Stat is what this package reads from /proc/<pid>/stat.
+// Stat is what this package reads from /proc/<pid>/stat, or from the
+// kinfo_proc on macOS and FreeBSD (State is then 'Z' or 'R').
 type Stat struct {
 	State byte // field 3: R, S, D, Z, T, ...
 	PPID  int  // field 4
@@ -94,29 +96,14 @@ type Stat struct {
 // ErrNoProcess is returned by ReadStat when no process has that pid.
 var ErrNoProcess = errors.New("no such process")
 
-// ReadStat reads /proc/<pid>/stat. The command name (field 2) may contain
-// spaces and parentheses, so fields are counted after the last ')'.
+// ReadStat reads what the kernel says of process pid: /proc/<pid>/stat on
+// Linux, the kinfo_proc of sysctl kern.proc.pid.<pid> on macOS and FreeBSD
+// (see kinfo.go for how that maps onto Stat).
 func ReadStat(pid int) (Stat, error) {
 	if pid <= 0 {
 		return Stat{}, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
 	}
-	b, err := readStatFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errESRCH) {
-			return Stat{}, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
-		}
-		return Stat{}, fmt.Errorf("pid %d: %w", pid, err)
-	}
-	st, err := parseStat(b)
-	if err != nil {
-		return st, err
-	}
-	off, err := bootOffset()
-	if err != nil {
-		return Stat{}, err
-	}
-	st.StartTime = uint64(int64(st.StartTime) - off)
-	return st, nil
+	return readStat(pid)
 }
 
 // readStatFile reads a /proc/<pid>/stat file with bare system calls (open,
@@ -212,16 +199,10 @@ var (
 	hostErr  error
 )
 
-// BootID returns this boot's id (/proc/sys/kernel/random/boot_id).
+// BootID returns this boot's id: /proc/sys/kernel/random/boot_id on Linux,
+// kern.bootsessionuuid on macOS, kern.boottime on FreeBSD.
 func BootID() (string, error) {
-	bootOnce.Do(func() {
-		b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-		if err != nil {
-			bootErr = fmt.Errorf("boot id: %w", err)
-			return
-		}
-		bootID = strings.TrimSpace(string(b))
-	})
+	bootOnce.Do(func() { bootID, bootErr = readBootID() })
 	return bootID, bootErr
 }
 

@@ -1,39 +1,15 @@
 package procid
 
-import (
-	"errors"
-	"syscall"
-
-	"golang.org/x/sys/unix"
-)
+import "syscall"
 
 // Signal sends sig to the process id names, only if it is still that
 // process: it reports false, and sends nothing, when the process is gone,
-// was replaced by another holding its pid, or cannot be judged here. Where
-// the kernel has pidfds the identity is checked after the pidfd is open
-// and the signal goes through it, so a pid reused between the check and
-// the send cannot receive it; elsewhere the check comes right before a
-// plain kill.
-func Signal(id Identity, sig syscall.Signal) (bool, error) {
-	fd, err := unix.PidfdOpen(id.PID, 0)
-	if err != nil {
-		if errors.Is(err, unix.ESRCH) {
-			return false, nil
-		}
-		fd = -1
-	} else {
-		defer unix.Close(fd)
-	}
-	if l, err := Check(id); l != Alive {
-		return false, err
-	}
-	if fd >= 0 {
-		err = unix.PidfdSendSignal(fd, sig, nil, 0)
-	} else {
-		err = syscall.Kill(id.PID, sig)
-	}
-	if errors.Is(err, unix.ESRCH) {
-		return false, nil
-	}
-	return err == nil, err
-}
+// was replaced by another holding its pid, or cannot be judged here. On
+// Linux the identity is checked after a pidfd is open and the signal goes
+// through it, so a pid reused between the check and the send cannot
+// receive it. macOS and FreeBSD have no pidfd for another process: the
+// check comes right before a plain kill, and a signal goes astray only if
+// the process exits and its pid is handed out again in between, which
+// both kernels' default of giving pids out in increasing order (up to
+// 99999, then wrapping) makes take a whole turn of the pid space.
+func Signal(id Identity, sig syscall.Signal) (bool, error) { return signal(id, sig) }

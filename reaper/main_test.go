@@ -20,7 +20,6 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/google/go-cmp/cmp"
-	"golang.org/x/sys/unix"
 
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -28,6 +27,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/pipelinetest"
 	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/procid/procidtest"
 	"github.com/orch-hooks/orch-hooks/reaper"
 	"github.com/orch-hooks/orch-hooks/testproc"
 )
@@ -323,10 +323,7 @@ func zombieProc(t *testing.T) procid.Identity {
 	t.Helper()
 	cmd, id, _ := startGroup(t, "exec sleep 1000")
 	cmd.Process.Kill()
-	var info unix.Siginfo
-	if err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
-		t.Fatalf("waitid: %v", err)
-	}
+	procidtest.WaitExited(t, cmd.Process.Pid)
 	if st, err := procid.ReadStat(id.PID); err != nil || st.State != 'Z' {
 		t.Fatalf("pid %d: %+v, %v; want a zombie", id.PID, st, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,6 +51,9 @@ run = 'echo started >"$SYNC/started"; cat "$SYNC/go"'
 // namespace. And `orch-hooks run` in a pid namespace whose /proc is its
 // parent's refuses before claiming the job.
 func TestMonitorInPidNamespaceNotReaped(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skipf("pid and time namespaces are Linux's; this is %s", runtime.GOOS)
+	}
 	flags := []string{"--pid", "--fork", "--mount-proc"}
 	if out, err := exec.Command("unshare", append(flags, "true")...).CombinedOutput(); err != nil {
 		t.Skipf("unshare %s does not work here (needs root or user namespaces): %v: %s", strings.Join(flags, " "), err, out)

@@ -1,3 +1,5 @@
+//go:build linux || darwin || freebsd
+
 // Command orch-hooks runs long jobs against a git repository, one branch per
 // task, through stages with quality gates, and keeps their state true when
 // the processes running them die. See README.md and DESIGN.md.

@@ -6,6 +6,7 @@ package procidtest
 import (
 	"fmt"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -20,6 +21,9 @@ import (
 // unshare cannot make the namespace (not root, no user namespaces).
 func NamespaceInit(t testing.TB) procid.Identity {
 	t.Helper()
+	if runtime.GOOS != "linux" {
+		t.Skipf("pid and time namespaces are Linux's; this is %s", runtime.GOOS)
+	}
 	flags := []string{"--pid", "--fork", "--mount-proc"}
 	if out, err := exec.Command("unshare", append(flags, "true")...).CombinedOutput(); err != nil {
 		t.Skipf("unshare %s does not work here (needs root or user namespaces): %v: %s", strings.Join(flags, " "), err, out)
