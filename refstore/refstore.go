@@ -26,6 +26,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -114,6 +115,9 @@ type Store struct {
 	remote string
 	ns     string // refs/orch-remote/<key>/
 	lock   string // serialises this repository's writers of the mirror refs
+
+	formatOnce sync.Once
+	format     string
 }
 
 var remoteNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
@@ -249,6 +253,17 @@ func (s *Store) Prepare(ctx context.Context, name string, data []byte, parent st
 	if err := ValidateName(name); err != nil {
 		return "", err
 	}
+	if parent != "" && !isHexID(parent) {
+		return "", fmt.Errorf("record %s: parent %q is not an object id", name, parent)
+	}
+	now := time.Now().Unix()
+	if s.objectFormat(ctx) == "sha1" {
+		id, err := s.prepareLoose(name, data, parent, now)
+		if err != nil {
+			return "", fmt.Errorf("record %s: write its objects in %s: %w", name, s.gitDir, err)
+		}
+		return id, nil
+	}
 	blob, err := gitstate.GitEnvOut(ctx, s.gitDir, nil, data, "hash-object", "-w", "--stdin")
 	if err != nil {
 		return "", fmt.Errorf("record %s: %w", name, err)
@@ -261,8 +276,8 @@ func (s *Store) Prepare(ctx context.Context, name string, data []byte, parent st
 	if parent != "" {
 		args = append(args, "-p", parent)
 	}
-	env := append(signature, fmt.Sprintf("GIT_COMMITTER_DATE=@%d +0000", time.Now().Unix()),
-		fmt.Sprintf("GIT_AUTHOR_DATE=@%d +0000", time.Now().Unix()))
+	env := append(signature, fmt.Sprintf("GIT_COMMITTER_DATE=@%d +0000", now),
+		fmt.Sprintf("GIT_AUTHOR_DATE=@%d +0000", now))
 	id, err := gitstate.GitEnvOut(ctx, s.gitDir, env, []byte("orch: "+name+"\n"), args...)
 	if err != nil {
 		return "", fmt.Errorf("record %s: %w", name, err)
@@ -396,6 +411,13 @@ func isConflict(rej map[string]string, stderr string) bool {
 		}
 	}
 	return conflict
+}
+
+func isHexID(s string) bool {
+	if len(s) != 40 && len(s) != 64 {
+		return false
+	}
+	return strings.Trim(s, "0123456789abcdef") == ""
 }
 
 func short(id string) string {
