@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 // host identity (a test-only identity: the host name is what makes a
 // holder foreign, and a foreign holder is judged by TTL alone).
 type machine struct {
+	dir   string // its repository
 	host  string
 	store *refstore.Store
 	m     *remotelease.Manager
@@ -42,13 +43,14 @@ type machine struct {
 
 func newMachine(t testing.TB, url, host string) *machine {
 	t.Helper()
-	s, err := refstore.Open(refstoretest.NewMachine(t), url)
+	dir := refstoretest.NewMachine(t)
+	s, err := refstore.Open(dir, url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := remotelease.New(s)
 	m.ClockSkew = time.Millisecond
-	return &machine{host: host, store: s, m: m}
+	return &machine{dir: dir, host: host, store: s, m: m}
 }
 
 // owner is a process identity on the machine's (test) host.
