@@ -92,8 +92,8 @@ type Manager struct {
 	// Now is the clock; tests may replace it (a machine whose clock is
 	// skewed).
 	Now func() time.Time
-	// ClockSkew is added to a lease's TTL before it is stale by age; zero
-	// means ClockSkewDefault.
+	// ClockSkew is added to a lease's TTL before it is stale by age (New
+	// sets ClockSkewDefault).
 	ClockSkew time.Duration
 	// PollMax caps the wait between two looks of Acquire at a held lease
 	// (each look is a fetch); zero means 500 ms.
@@ -101,17 +101,14 @@ type Manager struct {
 }
 
 // New returns the lease manager of the records in s.
-func New(s *refstore.Store) *Manager { return &Manager{Store: s, Now: time.Now} }
+func New(s *refstore.Store) *Manager {
+	return &Manager{Store: s, Now: time.Now, ClockSkew: ClockSkewDefault}
+}
 
 // RecordName is the record of target's lease.
 func RecordName(target string) string { return "leases/" + target }
 
-func (m *Manager) skew() time.Duration {
-	if m.ClockSkew > 0 {
-		return m.ClockSkew
-	}
-	return ClockSkewDefault
-}
+func (m *Manager) skew() time.Duration { return max(m.ClockSkew, 0) }
 
 // Stale reports whether a held lease l may be taken over at now, and why:
 // its owner is confirmed dead by identity (only on its own host, boot and

@@ -230,6 +230,14 @@ func setupHook(fs *flag.FlagSet, c *cli) func([]string) error {
 			hooks.Warn(r.StateDir(), cfgPath, config.IntervalFallback(), err, c.stderr)
 			return nil
 		}
+		if env.Config.Remote.Enabled() {
+			// Said once per interval: the jobs are not shared yet, and a
+			// pass over this machine's local state is not what remote
+			// mode promises.
+			hooks.Warn(r.StateDir(), cfgPath, env.Config.Reaper.Interval(),
+				errRemoteNotCovered("the reaper pass", env.Config.Remote.Name, env.Config.Path), c.stderr)
+			return nil
+		}
 		exe, _ := os.Executable()
 		hooks.Run(c.ctx, env, exe, c.stderr)
 		return nil
