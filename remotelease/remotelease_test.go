@@ -306,7 +306,13 @@ func TestLeaseRace(t *testing.T) {
 	const machines, rounds = 4, 3
 	dataRef := refstore.Prefix + "data/counter"
 	var mu sync.Mutex
-	landed := map[string]uint64{} // fenced data version -> its writer's token
+	// fenced data version -> its writer's token and the lease version
+	// pushed with it
+	type write struct {
+		token   uint64
+		leaseID string
+	}
+	landed := map[string]write{}
 	var wg sync.WaitGroup
 	errs := make(chan error, machines*rounds*4)
 	for i := 0; i < machines; i++ {
@@ -323,7 +329,7 @@ func TestLeaseRace(t *testing.T) {
 					errs <- err
 					return
 				}
-				for w := 0; w < 2; w++ { // a fenced write, then a renewal and another
+				for w := 0; w < 2; w++ { // two fenced writes (each renews the lease)
 					rec, err := mc.m.Store.Get(ctx, "data/counter")
 					if err != nil {
 						errs <- err
@@ -337,13 +343,9 @@ func TestLeaseRace(t *testing.T) {
 					err = mc.m.Fenced(ctx, h, []refstore.Update{{Ref: dataRef, Old: rec.ID, New: id}}, false)
 					if err == nil {
 						mu.Lock()
-						landed[id] = h.Token
+						landed[id] = write{h.Token, h.ID}
 						mu.Unlock()
 					} else if !errors.Is(err, lease.ErrStaleToken) && !errors.Is(err, refstore.ErrConflict) {
-						errs <- err
-						return
-					}
-					if err := mc.m.Renew(ctx, h); err != nil && !errors.Is(err, lease.ErrStaleToken) {
 						errs <- err
 						return
 					}
@@ -373,16 +375,27 @@ func TestLeaseRace(t *testing.T) {
 	if len(data) != len(landed) {
 		t.Fatalf("%d fenced writes reported landed, the server has %d", len(landed), len(data))
 	}
-	var prev uint64
+	// Each landed write's lease renewal is in the lease's history, and the
+	// writes are in the order of their renewals there: no write of a
+	// holder landed after a later holder's lease.
+	at := map[string]int{}
+	for i, v := range vs {
+		at[v.id] = i
+	}
+	prev := -1
 	for _, id := range data {
-		tok, ok := landed[id]
+		w, ok := landed[id]
 		if !ok {
 			t.Fatalf("data version %s on the server was never reported landed", id)
 		}
-		if tok < prev {
-			t.Fatalf("a write of token %d landed after one of token %d", tok, prev)
+		i, ok := at[w.leaseID]
+		if !ok {
+			t.Fatalf("the write %s of token %d landed without its lease renewal %s", id, w.token, w.leaseID)
 		}
-		prev = tok
+		if i <= prev || vs[i].l.Token != w.token {
+			t.Fatalf("the write %s of token %d is out of order with the lease's history (version %d after %d)", id, w.token, i, prev)
+		}
+		prev = i
 	}
 	t.Logf("%d lease versions, %d tokens, %d fenced writes landed", len(vs), vs[len(vs)-1].l.Token, len(data))
 }
