@@ -171,8 +171,11 @@ func (s *Store) Fetch(ctx context.Context) error {
 		return fmt.Errorf("fetch records from %s: %w", s.remote, err)
 	}
 	defer unlock()
+	// No auto-gc (a process per fetch; the repository's own git commands
+	// pack these small objects in time) and no forced-update walk.
 	_, err = s.git(ctx, "fetch", "--quiet", "--no-tags", "--prune", "--no-write-fetch-head",
-		"--no-recurse-submodules", "--end-of-options", s.remote, "+"+Prefix+"*:"+s.ns+"*")
+		"--no-recurse-submodules", "--no-auto-gc", "--no-show-forced-updates",
+		"--end-of-options", s.remote, "+"+Prefix+"*:"+s.ns+"*")
 	if err != nil {
 		return fmt.Errorf("fetch records from %s: %w: %v", s.remote, ErrUnreachable, err)
 	}

@@ -85,6 +85,9 @@ func NewRemote(t testing.TB) *Remote {
 	Git(t, root, "init", "-q", "--bare", "-b", "main", dir)
 	Git(t, dir, "config", "http.receivepack", "true")
 	Git(t, dir, "config", "receive.advertisePushOptions", "true")
+	// No gc --auto process after every push: tests push hundreds of tiny
+	// packs, and a server's housekeeping is not what they test.
+	Git(t, dir, "config", "receive.autogc", "false")
 	return &Remote{Root: root, Dir: dir}
 }
 
