@@ -25,6 +25,14 @@ import (
 // objectFormat returns the repository's object format ("sha1", "sha256").
 func (s *Store) objectFormat(ctx context.Context) string {
 	s.formatOnce.Do(func() {
+		// A repository whose config never names an object format is
+		// SHA-1 (git writes extensions.objectFormat for any other); known
+		// without a process. Anything that names one asks git.
+		if cfg, err := os.ReadFile(filepath.Join(s.gitDir, "config")); err == nil &&
+			!strings.Contains(strings.ToLower(string(cfg)), "objectformat") {
+			s.format = "sha1"
+			return
+		}
 		out, err := s.git(ctx, "rev-parse", "--show-object-format")
 		s.format = strings.TrimSpace(out)
 		if err != nil || s.format == "" {

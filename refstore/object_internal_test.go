@@ -14,6 +14,7 @@ import (
 // TestLooseObjectsAreGits: the objects written without git are the ones
 // git writes for the same record (same ids), and git finds them sound.
 func TestLooseObjectsAreGits(t *testing.T) {
+	t.Parallel()
 	dir := refstoretest.NewMachine(t)
 	s, err := Open(dir, "origin")
 	if err != nil {
@@ -50,6 +51,7 @@ func TestLooseObjectsAreGits(t *testing.T) {
 // TestSHA256Repository: a machine whose repository uses SHA-256 writes
 // its records through git, and they round-trip.
 func TestSHA256Repository(t *testing.T) {
+	t.Parallel()
 	base := t.TempDir()
 	remote := base + "/remote.git"
 	if out, err := refstoretest.TryGit(base, "init", "-q", "--bare", "--object-format=sha256", remote); err != nil {

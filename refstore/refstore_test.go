@@ -74,6 +74,7 @@ func remoteRef(t testing.TB, r *refstoretest.Remote, ref string) string {
 }
 
 func TestWriteReadDelete(t *testing.T) {
+	t.Parallel()
 	transports(t, func(t *testing.T, remote *refstoretest.Remote, url string) {
 		ctx := context.Background()
 		a, b := open(t, url), open(t, url)
@@ -144,6 +145,7 @@ func TestWriteReadDelete(t *testing.T) {
 // them read over smart HTTP: exactly one wins, every loser gets
 // ErrConflict, and the remote holds the winner's version.
 func TestCASRace(t *testing.T) {
+	t.Parallel()
 	transports(t, func(t *testing.T, remote *refstoretest.Remote, url string) {
 		const n = 16
 		ctx := context.Background()
@@ -203,6 +205,7 @@ func TestCASRace(t *testing.T) {
 // TestAtomicSeveralRefs: a write of two records where one expectation is
 // stale lands neither.
 func TestAtomicSeveralRefs(t *testing.T) {
+	t.Parallel()
 	fileOnly(t, func(t *testing.T, remote *refstoretest.Remote, url string) {
 		ctx := context.Background()
 		a := open(t, url)
@@ -242,6 +245,7 @@ func TestAtomicSeveralRefs(t *testing.T) {
 // ErrUnreachable and nothing is written anywhere (the remote keeps its
 // record, the writer's mirror its old view); healed, the same write lands.
 func TestPartition(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	remote := refstoretest.NewRemote(t)
 	srv := remote.Serve(t)
@@ -285,6 +289,7 @@ func TestPartition(t *testing.T) {
 // a lost compare-and-swap (a caller must not retry it as one), and push
 // options reach the hook.
 func TestRefusedIsNotConflict(t *testing.T) {
+	t.Parallel()
 	transports(t, func(t *testing.T, remote *refstoretest.Remote, url string) {
 		ctx := context.Background()
 		hook := filepath.Join(remote.Dir, "hooks", "pre-receive")
@@ -308,6 +313,7 @@ func TestRefusedIsNotConflict(t *testing.T) {
 }
 
 func TestBadNames(t *testing.T) {
+	t.Parallel()
 	s := open(t, "file:///nonexistent")
 	for _, name := range []string{"", "/a", "a/", "a//b", "a/../b", "a b", "-x", "a.lock"} {
 		if _, err := s.Prepare(context.Background(), name, nil, ""); err == nil {

@@ -162,6 +162,7 @@ func remoteRef(t testing.TB, r *refstoretest.Remote, ref string) string {
 // token; a holder from another host is stale only by TTL, and once taken
 // over, the old holder can neither renew nor make a fenced write.
 func TestLeaseAcrossMachines(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	remote := refstoretest.NewRemote(t)
 	url := remote.FileURL() // TestServerFencing runs the lease over HTTP too
@@ -248,6 +249,7 @@ func prepareCommit(t testing.TB, s *refstore.Store) string {
 // TestOwnHostDeadOwner: on the holder's own host and boot, a holder
 // confirmed dead by identity frees the lease at once, TTL or not.
 func TestOwnHostDeadOwner(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	remote := refstoretest.NewRemote(t)
 	a := newMachine(t, remote.FileURL(), "")
@@ -273,6 +275,7 @@ func TestOwnHostDeadOwner(t *testing.T) {
 }
 
 func TestStale(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	l := &remotelease.Lease{Held: true, TTLMS: 60_000, Owner: procid.Identity{Host: "elsewhere", PID: 1, StartTime: 1}}
 	for _, tc := range []struct {
@@ -293,13 +296,14 @@ func TestStale(t *testing.T) {
 	}
 }
 
-// TestLeaseRace: machines on distinct hosts race acquire, renew, fenced
-// writes, release and abandonment (a holder that stops renewing, its lease
+// TestLeaseRace: machines on distinct hosts race acquire, fenced writes
+// (each a renewal), release, reclaim and abandonment (a holder that stops renewing, its lease
 // taken over by TTL) on one remote, with a TTL short enough that leases are
 // taken over all the time. Afterwards the lease's history on the server
 // obeys the token rules, and the fenced record's history shows no write of
 // a holder after a later token's.
 func TestLeaseRace(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	remote := refstoretest.NewRemote(t)
 	// file:// (receive-pack and upload-pack processes, the server's own
@@ -325,6 +329,12 @@ func TestLeaseRace(t *testing.T) {
 			for r := 0; r < rounds; r++ {
 				h, err := mc.m.TryAcquire(ctx, "main", mc.req(100+r, 50*time.Millisecond))
 				if errors.Is(err, lease.ErrBusy) {
+					// Free a lease whose holder went quiet, as a reaper
+					// would; racing its holder's writes.
+					if _, err := mc.m.Reclaim(ctx, "main"); err != nil {
+						errs <- err
+						return
+					}
 					continue
 				}
 				if err != nil {

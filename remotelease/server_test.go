@@ -22,6 +22,7 @@ import (
 // push without a token (a person's) is not judged, and a lease record
 // cannot be deleted by a push.
 func TestServerFencing(t *testing.T) {
+	t.Parallel()
 	transports := map[string]func(*refstoretest.Remote) string{
 		"file": func(r *refstoretest.Remote) string { return r.FileURL() },
 		"http": func(r *refstoretest.Remote) string { return r.Serve(t).URL },
@@ -114,6 +115,7 @@ func TestServerFencing(t *testing.T) {
 // TestServerHookChains: a pre-receive that was there is kept, runs first
 // with the same input, and its refusal stands; uninstall puts it back.
 func TestServerHookChains(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	remote := refstoretest.NewRemote(t)
 	hookPath := filepath.Join(remote.Dir, "hooks", "pre-receive")
