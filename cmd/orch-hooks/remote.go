@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 
+	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/merge"
 	"github.com/orch-hooks/orch-hooks/refstore"
 	"github.com/orch-hooks/orch-hooks/remotelease"
@@ -32,10 +33,14 @@ func (c *cli) refuseRemote(name string) error {
 	if remoteReady[name] {
 		return nil
 	}
-	if _, err := c.openRepo(); err != nil {
+	r, err := c.openRepo()
+	if err != nil {
 		return nil
 	}
-	cfg, err := c.loadConfig()
+	// Read apart from c.loadConfig: its warnings are the command's to
+	// print (or not), as before remote mode existed.
+	path, required := config.Find(c.configFlag, r.MainWorktree, r.Worktree)
+	cfg, err := config.Load(path, required)
 	if err != nil || !cfg.Remote.Enabled() {
 		return nil
 	}
