@@ -39,6 +39,9 @@ const (
 	LogMaxBytesDefault      = 16 << 20
 	// LogMaxBytesMin keeps room for a head, a tail and the cut marker.
 	LogMaxBytesMin = 4096
+	// RemoteClockSkewSDefault is the clock difference between machines a
+	// shared lease's TTL tolerates (remote mode).
+	RemoteClockSkewSDefault = 30
 )
 
 // Stage kinds.
@@ -73,8 +76,31 @@ type Config struct {
 	Hooks          Hooks   `toml:"hooks"`
 	GC             GC      `toml:"gc"`
 	Logs           Logs    `toml:"logs"`
+	Remote         Remote  `toml:"remote"`
 	Stages         []Stage `toml:"stages"`
 }
+
+// Remote holds the settings of remote mode (docs/DISTRIBUTED.md): with a
+// Name, merge leases live on that remote as refs under refs/orch/, shared
+// by every machine that pushes there. Empty Name: everything stays local.
+type Remote struct {
+	// Name is a remote of the repository (git remote -v), e.g. "origin".
+	Name string `toml:"name"`
+	// ClockSkewS is how far apart machines' clocks may be: a lease of
+	// another machine is stale only once it has not been renewed for its
+	// TTL plus this long.
+	ClockSkewS int `toml:"clock_skew_s"`
+	// ServerHook: the remote runs orch-hooks install --server, so merges
+	// send their fencing token as a push option for it to check (a server
+	// that does not advertise push options refuses such pushes).
+	ServerHook bool `toml:"server_hook"`
+}
+
+// Enabled reports whether remote mode is on.
+func (r Remote) Enabled() bool { return r.Name != "" }
+
+// ClockSkew is ClockSkewS as a duration.
+func (r Remote) ClockSkew() time.Duration { return time.Duration(r.ClockSkewS) * time.Second }
 
 // Hooks holds the settings of what installed git hooks do.
 type Hooks struct {
@@ -165,10 +191,11 @@ func Default() *Config {
 			FinalizeGraceS: FinalizeGraceSDefault,
 			MaxRunningS:    MaxRunningSDefault,
 		},
-		Lease: Lease{ReclaimEnabled: true, TTLS: LeaseTTLSDefault},
-		Hooks: Hooks{BudgetMS: HookBudgetMSDefault},
-		GC:    GC{OlderThanS: GCOlderThanSDefault},
-		Logs:  Logs{MaxBytes: LogMaxBytesDefault},
+		Lease:  Lease{ReclaimEnabled: true, TTLS: LeaseTTLSDefault},
+		Hooks:  Hooks{BudgetMS: HookBudgetMSDefault},
+		GC:     GC{OlderThanS: GCOlderThanSDefault},
+		Logs:   Logs{MaxBytes: LogMaxBytesDefault},
+		Remote: Remote{ClockSkewS: RemoteClockSkewSDefault},
 	}
 }
 
@@ -406,10 +433,14 @@ func validate(c *Config, src source, env envSet) error {
 		atLeast(c.Hooks.BudgetMS, 1, "hooks", "budget_ms"),
 		atLeast(c.GC.OlderThanS, 0, "gc", "older_than_s"),
 		atLeast(c.Logs.MaxBytes, LogMaxBytesMin, "logs", "max_bytes"),
+		atLeast(c.Remote.ClockSkewS, 0, "remote", "clock_skew_s"),
 	} {
 		if chk != nil {
 			return chk
 		}
+	}
+	if n := c.Remote.Name; n != "" && (strings.HasPrefix(n, "-") || strings.ContainsAny(n, "\x00\n\r\t /\\:") || strings.Contains(n, "..")) {
+		return bad(fmt.Sprintf("%q is not a remote's name; give one that git remote -v lists, e.g. \"origin\" (empty: remote mode off)", n), "remote", "name")
 	}
 	names := map[string]int{}
 	for i, s := range c.Stages {

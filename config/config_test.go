@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -198,5 +199,30 @@ finalize_timeout_s = 600
 	t.Setenv("ORCH_REAPER_FINALIZE_GRACE_S", "120")
 	if c, err = Load(path, true); err != nil || len(c.Warnings) != 0 {
 		t.Errorf("grace = the longest timeout: %v, %v; want no warning", c.Warnings, err)
+	}
+}
+
+func TestRemoteSection(t *testing.T) {
+	clearEnv(t)
+	c, err := Load(write(t, "[remote]\nname = \"origin\"\nclock_skew_s = 5\nserver_hook = true\n"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Remote.Enabled() || c.Remote.Name != "origin" || c.Remote.ClockSkew() != 5*time.Second || !c.Remote.ServerHook {
+		t.Fatalf("remote section read as %+v", c.Remote)
+	}
+	if d := Default(); d.Remote.Enabled() {
+		t.Fatal("remote mode is on by default")
+	}
+	for _, tc := range []struct{ body, want string }{
+		{"[remote]\nname = \"--upload-pack=x\"\n", ":2: remote.name: "},
+		{"[remote]\nname = \"a b\"\n", ":2: remote.name: "},
+		{"[remote]\nclock_skew_s = -1\n", ":2: remote.clock_skew_s: must be at least 0"},
+		{"[remote]\nurl = \"x\"\n", ":2: remote.url: unknown key"},
+	} {
+		_, err := Load(write(t, tc.body), true)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.body, err, tc.want)
+		}
 	}
 }

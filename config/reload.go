@@ -221,6 +221,9 @@ func Changes(old, new *Config) []string {
 		{"hooks.budget_ms", i(func(c *Config) int { return c.Hooks.BudgetMS })},
 		{"gc.older_than_s", i(func(c *Config) int { return c.GC.OlderThanS })},
 		{"logs.max_bytes", i(func(c *Config) int { return c.Logs.MaxBytes })},
+		{"remote.name", func(c *Config) string { return strconv.Quote(c.Remote.Name) }},
+		{"remote.clock_skew_s", i(func(c *Config) int { return c.Remote.ClockSkewS })},
+		{"remote.server_hook", b(func(c *Config) bool { return c.Remote.ServerHook })},
 		{"stages", func(c *Config) string { return fmt.Sprintf("%#v", c.Stages) }},
 	}
 	var out []string

@@ -207,9 +207,11 @@ func writeHook(path string, script []byte) error {
 
 // Uninstall removes our hooks from dir and puts back the ones they chained,
 // exactly as they were. Hooks that are not ours are left alone.
+// The server hook (install --server) is removed the same way; a foreign
+// pre-receive is not reported, since install never touches it.
 func Uninstall(dir string) ([]Change, error) {
 	var changes []Change
-	for _, name := range Names {
+	for _, name := range append(append([]string(nil), Names...), ServerHook) {
 		path := filepath.Join(dir, name)
 		chained := path + ChainedSuffix
 		cur, err := os.ReadFile(path)
@@ -217,6 +219,8 @@ func Uninstall(dir string) ([]Change, error) {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
 			return changes, fmt.Errorf("uninstall %s: %w", name, err)
+		case !IsOurs(cur) && name == ServerHook:
+			continue
 		case !IsOurs(cur):
 			changes = append(changes, Change{name, "kept"})
 			continue

@@ -19,6 +19,8 @@ import (
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/lease"
 	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/refstore"
+	"github.com/orch-hooks/orch-hooks/remotelease"
 )
 
 // Kind is what a merge found (or, with Check, would do).
@@ -106,6 +108,18 @@ type Request struct {
 	// A job passes the identity and time fixed when it was claimed, so a
 	// rebuilt merge commit has the same id.
 	Author Signature
+	// Shared, in remote mode, is the leases of Remote shared by every
+	// machine (docs/DISTRIBUTED.md): the merge also takes the target's
+	// lease there (after the local one, within the same Wait), and its
+	// push of the target is one atomic push with a renewal of that lease,
+	// so it lands only while the lease is still this merge's. Requires
+	// Remote.
+	Shared *remotelease.Manager
+	// SendToken sends the shared lease's token as a push option for the
+	// server's pre-receive hook (orch-hooks install --server) to check.
+	SendToken bool
+
+	held *remotelease.Held // the shared lease, once taken
 }
 
 // Result is what a merge did.
@@ -122,9 +136,11 @@ type Result struct {
 	// changes (staged, unstaged or untracked) refused the merge.
 	LocalChanges []string `json:"local_changes,omitempty"`
 	Token        uint64   `json:"token,omitempty"`
-	Pushed       bool     `json:"pushed,omitempty"`
-	Worktree     string   `json:"worktree,omitempty"`
-	Written      bool     `json:"written"`
+	// SharedToken is the token of the shared lease (remote mode).
+	SharedToken uint64 `json:"shared_token,omitempty"`
+	Pushed      bool   `json:"pushed,omitempty"`
+	Worktree    string `json:"worktree,omitempty"`
+	Written     bool   `json:"written"`
 }
 
 // Merger merges in one repository.
@@ -157,8 +173,11 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 		// every process under the lease is one more every waiter waits for.
 		sig.Name, sig.Email = m.identity(ctx)
 	}
+	if req.Shared != nil && req.Remote == "" {
+		return nil, fmt.Errorf("merge %s into %s: a shared lease needs the remote it lives on (Request.Remote)", req.Branch, req.Target)
+	}
 	token := req.Token
-	if token == 0 {
+	if token == 0 || req.Shared != nil {
 		owner, err := procid.Self()
 		if err != nil {
 			return nil, err
@@ -175,20 +194,37 @@ func (m *Merger) Merge(ctx context.Context, req Request) (*Result, error) {
 		if ttl == 0 {
 			ttl = 15 * time.Minute
 		}
+		lr := lease.Request{Holder: holder, Owner: owner, TTL: ttl}
 		wctx, cancel := context.WithTimeout(ctx, wait)
-		l, err := m.Leases.Acquire(wctx, req.Target, lease.Request{Holder: holder, Owner: owner, TTL: ttl})
-		cancel()
-		if err != nil {
-			return nil, err
+		defer cancel()
+		if token == 0 {
+			l, err := m.Leases.Acquire(wctx, req.Target, lr)
+			if err != nil {
+				return nil, err
+			}
+			token = l.Token
+			defer m.Leases.Release(context.WithoutCancel(ctx), req.Target, token)
 		}
-		token = l.Token
-		defer m.Leases.Release(context.WithoutCancel(ctx), req.Target, token)
+		if req.Shared != nil {
+			// After the local lease: one process of this clone at a time
+			// asks the remote, and the local fences still hold.
+			h, err := req.Shared.Acquire(wctx, req.Target, lr)
+			if err != nil {
+				return nil, err
+			}
+			req.held = h
+			defer req.Shared.Release(context.WithoutCancel(ctx), h)
+		}
+		cancel()
 	}
 	if _, err := m.finishSync(ctx, req.Target, token); err != nil {
 		return nil, err
 	}
 	for i := 0; i < attempts; i++ {
 		res, err := m.decide(ctx, req)
+		if res != nil && req.held != nil {
+			res.SharedToken = req.held.Token
+		}
 		if err == nil && res.Kind == AlreadyMerged && req.Remote != "" {
 			// A push that landed before a crash: the remote has it, the
 			// local target may still be behind.
@@ -365,6 +401,19 @@ func (m *Merger) push(ctx context.Context, req Request, token uint64, res *Resul
 	var rejected bool
 	err := m.Leases.WithToken(ctx, req.Target, token, func() error {
 		return m.fenced(ctx, req, func() error {
+			if req.held != nil {
+				// One atomic push: the target from T, and the shared lease
+				// renewed from this merge's last version of it. Another
+				// machine's takeover fails it whole (lease.ErrStaleToken).
+				err := req.Shared.Fenced(ctx, req.held, []refstore.Update{
+					{Ref: "refs/heads/" + req.Target, Old: res.OldTarget, New: res.NewTarget},
+				}, req.SendToken)
+				if errors.Is(err, refstore.ErrConflict) && !errors.Is(err, lease.ErrStaleToken) {
+					rejected = true // the target moved since the fetch
+					return nil
+				}
+				return err
+			}
 			out, err := gitstate.Git(ctx, m.Repo.CommonDir, "push", "--porcelain",
 				"--force-with-lease=refs/heads/"+req.Target+":"+res.OldTarget, "--end-of-options",
 				req.Remote, res.NewTarget+":refs/heads/"+req.Target)

@@ -265,6 +265,9 @@ command:
 	if err != nil {
 		return usageErrorf("%s: %s; run orch-hooks %s --help", cmd.name, flagError(fs, err), cmd.name)
 	}
+	if err := c.refuseRemote(cmd.name); err != nil {
+		return err
+	}
 	return runFn(pos)
 }
 

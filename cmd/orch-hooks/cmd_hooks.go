@@ -19,7 +19,7 @@ import (
 
 func init() {
 	commands = append(commands,
-		&command{name: "install", args: "[--force]", summary: "install the git hooks (post-commit, post-merge, post-checkout, post-rewrite)",
+		&command{name: "install", args: "[--force] [--server]", summary: "install the git hooks (post-commit, post-merge, post-checkout, post-rewrite)",
 			help: `Writes the hooks into the directory git uses (core.hooksPath is honoured),
 shared by every worktree. Each hook makes a reaper pass within hooks.budget_ms
 and prints nothing unless it acted. A hook already there that is not ours is
@@ -28,7 +28,13 @@ and exit status. Installing twice changes nothing; a hook of an older
 version is updated. The hooks hold no path of this machine: they run
 orch-hooks from PATH (or $ORCH_HOOKS_BIN when set), and without one they
 print one line and let git go on. When the hooks directory is tracked by
-git (core.hooksPath = .githooks, say), install names the files to commit.`,
+git (core.hooksPath = .githooks, say), install names the files to commit.
+
+--server, run in the bare repository that several machines push to,
+installs a pre-receive hook instead (see docs/DISTRIBUTED.md): a push of a
+branch with -o orch-token=N is refused unless N is the token of that
+branch's lease (refs/orch/leases/<branch>) held now, and a lease record is
+never deleted by a push. It sets receive.advertisePushOptions = true.`,
 			setup: setupInstall},
 		&command{name: "uninstall", args: "", summary: "remove our git hooks and restore the ones they chained", setup: setupUninstall},
 		&command{name: "hook", args: "NAME [ARGS...]", summary: "what an installed hook runs (a budgeted reaper pass)",
@@ -43,9 +49,13 @@ since the file cannot say it); never fails.`,
 
 func setupInstall(fs *flag.FlagSet, c *cli) func([]string) error {
 	force := fs.Bool("force", false, "replace a foreign hook that took the place of ours")
+	server := fs.Bool("server", false, "in the bare repository machines share: install the pre-receive hook that fences merges by their lease token")
 	return func(args []string) error {
 		if err := needArgs("install", args, 0, 0, "no arguments"); err != nil {
 			return err
+		}
+		if *server {
+			return c.installServer(*force)
 		}
 		dir, err := c.hooksDir()
 		if err != nil {
@@ -222,8 +232,34 @@ func setupHook(fs *flag.FlagSet, c *cli) func([]string) error {
 			hooks.Warn(r.StateDir(), cfgPath, config.IntervalFallback(), err, c.stderr)
 			return nil
 		}
+		if env.Config.Remote.Enabled() {
+			// Said once per interval: the jobs are not shared yet, and a
+			// pass over this machine's local state is not what remote
+			// mode promises.
+			hooks.Warn(r.StateDir(), cfgPath, env.Config.Reaper.Interval(),
+				errRemoteNotCovered("the reaper pass", env.Config.Remote.Name, env.Config.Path), c.stderr)
+			return nil
+		}
 		exe, _ := os.Executable()
 		hooks.Run(c.ctx, env, exe, c.stderr)
 		return nil
 	}
+}
+
+// installServer is install --server: the fencing hook of a shared bare
+// repository (hooks.InstallServer).
+func (c *cli) installServer(force bool) error {
+	r, err := c.openRepo()
+	if err != nil {
+		return err
+	}
+	changes, err := hooks.InstallServer(c.ctx, r.CommonDir, force)
+	for _, ch := range changes {
+		c.errf("%s: %s\n", ch.Hook, ch.Action)
+	}
+	if err != nil {
+		return err
+	}
+	c.errf("receive.advertisePushOptions = true: pushes with -o orch-token=N to a branch are refused unless N is its lease's current token\n")
+	return nil
 }

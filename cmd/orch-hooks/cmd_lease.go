@@ -334,6 +334,9 @@ func setupMerge(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return err
 		}
+		if err := c.sharedLease(&req, len(args) == 1 && req.Branch == ""); err != nil {
+			return err
+		}
 		switch {
 		case len(args) == 1 && req.Branch == "":
 			env, err := c.env()
