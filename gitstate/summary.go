@@ -363,7 +363,7 @@ func (s *Store) RunningSummarised() ([]RunningJob, []*UnreadableError, error) {
 	dir := filepath.Join(s.dir, runningDir)
 	// O_DIRECTORY: anything planted there but a directory fails at once,
 	// never blocks (a FIFO) nor lists something else.
-	d, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NONBLOCK, 0)
+	d, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil // a state dir made before running/ existed
 	}
@@ -379,7 +379,7 @@ func (s *Store) RunningSummarised() ([]RunningJob, []*UnreadableError, error) {
 	// Without the jobs dir open, no summary can be checked against its
 	// record: every job is read from its record, which says what is wrong.
 	rd := summaryDirs{run: int(d.Fd()), jobs: -1}
-	if jd, err := os.OpenFile(filepath.Join(s.dir, jobsDir), os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NONBLOCK, 0); err == nil {
+	if jd, err := os.OpenFile(filepath.Join(s.dir, jobsDir), os.O_RDONLY|syscall.O_DIRECTORY, 0); err == nil {
 		defer jd.Close()
 		rd.jobs = int(jd.Fd())
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -419,5 +420,18 @@ func TestRunningSummarisedKeepsMarkers(t *testing.T) {
 	s.CloseMarkers()
 	if n := len(s.markers.fds); n != 0 {
 		t.Fatalf("%d markers kept after CloseMarkers", n)
+	}
+}
+
+// running/ replaced by a FIFO (after the store was opened): the listing
+// fails at once, naming it, rather than wait for a writer.
+func TestRunningSummarisedFIFODir(t *testing.T) {
+	s := newStore(t)
+	os.RemoveAll(filepath.Join(s.Dir(), runningDir))
+	if err := syscall.Mkfifo(filepath.Join(s.Dir(), runningDir), 0o644); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	if _, _, err := s.RunningSummarised(); err == nil || !strings.Contains(err.Error(), "list running jobs") {
+		t.Fatalf("RunningSummarised with running/ a FIFO: %v; want an error", err)
 	}
 }
