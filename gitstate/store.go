@@ -83,6 +83,9 @@ type Store struct {
 	// when zero, it follows the repository's core.sharedRepository
 	// (SharedLogMode).
 	LogMode fs.FileMode
+	// markers keeps running markers open between listings
+	// (RunningSummarised); nil keeps none.
+	markers *markerFiles
 }
 
 // sharedLogMode reads core.sharedRepository of the repository whose common
@@ -174,7 +177,9 @@ func OpenStore(stateDir string) (*Store, error) {
 			return nil, fmt.Errorf("open job store: %w", err)
 		}
 	}
-	return &Store{dir: stateDir, Actor: "cli", Now: time.Now, LockTimeout: statefile.LockTimeoutDefault}, nil
+	s := &Store{dir: stateDir, Actor: "cli", Now: time.Now, LockTimeout: statefile.LockTimeoutDefault}
+	s.markers = newMarkerFiles(s)
+	return s, nil
 }
 
 // Dir is the state dir.

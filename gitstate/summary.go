@@ -9,8 +9,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -350,29 +354,54 @@ type RunningJob struct {
 // pass: each job from the summary in its running marker when that summary
 // is of the record as it stands (Summarised), from the record otherwise.
 // The cost of a summarised job is reading its marker and stamping its
-// record (no decode). Markers whose job has ended are removed on the way,
-// unless ReadOnly, as Running removes them.
+// record (no decode), both relative to their directories (no path walk per
+// job); a Store from OpenStore keeps the markers it found current open
+// for the next listing (markerFiles), which reads each with one pread.
+// Markers whose job has ended are removed on the way, unless ReadOnly, as
+// Running removes them.
 func (s *Store) RunningSummarised() ([]RunningJob, []*UnreadableError, error) {
 	dir := filepath.Join(s.dir, runningDir)
-	ents, err := os.ReadDir(dir)
+	// O_DIRECTORY: anything planted there but a directory fails at once,
+	// never blocks (a FIFO) nor lists something else.
+	d, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil // a state dir made before running/ existed
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("list running jobs: %w", err)
 	}
+	defer d.Close()
+	ents, err := d.ReadDir(-1)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list running jobs: %w", err)
+	}
+	slices.SortFunc(ents, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	// Without the jobs dir open, no summary can be checked against its
+	// record: every job is read from its record, which says what is wrong.
+	rd := summaryDirs{run: int(d.Fd()), jobs: -1}
+	if jd, err := os.OpenFile(filepath.Join(s.dir, jobsDir), os.O_RDONLY|syscall.O_DIRECTORY, 0); err == nil {
+		defer jd.Close()
+		rd.jobs = int(jd.Fd())
+	}
+	m := s.markers
+	if m != nil {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+	}
 	var (
 		jobs       []RunningJob
 		unreadable []*UnreadableError
 		buf        = make([]byte, summaryMax+1)
+		listed     = make(map[string]bool, len(ents))
 	)
 	for _, e := range ents {
 		id := e.Name()
 		if ValidateJobID(id) != nil {
 			continue
 		}
-		if e.Type().IsRegular() {
-			if j, ok := s.readSummary(filepath.Join(dir, id), id, buf); ok {
+		if e.Type().IsRegular() && rd.jobs >= 0 {
+			listed[id] = true
+			if j, ok := rd.summarised(m, id, buf); ok {
 				jobs = append(jobs, RunningJob{Job: j, Summarised: true})
 				continue
 			}
@@ -393,6 +422,16 @@ func (s *Store) RunningSummarised() ([]RunningJob, []*UnreadableError, error) {
 			jobs = append(jobs, RunningJob{Job: j})
 		}
 	}
+	if m != nil {
+		// A marker no longer listed (its job ended, or it is no longer a
+		// regular file) is closed: the cache holds the running jobs only.
+		for id, fd := range m.fds {
+			if !listed[id] {
+				unix.Close(fd)
+				delete(m.fds, id)
+			}
+		}
+	}
 	sortRunning(jobs)
 	return jobs, unreadable, nil
 }
@@ -401,50 +440,128 @@ func sortRunning(js []RunningJob) {
 	sort.SliceStable(js, func(a, b int) bool { return jobBefore(js[a].Job, js[b].Job) })
 }
 
-// readSummary reads the summary in the marker at path and returns the job
-// it summarises when the record at RecordPath(id) is still the file it was
-// made from. The marker is opened as every state file is (no symlink
-// followed, never waited on, nothing but a regular file read), with bare
-// system calls: this is the pass's per-job cost.
-func (s *Store) readSummary(path, id string, buf []byte) (*Job, bool) {
-	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY|syscall.O_CLOEXEC, 0)
+// summaryDirs are the running and jobs dirs, open for one listing.
+type summaryDirs struct{ run, jobs int }
+
+// markerOpenFlags open a marker as every state file is opened for reading:
+// no symlink followed, never waited on (a FIFO), no controlling terminal
+// taken. The fstat that follows refuses anything but a regular file
+// before a byte is read.
+const markerOpenFlags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_NOCTTY | unix.O_CLOEXEC
+
+// summarised reads the summary in running job id's marker and returns the
+// job it summarises when the record is still the file it was made from.
+// The marker is read through the file m kept open from an earlier listing
+// when there is one; a summary read there that is not current (the
+// marker was rewritten as a new file, or the record since) sends it to
+// the marker at its path, opened and checked as a regular file. A marker
+// whose summary is current is kept open in m for the next listing.
+func (rd summaryDirs) summarised(m *markerFiles, id string, buf []byte) (*Job, bool) {
+	if m != nil {
+		if fd, ok := m.fds[id]; ok {
+			if j, ok := rd.summaryAt(fd, id, buf); ok {
+				return j, true
+			}
+			unix.Close(fd)
+			delete(m.fds, id)
+		}
+	}
+	fd, err := unix.Openat(rd.run, id, markerOpenFlags, 0)
 	if err != nil {
 		return nil, false
 	}
-	n, ok := readRegular(fd, buf)
-	syscall.Close(fd)
-	if !ok {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, false
+	}
+	j, ok := rd.summaryAt(fd, id, buf)
+	if ok && m.keep(id, fd) {
+		return j, true
+	}
+	unix.Close(fd)
+	return j, ok
+}
+
+// summaryAt reads the summary in the marker open at fd, a regular file, in
+// one pread into buf (which a summary must fit with a byte to spare), and
+// returns the job when the record is the file the summary names. A read
+// cut short, of a marker rewritten meanwhile or too large, yields a
+// summary that does not check, never a wrong one: the end line covers the
+// whole summary.
+func (rd summaryDirs) summaryAt(fd int, id string, buf []byte) (*Job, bool) {
+	n, err := unix.Pread(fd, buf, 0)
+	for err == unix.EINTR {
+		n, err = unix.Pread(fd, buf, 0)
+	}
+	if err != nil || n <= 0 || n >= len(buf) {
 		return nil, false
 	}
 	j, rs, err := decodeSummary(id, buf[:n])
 	if err != nil {
 		return nil, false
 	}
-	if cur, ok := statRecord(s.RecordPath(id)); !ok || cur != rs {
+	var st unix.Stat_t
+	if err := unix.Fstatat(rd.jobs, id+recordExt, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil ||
+		st.Mode&unix.S_IFMT != unix.S_IFREG || stampOf(&st) != rs {
 		return nil, false
 	}
 	return j, true
 }
 
-// readRegular reads the regular file open at fd into buf, which it must fit
-// with a byte to spare: as many bytes as fstat says it holds, in one read
-// as a rule. A file that changes meanwhile yields a summary that does not
-// check, never a wrong one.
-func readRegular(fd int, buf []byte) (int, bool) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size >= int64(len(buf)) {
-		return 0, false
+// markerFiles are the running markers a Store keeps open between listings:
+// those whose summary was current when last read. A marker is rewritten in
+// place (writeSummary truncates it), so the open file shows each new
+// summary; one replaced by a new file shows the old summary, which no
+// longer names the record once the record is written again, and is then
+// read at its path (summarised). Whatever file is read, a summary is used
+// only while the record on disk is the file it names, so a kept file
+// never makes a listing trust what the record does not say.
+type markerFiles struct {
+	mu  sync.Mutex // held through a listing
+	fds map[string]int
+	max int
+}
+
+// newMarkerFiles is the cache of store s, whose files are closed when s is
+// garbage collected. It keeps at most an eighth of the process's open-file
+// limit (at most 4,096): the markers must never starve the process of
+// descriptors for its real work.
+func newMarkerFiles(s *Store) *markerFiles {
+	m := &markerFiles{fds: map[string]int{}, max: 4096}
+	var lim unix.Rlimit
+	// Rlimit.Cur is a uint64 on Linux and darwin, an int64 on FreeBSD.
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil && uint64(lim.Cur)/8 < uint64(m.max) {
+		m.max = int(uint64(lim.Cur) / 8)
 	}
-	n, size := 0, int(st.Size)
-	for n < size {
-		m, err := syscall.Read(fd, buf[n:size])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil || m == 0 {
-			return 0, false
-		}
-		n += m
+	runtime.AddCleanup(s, (*markerFiles).closeAll, m)
+	return m
+}
+
+// CloseMarkers closes the running markers the store keeps open between
+// listings (RunningSummarised); the next listing opens them again. For a
+// caller done with the store before it is garbage collected, or measuring
+// a first listing.
+func (s *Store) CloseMarkers() {
+	if s.markers != nil {
+		s.markers.closeAll()
 	}
-	return n, true
+}
+
+func (m *markerFiles) closeAll() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, fd := range m.fds {
+		unix.Close(fd)
+		delete(m.fds, id)
+	}
+}
+
+// keep keeps fd open as id's marker, unless the cache is full (or absent).
+func (m *markerFiles) keep(id string, fd int) bool {
+	if m == nil || len(m.fds) >= m.max {
+		return false
+	}
+	m.fds[id] = fd
+	return true
 }

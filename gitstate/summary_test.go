@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -321,5 +322,118 @@ func TestSummaryCrash(t *testing.T) {
 				t.Fatalf("after the next write: %+v", got)
 			}
 		})
+	}
+}
+
+// A listing keeps the marker of each job whose summary is current open,
+// and the next listing reads the summary through it: a marker rewritten in
+// place (every Update) shows the new summary there. One no longer current
+// there is read again at its path; one that is no longer a regular file,
+// or whose job is no longer listed, is closed.
+func TestRunningSummarisedKeepsMarkers(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	j := claimRunning(t, s, "feat/kept")
+	kept := func() (int, bool) {
+		s.markers.mu.Lock()
+		defer s.markers.mu.Unlock()
+		fd, ok := s.markers.fds[j.ID]
+		return fd, ok
+	}
+	if got := runningJob(t, s, j.ID); !got.Summarised {
+		t.Fatal("first listing: not summarised")
+	}
+	fd, ok := kept()
+	if !ok {
+		t.Fatal("the marker of a current summary was not kept open")
+	}
+	for i := 1; i <= 3; i++ {
+		if _, err := s.Update(ctx, j.ID, "", func(j *Job) error { j.FinalizeStep = i; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		got := runningJob(t, s, j.ID)
+		if !got.Summarised || got.FinalizeStep != i {
+			t.Fatalf("after update %d: summarised %v, step %d", i, got.Summarised, got.FinalizeStep)
+		}
+		if now, ok := kept(); !ok || now != fd {
+			t.Fatalf("after update %d the marker was opened again (fd %d, was %d): the kept file should have served", i, now, fd)
+		}
+	}
+	// Garbage in place: the kept file and the path both fail; the record
+	// decides and the file is closed.
+	good, _ := os.ReadFile(marker(s, j.ID))
+	os.WriteFile(marker(s, j.ID), []byte("garbage\n"), 0o644)
+	if got := runningJob(t, s, j.ID); got.Summarised || got.FinalizeStep != 3 {
+		t.Fatalf("garbage marker: summarised %v, step %d", got.Summarised, got.FinalizeStep)
+	}
+	if _, ok := kept(); ok {
+		t.Fatal("a marker with no current summary was kept open")
+	}
+	// The kept file replaced by a new one with the summary: read at the
+	// path, kept again.
+	os.WriteFile(marker(s, j.ID), good, 0o644)
+	runningJob(t, s, j.ID)
+	if _, ok := kept(); !ok {
+		t.Fatal("not kept again")
+	}
+	os.Remove(marker(s, j.ID))
+	os.WriteFile(marker(s, j.ID), good, 0o644)
+	if got := runningJob(t, s, j.ID); !got.Summarised {
+		t.Fatal("a marker rewritten as a new file with the current summary: not summarised")
+	}
+	// A FIFO where the marker was: never read, and the kept file closed.
+	os.Remove(marker(s, j.ID))
+	if err := syscall.Mkfifo(marker(s, j.ID), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := runningJob(t, s, j.ID); got.Summarised {
+		t.Fatal("a FIFO marker: summarised from the file kept open before")
+	}
+	if _, ok := kept(); ok {
+		t.Fatal("the file of a marker replaced by a FIFO is still kept")
+	}
+	os.Remove(marker(s, j.ID))
+	os.WriteFile(marker(s, j.ID), good, 0o644)
+	runningJob(t, s, j.ID)
+	// The job ends: its marker goes and the file kept for it is closed.
+	if _, won, err := s.Claim(ctx, j.ID, []Status{Running}, Failed, "test", nil); err != nil || !won {
+		t.Fatalf("end: %v, %v", won, err)
+	}
+	if jobs, _, err := s.RunningSummarised(); err != nil || len(jobs) != 0 {
+		t.Fatalf("listed %v, %v; want none", jobs, err)
+	}
+	if _, ok := kept(); ok {
+		t.Fatal("the marker of an ended job is still kept open")
+	}
+
+	// No more than max are kept; the others are read and closed.
+	s.markers.max = 1
+	a, b := claimRunning(t, s, "feat/a"), claimRunning(t, s, "feat/b")
+	for i := 0; i < 2; i++ {
+		for _, id := range []string{a.ID, b.ID} {
+			if got := runningJob(t, s, id); !got.Summarised {
+				t.Fatalf("listing %d: %s not summarised", i, id)
+			}
+		}
+	}
+	if n := len(s.markers.fds); n != 1 {
+		t.Fatalf("%d markers kept, max 1", n)
+	}
+	s.CloseMarkers()
+	if n := len(s.markers.fds); n != 0 {
+		t.Fatalf("%d markers kept after CloseMarkers", n)
+	}
+}
+
+// running/ replaced by a FIFO (after the store was opened): the listing
+// fails at once, naming it, rather than wait for a writer.
+func TestRunningSummarisedFIFODir(t *testing.T) {
+	s := newStore(t)
+	os.RemoveAll(filepath.Join(s.Dir(), runningDir))
+	if err := syscall.Mkfifo(filepath.Join(s.Dir(), runningDir), 0o644); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	if _, _, err := s.RunningSummarised(); err == nil || !strings.Contains(err.Error(), "list running jobs") {
+		t.Fatalf("RunningSummarised with running/ a FIFO: %v; want an error", err)
 	}
 }

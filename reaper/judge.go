@@ -247,13 +247,19 @@ func judge(j *gitstate.Job, st *State, cfg config.Reaper, c clock, groups groupC
 	return v
 }
 
+// monitors checks the monitors of running jobs for every pass of this
+// process, keeping the /proc file of each live one open for the next pass
+// (procid.StatFiles): the check a pass makes of every job it leaves alone.
+// RunOnce sweeps it after each pass.
+var monitors procid.StatFiles
+
 // checkProcs checks the processes of the job in the order allDead judges
 // them: its monitor, the command's process group (until the command is
 // stamped, the monitor alone speaks for the job) and a finalize step's.
 // Unless all, it stops at the first one not confirmed dead.
 func checkProcs(j *gitstate.Job, groups groupChecker, all bool) []procSeen {
 	m := procSeen{name: "monitor", id: j.Monitor}
-	m.live, m.err = procid.Check(j.Monitor)
+	m.live, m.err = monitors.Check(j.Monitor)
 	ps := []procSeen{m}
 	for _, g := range []struct {
 		name string

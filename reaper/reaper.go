@@ -301,6 +301,10 @@ func RunOnce(ctx context.Context, env *pipeline.Env, opts Options) (*Snapshot, e
 		}
 	}
 
+	// The monitors not checked in this pass (their jobs ended) need no
+	// file kept open for the next.
+	monitors.Sweep()
+
 	if ctx.Err() == nil {
 		repair(ctx, env, opts, snap)
 	}

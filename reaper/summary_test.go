@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -208,6 +209,41 @@ func TestPassStaleSummary(t *testing.T) {
 				if s, ok := f.state().Streaks[j.ID]; ok {
 					t.Fatalf("pass %d counted a dead streak %+v for a job whose monitor lives", i, s)
 				}
+			}
+		})
+	}
+}
+
+// Passes keep each live monitor's /proc stat file and each current marker
+// open for the next pass. A monitor that dies between two passes, killed
+// and reaped or left a zombie, is seen dead by the next pass all the same,
+// which counts the observation from the record and reaps the job.
+func TestPassSeesMonitorDieBetweenPasses(t *testing.T) {
+	for _, reap := range []bool{true, false} {
+		t.Run(fmt.Sprintf("reaped=%v", reap), func(t *testing.T) {
+			f := newFixture(t)
+			f.cfg.Reaper.DeadTicks = 1
+			cmd, mon, _ := startGroup(t, "exec sleep 1000")
+			j := f.running("dies", "build", func(j *gitstate.Job) { j.Monitor = mon; j.StartedAt = base })
+			for i := 0; i < 2; i++ {
+				if snap := f.pass(time.Duration(i) * time.Minute); snap.Observed != 0 || len(snap.Actions) != 0 {
+					t.Fatalf("pass %d with the monitor alive: observed %d, actions %+v", i, snap.Observed, snap.Actions)
+				}
+			}
+			cmd.Process.Kill()
+			if reap {
+				cmd.Wait()
+			} else {
+				var info unix.Siginfo
+				if err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+					t.Fatalf("waitid: %v", err)
+				}
+			}
+			snap := f.pass(2 * time.Minute)
+			got := f.get(j.ID)
+			if got.Status != gitstate.Failed || got.EndedBy != gitstate.EndedByReaperDead || snap.Tier1 != 1 {
+				t.Fatalf("after the monitor died: job %s by %s, tier 1 %d; want failed by %s (actions %+v, errors %+v)",
+					got.Status, got.EndedBy, snap.Tier1, gitstate.EndedByReaperDead, snap.Actions, snap.Errors)
 			}
 		})
 	}
