@@ -9,11 +9,11 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"golang.org/x/sys/unix"
 
 	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/procid/procidtest"
 	"github.com/orch-hooks/orch-hooks/reaper"
 	"github.com/orch-hooks/orch-hooks/testproc"
 )
@@ -234,10 +234,7 @@ func TestPassSeesMonitorDieBetweenPasses(t *testing.T) {
 			if reap {
 				cmd.Wait()
 			} else {
-				var info unix.Siginfo
-				if err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
-					t.Fatalf("waitid: %v", err)
-				}
+				procidtest.WaitExited(t, cmd.Process.Pid)
 			}
 			snap := f.pass(2 * time.Minute)
 			got := f.get(j.ID)
