@@ -174,9 +174,24 @@ func (r *Reloader) Check() (Change, error) {
 	if err != nil {
 		return r.reject(data, err)
 	}
+	if c.Remote.Name != r.good.Remote.Name {
+		// Where the state lives is chosen when a process starts: a
+		// process that switched mid-run would act on local state as if
+		// it were the shared one, or the other way round.
+		return r.reject(data, &Error{File: r.path, Key: "remote.name", Msg: fmt.Sprintf(
+			"changed from %q to %q while this process runs on %s; restart it to switch (put the old value back to keep it running)",
+			r.good.Remote.Name, c.Remote.Name, stateWhere(r.good.Remote.Name))})
+	}
 	r.data, r.noFile = data, c.Path == ""
 	r.good, r.goodAt, r.err = c, now, nil
 	return Reloaded, nil
+}
+
+func stateWhere(remote string) string {
+	if remote == "" {
+		return "this machine's local state"
+	}
+	return "the state shared on remote " + strconv.Quote(remote)
 }
 
 func (r *Reloader) reject(data []byte, err error) (Change, error) {

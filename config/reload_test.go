@@ -91,6 +91,31 @@ func TestReloaderKeepsTheLastGoodConfig(t *testing.T) {
 	}
 }
 
+// A process keeps its state where it started: turning remote mode on (or
+// off, or to another remote) under it is refused like a bad file, never
+// applied, so a running watch cannot go on acting on local state as if it
+// were the shared one.
+func TestReloaderRefusesToSwitchRemote(t *testing.T) {
+	r, p := newTestReloader(t, "max_concurrency = 2\n")
+	rewrite(t, p, "max_concurrency = 3\n[remote]\nname = \"origin\"\n")
+	err := check(t, r, Rejected)
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Key != "remote.name" || !strings.Contains(err.Error(), "restart") {
+		t.Fatalf("error %v: want remote.name named and a restart asked for", err)
+	}
+	if c := r.Config(); c.MaxConcurrency != 2 || c.Remote.Name != "" {
+		t.Fatalf("after the switch: max_concurrency %d, remote %q; want the last good config", c.MaxConcurrency, c.Remote.Name)
+	}
+	// The old value back: the rest of the change applies.
+	rewrite(t, p, "max_concurrency = 3\n")
+	if err := check(t, r, Reloaded); err != nil {
+		t.Fatal(err)
+	}
+	if r.Config().MaxConcurrency != 3 {
+		t.Fatalf("max_concurrency %d after the remote was put back, want 3", r.Config().MaxConcurrency)
+	}
+}
+
 func TestReloaderFileGoneKeepsConfig(t *testing.T) {
 	r, p := newTestReloader(t, "[[stages]]\nname = \"a\"\nrun = \"true\"\n")
 	if err := os.Remove(p); err != nil {
