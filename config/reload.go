@@ -82,15 +82,18 @@ type Reloader struct {
 	path     string
 	required bool
 
-	stamp   Stamp
-	readAt  time.Time
-	data    []byte // the content last read, nil when there was no file
-	dirty   bool
-	good    *Config
-	goodAt  time.Time
-	err     error
-	noFile  bool // the last read found no file
-	nowFunc func() time.Time
+	stamp  Stamp
+	readAt time.Time
+	data   []byte // the content last read, nil when there was no file
+	dirty  bool
+	good   *Config
+	goodAt time.Time
+	err    error
+	noFile bool // the last read found no file
+	// goodEmpty: the last good configuration came from no file or an
+	// empty one (nothing set).
+	goodEmpty bool
+	nowFunc   func() time.Time
 }
 
 // NewReloader loads path (required: it was named by the user, so a missing
@@ -109,6 +112,7 @@ func NewReloader(path string, required bool) (*Reloader, error) {
 	}
 	r.data, r.noFile = data, c.Path == ""
 	r.good, r.goodAt = c, r.readAt
+	r.goodEmpty = isEmpty(data)
 	return r, nil
 }
 
@@ -170,6 +174,12 @@ func (r *Reloader) Check() (Change, error) {
 	if readErr == nil && !r.noFile && bytes.Equal(data, r.data) {
 		return Unchanged, r.err
 	}
+	if readErr == nil && isEmpty(data) && !r.goodEmpty {
+		// What a writer that truncates and then writes leaves between the
+		// two, for longer than settleDelay on a loaded machine (seen in
+		// CI): taken as the defaults it would drop every stage.
+		return r.reject(data, &Error{File: r.path, Msg: "the file is empty; put the settings back (or restart to run on the defaults)"})
+	}
 	c, err := parse(r.path, r.required, data, readErr)
 	if err != nil {
 		return r.reject(data, err)
@@ -184,8 +194,13 @@ func (r *Reloader) Check() (Change, error) {
 	}
 	r.data, r.noFile = data, c.Path == ""
 	r.good, r.goodAt, r.err = c, now, nil
+	r.goodEmpty = isEmpty(data)
 	return Reloaded, nil
 }
+
+// isEmpty says whether a file's content sets nothing at all (no bytes, or
+// only white space).
+func isEmpty(data []byte) bool { return len(bytes.TrimSpace(data)) == 0 }
 
 func stateWhere(remote string) string {
 	if remote == "" {

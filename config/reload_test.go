@@ -116,6 +116,38 @@ func TestReloaderRefusesToSwitchRemote(t *testing.T) {
 	}
 }
 
+// A file found empty after it had settings is what a writer that
+// truncates, then writes, leaves between the two (for longer than the
+// settle delay on a loaded machine): refused, never taken as the defaults
+// (no stages). A file empty from the start stays acceptable.
+func TestReloaderEmptiedFileKeepsConfig(t *testing.T) {
+	r, p := newTestReloader(t, "max_concurrency = 2\n")
+	rewrite(t, p, "")
+	if err := check(t, r, Rejected); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Fatalf("error %v, want the file called empty", err)
+	}
+	if r.Config().MaxConcurrency != 2 {
+		t.Fatalf("max_concurrency %d after the file was emptied, want the last good 2", r.Config().MaxConcurrency)
+	}
+	rewrite(t, p, "max_concurrency = 2\n")
+	if err := check(t, r, Reloaded); err != nil {
+		t.Fatal(err)
+	}
+
+	e, ep := newTestReloader(t, "\n")
+	rewrite(t, ep, "max_concurrency = 3\n")
+	check(t, e, Reloaded)
+	rewrite(t, ep, "")
+	if err := check(t, e, Rejected); err == nil {
+		t.Fatal("emptied after settings: accepted")
+	}
+	f, fp := newTestReloader(t, "")
+	rewrite(t, fp, " \n")
+	if err := check(t, f, Reloaded); err != nil {
+		t.Fatalf("a file empty from the start, still empty: %v", err)
+	}
+}
+
 func TestReloaderFileGoneKeepsConfig(t *testing.T) {
 	r, p := newTestReloader(t, "[[stages]]\nname = \"a\"\nrun = \"true\"\n")
 	if err := os.Remove(p); err != nil {
