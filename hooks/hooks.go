@@ -158,42 +158,11 @@ func Install(dir string, force bool) ([]Change, error) {
 	var changes []Change
 	skipNotDue := ownHooksDir(dir)
 	for _, name := range Names {
-		path := filepath.Join(dir, name)
-		script := Script(name, skipNotDue)
-		cur, err := os.ReadFile(path)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			if err := writeHook(path, script); err != nil {
-				return changes, err
-			}
-			changes = append(changes, Change{name, "installed"})
-		case err != nil:
-			return changes, fmt.Errorf("install %s: %w", name, err)
-		case IsOurs(cur):
-			fi, _ := os.Stat(path)
-			if bytes.Equal(cur, script) && fi.Mode().Perm() == 0o755 {
-				changes = append(changes, Change{name, "unchanged"})
-				continue
-			}
-			if err := writeHook(path, script); err != nil {
-				return changes, err
-			}
-			changes = append(changes, Change{name, "updated"})
-		default:
-			chained := path + ChainedSuffix
-			if _, err := os.Lstat(chained); err == nil {
-				if !force {
-					return changes, fmt.Errorf("install %s: %w: %s replaced our hook after install, and %s is already kept; move one of them away, or run install --force to replace %s",
-						name, ErrForeignHook, path, chained, path)
-				}
-			} else if err := os.Rename(path, chained); err != nil {
-				return changes, fmt.Errorf("install %s: keep the existing hook: %w", name, err)
-			}
-			if err := writeHook(path, script); err != nil {
-				return changes, err
-			}
-			changes = append(changes, Change{name, "chained"})
+		c, err := installHook(dir, name, Script(name, skipNotDue), force, "install --force")
+		if err != nil {
+			return changes, err
 		}
+		changes = append(changes, c)
 	}
 	return changes, statefile.SyncDir(dir)
 }
@@ -301,4 +270,44 @@ func SharedDir(ctx context.Context, top, dir string) (*Shared, error) {
 		return nil, nil // under .git, or ignored: git does not see it
 	}
 	return s, nil
+}
+
+// installHook puts script in place as hook name in dir: "installed" where
+// there was none, "unchanged" or "updated" over ours, "chained" over a
+// foreign one (kept as name+ChainedSuffix and run first). A foreign hook
+// over an existing chained one is refused unless force; forceCmd is the
+// command the error tells the user to run then.
+func installHook(dir, name string, script []byte, force bool, forceCmd string) (Change, error) {
+	path := filepath.Join(dir, name)
+	cur, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := writeHook(path, script); err != nil {
+			return Change{}, err
+		}
+		return Change{name, "installed"}, nil
+	case err != nil:
+		return Change{}, fmt.Errorf("install %s: %w", name, err)
+	case IsOurs(cur):
+		if fi, _ := os.Stat(path); bytes.Equal(cur, script) && fi.Mode().Perm() == 0o755 {
+			return Change{name, "unchanged"}, nil
+		}
+		if err := writeHook(path, script); err != nil {
+			return Change{}, err
+		}
+		return Change{name, "updated"}, nil
+	}
+	chained := path + ChainedSuffix
+	if _, err := os.Lstat(chained); err == nil {
+		if !force {
+			return Change{}, fmt.Errorf("install %s: %w: %s replaced our hook after install, and %s is already kept; move one of them away, or run %s to replace %s",
+				name, ErrForeignHook, path, chained, forceCmd, path)
+		}
+	} else if err := os.Rename(path, chained); err != nil {
+		return Change{}, fmt.Errorf("install %s: keep the existing hook: %w", name, err)
+	}
+	if err := writeHook(path, script); err != nil {
+		return Change{}, err
+	}
+	return Change{name, "chained"}, nil
 }

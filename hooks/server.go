@@ -1,13 +1,9 @@
 package hooks
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/statefile"
@@ -113,42 +109,11 @@ func InstallServer(ctx context.Context, gitDir string, force bool) ([]Change, er
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("install --server: %w", err)
 	}
-	var changes []Change
-	path := filepath.Join(dir, ServerHook)
-	script := ServerScript()
-	cur, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		if err := writeHook(path, script); err != nil {
-			return nil, err
-		}
-		changes = append(changes, Change{ServerHook, "installed"})
-	case err != nil:
-		return nil, fmt.Errorf("install %s: %w", ServerHook, err)
-	case IsOurs(cur):
-		if fi, _ := os.Stat(path); bytes.Equal(cur, script) && fi.Mode().Perm() == 0o755 {
-			changes = append(changes, Change{ServerHook, "unchanged"})
-			break
-		}
-		if err := writeHook(path, script); err != nil {
-			return nil, err
-		}
-		changes = append(changes, Change{ServerHook, "updated"})
-	default:
-		chained := path + ChainedSuffix
-		if _, err := os.Lstat(chained); err == nil {
-			if !force {
-				return nil, fmt.Errorf("install %s: %w: %s replaced our hook after install, and %s is already kept; move one of them away, or run install --server --force to replace %s",
-					ServerHook, ErrForeignHook, path, chained, path)
-			}
-		} else if err := os.Rename(path, chained); err != nil {
-			return nil, fmt.Errorf("install %s: keep the existing hook: %w", ServerHook, err)
-		}
-		if err := writeHook(path, script); err != nil {
-			return nil, err
-		}
-		changes = append(changes, Change{ServerHook, "chained"})
+	c, err := installHook(dir, ServerHook, ServerScript(), force, "install --server --force")
+	if err != nil {
+		return nil, err
 	}
+	changes := []Change{c}
 	if err := statefile.SyncDir(dir); err != nil {
 		return changes, err
 	}
