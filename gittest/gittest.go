@@ -30,6 +30,42 @@ func Env(home string) []string {
 	)
 }
 
+// SetupProcess gives the test process itself (and so every git it
+// starts, through code under test that runs git with the process's
+// environment) a private, deterministic git environment: a private home,
+// no GIT_ or ORCH_ variables of the machine, no system config, a fixed
+// identity, no credential prompt. Call it from TestMain before m.Run;
+// cleanup removes the private home.
+func SetupProcess() (cleanup func(), err error) {
+	home, err := os.MkdirTemp("", "orch-test-home-")
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "GIT_") || strings.HasPrefix(k, "ORCH_") {
+			os.Unsetenv(k)
+		}
+	}
+	for k, v := range map[string]string{
+		"HOME":                home,
+		"XDG_CONFIG_HOME":     filepath.Join(home, ".config"),
+		"GIT_CONFIG_NOSYSTEM": "1",
+		"GIT_AUTHOR_NAME":     "Test",
+		"GIT_AUTHOR_EMAIL":    "test@example.invalid",
+		"GIT_COMMITTER_NAME":  "Test",
+		"GIT_COMMITTER_EMAIL": "test@example.invalid",
+		"GIT_TERMINAL_PROMPT": "0",
+	} {
+		os.Setenv(k, v)
+	}
+	// A race-enabled helper would wait a second at exit for late reports.
+	if os.Getenv("GORACE") == "" {
+		os.Setenv("GORACE", "atexit_sleep_ms=10")
+	}
+	return func() { os.RemoveAll(home) }, nil
+}
+
 // Repo is a repository made for one test.
 type Repo struct {
 	t    testing.TB

@@ -56,33 +56,12 @@ func TestMain(m *testing.M) {
 // the merges under test run git with this process's environment, so no
 // configuration of the machine may reach them.
 func runTests(m *testing.M) int {
-	home, err := os.MkdirTemp("", "merge-test-home-")
+	cleanup, err := gittest.SetupProcess()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(home)
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "GIT_") || strings.HasPrefix(k, "ORCH_") {
-			os.Unsetenv(k)
-		}
-	}
-	for k, v := range map[string]string{
-		"HOME":                home,
-		"XDG_CONFIG_HOME":     filepath.Join(home, ".config"),
-		"GIT_CONFIG_NOSYSTEM": "1",
-		"GIT_AUTHOR_NAME":     "Test",
-		"GIT_AUTHOR_EMAIL":    "test@example.invalid",
-		"GIT_COMMITTER_NAME":  "Test",
-		"GIT_COMMITTER_EMAIL": "test@example.invalid",
-	} {
-		os.Setenv(k, v)
-	}
-	// A race-enabled helper would wait a second at exit for late reports.
-	if os.Getenv("GORACE") == "" {
-		os.Setenv("GORACE", "atexit_sleep_ms=10")
-	}
+	defer cleanup()
 	return m.Run()
 }
 

@@ -16,40 +16,14 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/orch-hooks/orch-hooks/gittest"
 )
 
 // SetupEnv gives the test process (and so every git it starts) a private,
-// deterministic git environment; call it from TestMain before m.Run. The
-// returned function removes the private home.
-func SetupEnv() (cleanup func(), err error) {
-	home, err := os.MkdirTemp("", "refstore-test-home-")
-	if err != nil {
-		return nil, err
-	}
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "GIT_") || strings.HasPrefix(k, "ORCH_") {
-			os.Unsetenv(k)
-		}
-	}
-	for k, v := range map[string]string{
-		"HOME":                home,
-		"XDG_CONFIG_HOME":     filepath.Join(home, ".config"),
-		"GIT_CONFIG_NOSYSTEM": "1",
-		"GIT_AUTHOR_NAME":     "Test",
-		"GIT_AUTHOR_EMAIL":    "test@example.invalid",
-		"GIT_COMMITTER_NAME":  "Test",
-		"GIT_COMMITTER_EMAIL": "test@example.invalid",
-		// No credential prompt may ever wait on a terminal.
-		"GIT_TERMINAL_PROMPT": "0",
-	} {
-		os.Setenv(k, v)
-	}
-	if os.Getenv("GORACE") == "" {
-		os.Setenv("GORACE", "atexit_sleep_ms=10")
-	}
-	return func() { os.RemoveAll(home) }, nil
-}
+// deterministic git environment (gittest.SetupProcess); call it from
+// TestMain before m.Run.
+func SetupEnv() (cleanup func(), err error) { return gittest.SetupProcess() }
 
 // Git runs git in dir and fails the test on error.
 func Git(t testing.TB, dir string, args ...string) string {
