@@ -342,6 +342,13 @@ func (r *Repo) looseParents(id string) ([]string, error) {
 	if err != nil || !strings.HasPrefix(header, "commit ") {
 		return nil, fmt.Errorf("object %s: not a commit", id)
 	}
+	return headerParents(id, br)
+}
+
+// headerParents reads a commit's header lines from br (its content, after
+// the object header) up to the blank line that ends them, and returns the
+// ids of its parent lines, each checked to be a full hex id.
+func headerParents(id string, br *bufio.Reader) ([]string, error) {
 	var parents []string
 	for {
 		line, err := br.ReadString('\n')

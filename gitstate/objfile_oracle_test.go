@@ -50,23 +50,7 @@ func (r *Repo) looseParentsObjfile(id string) ([]string, error) {
 		return nil, fmt.Errorf("object %s: not a commit", id)
 	}
 	br := bufio.NewReaderSize(or, 4096)
-	var parents []string
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil && !(errors.Is(err, io.EOF) && line != "") {
-			return nil, fmt.Errorf("object %s: %w", id, err)
-		}
-		line = strings.TrimSuffix(line, "\n")
-		if line == "" {
-			return parents, nil
-		}
-		if p, ok := strings.CutPrefix(line, "parent "); ok {
-			if !isHexID(p) {
-				return nil, fmt.Errorf("object %s: parent %q", id, p)
-			}
-			parents = append(parents, p)
-		}
-	}
+	return headerParents(id, br)
 }
 
 // looseHistory is a repository whose n commits are all loose.
@@ -119,23 +103,7 @@ func (r *Repo) looseParentsPooled(id string) ([]string, error) {
 	if err != nil || !strings.HasPrefix(header, "commit ") {
 		return nil, fmt.Errorf("object %s: not a commit", id)
 	}
-	var parents []string
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil && !(errors.Is(err, io.EOF) && line != "") {
-			return nil, fmt.Errorf("object %s: %w", id, err)
-		}
-		line = strings.TrimSuffix(line, "\n")
-		if line == "" {
-			return parents, nil
-		}
-		if p, ok := strings.CutPrefix(line, "parent "); ok {
-			if !isHexID(p) {
-				return nil, fmt.Errorf("object %s: parent %q", id, p)
-			}
-			parents = append(parents, p)
-		}
-	}
+	return headerParents(id, br)
 }
 
 var inflaters sync.Pool
