@@ -115,9 +115,11 @@ type cli struct {
 	// itself (see Main).
 	monitor atomic.Bool
 
-	repo  *gitstate.Repo
-	cfg   *config.Config
-	store *gitstate.Store
+	repo *gitstate.Repo
+	cfg  *config.Config
+	// cfgWarned: cfg's warnings were said (or are the caller's to say).
+	cfgWarned bool
+	store     *gitstate.Store
 }
 
 const globalUsage = `orch-hooks runs long jobs (coding agents, builds) against a git repository,
@@ -490,6 +492,25 @@ func (c *cli) openRepo() (*gitstate.Repo, error) {
 
 // loadConfig reads orch.toml (or --config).
 func (c *cli) loadConfig() (*config.Config, error) {
+	cfg, err := c.readConfig()
+	if err != nil {
+		return nil, err
+	}
+	if !c.cfgWarned {
+		c.cfgWarned = true
+		for _, w := range cfg.Warnings {
+			if !c.quietWarnings {
+				c.errf("orch-hooks: warning: %v\n", w)
+			}
+		}
+	}
+	return cfg, nil
+}
+
+// readConfig is loadConfig without its warnings: the one load of orch.toml
+// a command makes, kept for every later use (refuseRemote reads it before
+// the command decides whether it needs the configuration at all).
+func (c *cli) readConfig() (*config.Config, error) {
 	if c.cfg != nil {
 		return c.cfg, nil
 	}
@@ -501,11 +522,6 @@ func (c *cli) loadConfig() (*config.Config, error) {
 	cfg, err := config.Load(path, required)
 	if err != nil {
 		return nil, err
-	}
-	for _, w := range cfg.Warnings {
-		if !c.quietWarnings {
-			c.errf("orch-hooks: warning: %v\n", w)
-		}
 	}
 	c.cfg = cfg
 	return cfg, nil

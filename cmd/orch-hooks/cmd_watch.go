@@ -71,7 +71,7 @@ func setupWatch(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return err
 		}
-		c.cfg = rl.Config()
+		c.cfg, c.cfgWarned = rl.Config(), true
 		for _, w := range c.cfg.Warnings {
 			c.errf("orch-hooks: warning: %v\n", w)
 		}

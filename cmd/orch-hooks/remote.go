@@ -5,7 +5,6 @@ package main
 import (
 	"fmt"
 
-	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/merge"
 	"github.com/orch-hooks/orch-hooks/refstore"
 	"github.com/orch-hooks/orch-hooks/remotelease"
@@ -35,14 +34,9 @@ func (c *cli) refuseRemote(name string) error {
 	if remoteReady[name] {
 		return nil
 	}
-	r, err := c.openRepo()
-	if err != nil {
-		return nil
-	}
-	// Read apart from c.loadConfig: its warnings are the command's to
-	// print (or not), as before remote mode existed.
-	path, required := config.Find(c.configFlag, r.MainWorktree, r.Worktree)
-	cfg, err := config.Load(path, required)
+	// Without its warnings: they are the command's to print (or not), as
+	// before remote mode existed. The load is kept for the command.
+	cfg, err := c.readConfig()
 	if err != nil || !cfg.Remote.Enabled() {
 		return nil
 	}
