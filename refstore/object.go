@@ -93,7 +93,7 @@ func (s *Store) writeObject(typ string, body []byte) (string, error) {
 }
 
 // prepareLoose is Prepare for a SHA-1 repository without a git process.
-func (s *Store) prepareLoose(name string, data []byte, parent string, unix int64) (string, error) {
+func (s *Store) prepareLoose(msg string, data []byte, parent string, unix int64) (string, error) {
 	blob, err := s.writeObject("blob", data)
 	if err != nil {
 		return "", err
@@ -110,6 +110,6 @@ func (s *Store) prepareLoose(name string, data []byte, parent string, unix int64
 	}
 	fmt.Fprintf(&c, "author orch-hooks <orch-hooks@localhost> %d +0000\n", unix)
 	fmt.Fprintf(&c, "committer orch-hooks <orch-hooks@localhost> %d +0000\n", unix)
-	fmt.Fprintf(&c, "\norch: %s\n", name)
+	fmt.Fprintf(&c, "\n%s", msg)
 	return s.writeObject("commit", []byte(c.String()))
 }

@@ -25,11 +25,12 @@ func TestLooseObjectsAreGits(t *testing.T) {
 	}
 	const unix = 1767225600
 	data := "token = 7\nholder = \"a\\u0000b ü\"\n"
-	first, err := s.prepareLoose("leases/main", []byte(data), "", unix)
+	const msg = "orch: leases/main\n\nversion 00112233445566778899aabb\n"
+	first, err := s.prepareLoose(msg, []byte(data), "", unix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := s.prepareLoose("leases/main", []byte(data+"x = 1\n"), first, unix)
+	id, err := s.prepareLoose(msg, []byte(data+"x = 1\n"), first, unix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +39,7 @@ func TestLooseObjectsAreGits(t *testing.T) {
 	tree := gitIn(t, dir, "100644 blob "+blob+"\t"+FileName+"\n", nil, "mktree")
 	date := fmt.Sprintf("@%d +0000", unix)
 	env := append(append([]string(nil), signature...), "GIT_AUTHOR_DATE="+date, "GIT_COMMITTER_DATE="+date)
-	want := gitIn(t, dir, "orch: leases/main\n", env, "commit-tree", tree, "-p", first)
+	want := gitIn(t, dir, msg, env, "commit-tree", tree, "-p", first)
 	if id != want {
 		t.Fatalf("loose commit %s, git's %s", id, want)
 	}

@@ -18,6 +18,7 @@ package refstore
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -260,8 +261,12 @@ func (s *Store) Prepare(ctx context.Context, name string, data []byte, parent st
 		return "", fmt.Errorf("record %s: parent %q is not an object id", name, parent)
 	}
 	now := time.Now().Unix()
+	msg, err := versionMessage(name)
+	if err != nil {
+		return "", fmt.Errorf("record %s: %w", name, err)
+	}
 	if s.objectFormat(ctx) == "sha1" {
-		id, err := s.prepareLoose(name, data, parent, now)
+		id, err := s.prepareLoose(msg, data, parent, now)
 		if err != nil {
 			return "", fmt.Errorf("record %s: write its objects in %s: %w", name, s.gitDir, err)
 		}
@@ -281,11 +286,26 @@ func (s *Store) Prepare(ctx context.Context, name string, data []byte, parent st
 	}
 	env := append(signature, fmt.Sprintf("GIT_COMMITTER_DATE=@%d +0000", now),
 		fmt.Sprintf("GIT_AUTHOR_DATE=@%d +0000", now))
-	id, err := gitstate.GitEnvOut(ctx, s.gitDir, env, []byte("orch: "+name+"\n"), args...)
+	id, err := gitstate.GitEnvOut(ctx, s.gitDir, env, []byte(msg), args...)
 	if err != nil {
 		return "", fmt.Errorf("record %s: %w", name, err)
 	}
 	return strings.TrimSpace(id), nil
+}
+
+// versionMessage is the commit message of a new version of record name.
+// Its random line makes every prepared version a distinct object. Without
+// it two writers that prepare the same record with the same data in the
+// same second make the same commit, and the second one's create (or
+// swap) "succeeds": git reports a push of the id the remote already holds
+// as up to date, before it checks the expected old value. Both writers
+// would then believe they won.
+func versionMessage(name string) (string, error) {
+	var nonce [12]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return "", fmt.Errorf("a version id: %w", err)
+	}
+	return fmt.Sprintf("orch: %s\n\nversion %x\n", name, nonce), nil
 }
 
 // PushOptions are extra options of a write.

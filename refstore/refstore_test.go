@@ -328,3 +328,31 @@ func TestBadNames(t *testing.T) {
 		t.Error("a ref that is not full accepted")
 	}
 }
+
+// TestIdenticalCreatesOneWins: two machines creating the same record with
+// the same data, in the same second, are still a compare-and-swap race
+// with one winner. (Identical versions would be one object, and git
+// reports pushing the id the remote already holds as up to date, so both
+// would "win".)
+func TestIdenticalCreatesOneWins(t *testing.T) {
+	t.Parallel()
+	fileOnly(t, func(t *testing.T, remote *refstoretest.Remote, url string) {
+		ctx := context.Background()
+		a, b := open(t, url), open(t, url)
+		va := prepare(t, a, "jobs/j1", "state = \"queued\"\n", "")
+		vb := prepare(t, b, "jobs/j1", "state = \"queued\"\n", "")
+		if va == vb {
+			t.Fatalf("two writers prepared the same version %s", va)
+		}
+		if err := a.Update(ctx, []refstore.Update{{Ref: refstore.Prefix + "jobs/j1", New: va}}, refstore.PushOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		err := b.Update(ctx, []refstore.Update{{Ref: refstore.Prefix + "jobs/j1", New: vb}}, refstore.PushOptions{})
+		if !errors.Is(err, refstore.ErrConflict) {
+			t.Fatalf("second identical create: %v, want ErrConflict", err)
+		}
+		if got := remoteRef(t, remote, refstore.Prefix+"jobs/j1"); got != va {
+			t.Fatalf("remote holds %s, want the winner's %s", got, va)
+		}
+	})
+}
