@@ -42,6 +42,12 @@ const (
 	// RemoteClockSkewSDefault is the clock difference between machines a
 	// shared lease's TTL tolerates (remote mode).
 	RemoteClockSkewSDefault = 30
+	// RemoteHeartbeatSDefault is how often the runner of a shared job
+	// writes a beat to its record (remote mode).
+	RemoteHeartbeatSDefault = 10
+	// RemoteHeartbeatTTLSDefault is how long a machine must see a running
+	// shared job's record unchanged before it expires the job.
+	RemoteHeartbeatTTLSDefault = 60
 )
 
 // Stage kinds.
@@ -94,10 +100,41 @@ type Remote struct {
 	// send their fencing token as a push option for it to check (a server
 	// that does not advertise push options refuses such pushes).
 	ServerHook bool `toml:"server_hook"`
+	// HeartbeatS is how often the runner of a shared job writes a beat.
+	HeartbeatS int `toml:"heartbeat_s"`
+	// HeartbeatTTLS: a running shared job whose record a machine has seen
+	// unchanged for this long, on that machine's own clock, is expired
+	// (failed, "heartbeat expired"). At least 3 × heartbeat_s.
+	HeartbeatTTLS int `toml:"heartbeat_ttl_s"`
+	// Host names this machine in shared records; empty: the host name
+	// (os.Hostname). The environment variable ORCH_HOST wins over both.
+	Host string `toml:"host"`
 }
 
 // Enabled reports whether remote mode is on.
 func (r Remote) Enabled() bool { return r.Name != "" }
+
+// Heartbeat is HeartbeatS as a duration.
+func (r Remote) Heartbeat() time.Duration { return time.Duration(r.HeartbeatS) * time.Second }
+
+// HeartbeatTTL is HeartbeatTTLS as a duration.
+func (r Remote) HeartbeatTTL() time.Duration { return time.Duration(r.HeartbeatTTLS) * time.Second }
+
+// MachineName is the name of this machine in shared records: ORCH_HOST,
+// else Host, else the host name.
+func (r Remote) MachineName() (string, error) {
+	if h := os.Getenv("ORCH_HOST"); h != "" {
+		return h, nil
+	}
+	if r.Host != "" {
+		return r.Host, nil
+	}
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "", fmt.Errorf("this machine's name for shared records: %v; set [remote] host in orch.toml or ORCH_HOST", err)
+	}
+	return h, nil
+}
 
 // ClockSkew is ClockSkewS as a duration.
 func (r Remote) ClockSkew() time.Duration { return time.Duration(r.ClockSkewS) * time.Second }
@@ -195,7 +232,7 @@ func Default() *Config {
 		Hooks:  Hooks{BudgetMS: HookBudgetMSDefault},
 		GC:     GC{OlderThanS: GCOlderThanSDefault},
 		Logs:   Logs{MaxBytes: LogMaxBytesDefault},
-		Remote: Remote{ClockSkewS: RemoteClockSkewSDefault},
+		Remote: Remote{ClockSkewS: RemoteClockSkewSDefault, HeartbeatS: RemoteHeartbeatSDefault, HeartbeatTTLS: RemoteHeartbeatTTLSDefault},
 	}
 }
 
@@ -434,6 +471,7 @@ func validate(c *Config, src source, env envSet) error {
 		atLeast(c.GC.OlderThanS, 0, "gc", "older_than_s"),
 		atLeast(c.Logs.MaxBytes, LogMaxBytesMin, "logs", "max_bytes"),
 		atLeast(c.Remote.ClockSkewS, 0, "remote", "clock_skew_s"),
+		atLeast(c.Remote.HeartbeatS, 1, "remote", "heartbeat_s"),
 	} {
 		if chk != nil {
 			return chk
@@ -441,6 +479,12 @@ func validate(c *Config, src source, env envSet) error {
 	}
 	if n := c.Remote.Name; n != "" && (strings.HasPrefix(n, "-") || strings.ContainsAny(n, "\x00\n\r\t /\\:") || strings.Contains(n, "..")) {
 		return bad(fmt.Sprintf("%q is not a remote's name; give one that git remote -v lists, e.g. \"origin\" (empty: remote mode off)", n), "remote", "name")
+	}
+	if c.Remote.HeartbeatTTLS < 3*c.Remote.HeartbeatS {
+		return bad(fmt.Sprintf("%d is less than 3 × heartbeat_s (%d): a live job would expire after two late beats; raise heartbeat_ttl_s to at least %d or lower heartbeat_s", c.Remote.HeartbeatTTLS, c.Remote.HeartbeatS, 3*c.Remote.HeartbeatS), "remote", "heartbeat_ttl_s")
+	}
+	if h := c.Remote.Host; h != "" && (strings.ContainsAny(h, "\x00\n\r\t") || len(h) > 200) {
+		return bad(fmt.Sprintf("%q is not a usable machine name: no control characters, at most 200 bytes", h), "remote", "host")
 	}
 	names := map[string]int{}
 	for i, s := range c.Stages {

@@ -254,6 +254,9 @@ func Changes(old, new *Config) []string {
 		{"remote.name", func(c *Config) string { return strconv.Quote(c.Remote.Name) }},
 		{"remote.clock_skew_s", i(func(c *Config) int { return c.Remote.ClockSkewS })},
 		{"remote.server_hook", b(func(c *Config) bool { return c.Remote.ServerHook })},
+		{"remote.heartbeat_s", i(func(c *Config) int { return c.Remote.HeartbeatS })},
+		{"remote.heartbeat_ttl_s", i(func(c *Config) int { return c.Remote.HeartbeatTTLS })},
+		{"remote.host", func(c *Config) string { return strconv.Quote(c.Remote.Host) }},
 		{"stages", func(c *Config) string { return fmt.Sprintf("%#v", c.Stages) }},
 	}
 	var out []string

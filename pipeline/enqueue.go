@@ -24,6 +24,9 @@ type Env struct {
 	// the reaper's pass call it. Nil: such a job waits for its command
 	// with no one to record the outcome, and ends lost, as before.
 	Adopter MonitorStarter
+	// Shared is remote mode's shared queue (docs/DISTRIBUTED.md); nil in
+	// local mode.
+	Shared *Shared
 }
 
 // Request names a job to enqueue. Task defaults to Branch, Stage to the
