@@ -1,0 +1,5 @@
+package remotejob_test
+
+const helperEnv = "REMOTEJOB_HELPER"
+
+func runHelper() int { return 2 }
