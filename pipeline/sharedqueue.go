@@ -251,10 +251,14 @@ type SharedStatus struct {
 	Unreadable []*gitstate.UnreadableError
 }
 
-// ObservedFor reports how long this machine has seen version versionID
-// of shared job id unchanged, and whether it has seen it at all. Nil
-// until remotejob tells; then status shows "-".
-var ObservedFor func(q *remotejob.Queue, id, versionID string) (time.Duration, bool)
+// observe fills sj's sighting: how long this machine has seen a running
+// job's current version unchanged (remotejob.Queue.Seen). A failure to
+// read the sightings leaves it unknown: status still shows the job.
+func observe(q *remotejob.Queue, sj *SharedJob) {
+	if sj.Job.Status == gitstate.Running {
+		sj.Unchanged, sj.Seen, _ = q.Seen(sj.Job.ID, sj.VersionID)
+	}
+}
 
 // SharedStatusOf reads the shared queue (one Sync) and this machine's
 // part of it: every active shared job, and the recentEnded most recently
@@ -294,9 +298,7 @@ func (e *Env) SharedStatusOf(ctx context.Context, recentEnded int, all bool) (*S
 		if lj, err := e.Store.Get(ent.Job.ID); err == nil {
 			sj.Local = lj
 		}
-		if ent.Job.Status == gitstate.Running && ObservedFor != nil {
-			sj.Unchanged, sj.Seen = ObservedFor(q, ent.Job.ID, ent.VersionID)
-		}
+		observe(q, &sj)
 		if ent.Job.Status.Terminal() {
 			ended = append(ended, sj)
 		} else {
@@ -371,8 +373,6 @@ func (e *Env) SharedJobOf(ctx context.Context, id string) (SharedJob, error) {
 	if lj, err := e.Store.Get(id); err == nil {
 		sj.Local = lj
 	}
-	if ent.Job.Status == gitstate.Running && ObservedFor != nil {
-		sj.Unchanged, sj.Seen = ObservedFor(q, id, ent.VersionID)
-	}
+	observe(q, &sj)
 	return sj, nil
 }
