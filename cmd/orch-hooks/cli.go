@@ -559,6 +559,11 @@ func (c *cli) env() (*pipeline.Env, error) {
 		return nil, err
 	}
 	env := &pipeline.Env{Repo: r, Store: s, Config: cfg}
+	if cfg.Remote.Enabled() {
+		if env.Shared, err = c.openShared(r, cfg); err != nil {
+			return nil, err
+		}
+	}
 	// A pass (reap, watch, a hook) and dispatch start a new monitor for a
 	// job whose monitor died while its command lived: this binary, run
 	// --adopt, detached.

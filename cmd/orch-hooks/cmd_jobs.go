@@ -171,6 +171,9 @@ func setupEnqueue(fs *flag.FlagSet, c *cli) func([]string) error {
 		if hint := env.Repo.RemoteTrackingHint(r.Branch); hint != "" {
 			return usageErrorf("enqueue: %s", hint)
 		}
+		if env.Shared != nil {
+			return c.remoteEnqueue(env, r)
+		}
 		j, created, err := env.Enqueue(r)
 		if err != nil {
 			return err
@@ -200,6 +203,9 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 	return func(args []string) error {
 		if err := needArgs("status", args, 0, 0, "no positional arguments"); err != nil {
 			return err
+		}
+		if c.remoteMode() {
+			return c.remoteStatus(*asJSON, *all)
 		}
 		s, err := c.openStore()
 		if err != nil {
@@ -381,6 +387,9 @@ func setupShow(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err := needArgs("show", args, 1, 1, "one job id"); err != nil {
 			return err
 		}
+		if c.remoteMode() {
+			return c.remoteShow(args[0], *asJSON)
+		}
 		s, err := c.openStore()
 		if err != nil {
 			return err
@@ -485,6 +494,9 @@ func setupCancel(fs *flag.FlagSet, c *cli) func([]string) error {
 	return func(args []string) error {
 		if err := needArgs("cancel", args, 1, 1, "one job id"); err != nil {
 			return err
+		}
+		if c.remoteMode() {
+			return c.remoteCancel(args[0])
 		}
 		env, err := c.env()
 		if err != nil {

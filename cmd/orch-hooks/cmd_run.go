@@ -185,6 +185,9 @@ func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 			return err
 		}
 		if _, err := s.Get(args[0]); err != nil {
+			if errors.Is(err, gitstate.ErrNotFound) && c.remoteMode() {
+				return c.remoteLogsElsewhere(args[0], err)
+			}
 			return jobLookupError(err)
 		}
 		// Piped, the output is the agent's, byte for byte, like cat; on a
@@ -254,6 +257,9 @@ func setupRetry(fs *flag.FlagSet, c *cli) func([]string) error {
 	return func(args []string) error {
 		if err := needArgs("retry", args, 1, 1, "one job id"); err != nil {
 			return err
+		}
+		if c.remoteMode() {
+			return c.remoteRetry(args[0])
 		}
 		env, err := c.env()
 		if err != nil {

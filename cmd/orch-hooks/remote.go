@@ -3,9 +3,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
+	"github.com/orch-hooks/orch-hooks/config"
+	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/merge"
+	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/remotejob"
 	"github.com/orch-hooks/orch-hooks/refstore"
 	"github.com/orch-hooks/orch-hooks/remotelease"
 )
@@ -18,6 +23,9 @@ import (
 var remoteReady = map[string]bool{
 	"version": true, "install": true, "uninstall": true, "init": true, "demo": true,
 	"merge": true, "hook": true,
+	// The shared queue (cmd_remote.go).
+	"enqueue": true, "status": true, "show": true, "cancel": true, "logs": true,
+	"retry": true, "watch": true,
 }
 
 // errRemoteNotCovered is the refusal of a command remote mode does not
@@ -73,4 +81,39 @@ func (c *cli) sharedLease(req *merge.Request, ofJob bool) error {
 	req.Shared.ClockSkew = cfg.Remote.ClockSkew()
 	req.SendToken = cfg.Remote.ServerHook
 	return nil
+}
+
+// remoteMode reports whether orch.toml turns remote mode on (a config that
+// cannot be read is not remote mode: the command reports it itself).
+func (c *cli) remoteMode() bool {
+	cfg, err := c.readConfig()
+	return err == nil && cfg.Remote.Enabled()
+}
+
+// openShared opens remote mode's shared queue and leases for repository r
+// under cfg: the remote must exist in r and this machine must have a
+// name. Nothing is fetched yet.
+func (c *cli) openShared(r *gitstate.Repo, cfg *config.Config) (*pipeline.Shared, error) {
+	name := cfg.Remote.Name
+	if _, err := gitstate.Git(c.ctx, r.CommonDir, "--git-dir="+r.CommonDir, "remote", "get-url", "--", name); err != nil {
+		var ge *gitstate.GitError
+		if errors.As(err, &ge) && ge.ExitCode == 2 {
+			return nil, usageErrorf("[remote] name = %q in %s: this repository has no remote %s (git remote -v lists its remotes); add it with git remote add %s URL, or set [remote] name to one it has",
+				name, cfg.Path, name, name)
+		}
+		return nil, fmt.Errorf("[remote] name = %q in %s: git remote get-url %s: %w", name, cfg.Path, name, err)
+	}
+	host, err := cfg.Remote.MachineName()
+	if err != nil {
+		return nil, usageErrorf("remote mode ([remote] name in %s) names this machine in shared records: %v", cfg.Path, err)
+	}
+	s, err := refstore.Open(r.CommonDir, name)
+	if err != nil {
+		return nil, fmt.Errorf("[remote] name in %s: %w", cfg.Path, err)
+	}
+	q := remotejob.New(s, host, r.StateDir())
+	q.TTL = cfg.Remote.HeartbeatTTL()
+	leases := remotelease.New(s)
+	leases.ClockSkew = cfg.Remote.ClockSkew()
+	return &pipeline.Shared{Queue: q, Leases: leases, Heartbeat: cfg.Remote.Heartbeat()}, nil
 }
