@@ -49,9 +49,9 @@ type SharedReport struct {
 	Errors []error
 }
 
-// errNoShared: a job of the shared queue met by a process that is not in
+// errSharedNoRemote: a job of the shared queue met by a process that is not in
 // remote mode (no Env.Shared): it cannot reach the job's record.
-var errNoShared = errors.New("the job belongs to the shared queue (remote mode), but this process has no [remote] configured")
+var errSharedNoRemote = errors.New("the job belongs to the shared queue (remote mode), but this process has no [remote] configured")
 
 // SharedPass is remote mode's part of dispatch, watch and reap: one Sync;
 // Expire; settle repair of this machine's local ends; then claims queued
@@ -72,7 +72,7 @@ var errNoShared = errors.New("the job belongs to the shared queue (remote mode),
 func (e *Env) SharedPass(ctx context.Context, capacity int) (SharedReport, error) {
 	var rep SharedReport
 	if e.Shared == nil || e.Shared.Queue == nil {
-		return rep, errNoShared
+		return rep, errSharedNoRemote
 	}
 	q := e.Shared.Queue
 	unlock, err := statefile.Lock(ctx, e.Store.LockPath("shared"))
@@ -191,7 +191,7 @@ func (e *Env) SharedPass(ctx context.Context, capacity int) (SharedReport, error
 // the error says why. remotejob.ErrTaken (wrapped) when it is not queued.
 func (e *Env) ClaimShared(ctx context.Context, id string) (*gitstate.Job, error) {
 	if e.Shared == nil || e.Shared.Queue == nil {
-		return nil, errNoShared
+		return nil, errSharedNoRemote
 	}
 	unlock, err := statefile.Lock(ctx, e.Store.LockPath("shared"))
 	if err != nil {
@@ -431,7 +431,7 @@ func (e *Env) sharedClaimed(ctx context.Context, id, run string) (c *remotejob.C
 func (e *Env) settleShared(ctx context.Context, j *gitstate.Job) (settled bool, err error) {
 	stopRunner(e, j.ID)
 	if e.Shared == nil || e.Shared.Queue == nil {
-		return false, errNoShared
+		return false, errSharedNoRemote
 	}
 	c, cur, err := e.sharedClaimed(ctx, j.ID, j.SharedRun)
 	if errors.Is(err, remotejob.ErrLost) {
@@ -555,7 +555,7 @@ func stopRunner(e *Env, id string) {
 // error wraps remotejob.ErrLost, or says the remote stayed unreachable.
 func (e *Env) startShared(ctx context.Context, j *gitstate.Job, onLost func(error)) (*sharedRunner, error) {
 	if e.Shared == nil || e.Shared.Queue == nil {
-		return nil, errNoShared
+		return nil, errSharedNoRemote
 	}
 	ttl := e.Shared.Queue.TTL
 	start := time.Now()
