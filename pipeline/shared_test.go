@@ -378,7 +378,10 @@ func (c *cluster) claimOn(t *testing.T, m *machine) string {
 // created.
 func TestSharedJobLostWhileRunning(t *testing.T) {
 	files := t.TempDir()
-	c := newCluster(t, 2, blockingToml(files), 50*time.Millisecond, 10*time.Second)
+	// Beats far apart enough that the cancel's read and write fit
+	// between two of them on a loaded machine (a cancel that keeps
+	// losing its compare-and-swap to beats gives up after a few tries).
+	c := newCluster(t, 2, blockingToml(files), time.Second, 10*time.Second)
 	a, b := c.ms[0], c.ms[1]
 	ctx := context.Background()
 	id := c.claimOn(t, a)
