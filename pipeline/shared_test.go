@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -560,5 +561,187 @@ func TestSharedSettleRepairAfterCrash(t *testing.T) {
 	}
 	if n := lines(t, filepath.Join(counts, "build-runs")); n != 1 {
 		t.Errorf("build ran %d times", n)
+	}
+}
+
+// newHTTPCluster is newCluster with machine a's origin served over smart
+// HTTP by the returned server (which can partition it away); the other
+// machines reach the same bare remote over file://, so they go on seeing
+// it while a is cut off.
+func newHTTPCluster(t *testing.T, n int, orchToml string, beat, ttl time.Duration) (*cluster, *refstoretest.Server) {
+	t.Helper()
+	c := newCluster(t, n, orchToml, beat, ttl)
+	srv := c.remote.Serve(t)
+	refstoretest.Git(t, c.ms[0].dir, "remote", "set-url", "origin", srv.URL)
+	return c, srv
+}
+
+// stepsToml: build says it started, waits for a go file, commits; its
+// finalize step counts its runs.
+func stepsToml(dir string) string {
+	return fmt.Sprintf(`target = "main"
+
+[[stages]]
+name = "build"
+run = "touch %[1]s/started; while [ ! -e %[1]s/go ]; do sleep 0.02; done; git commit -q --allow-empty -m built"
+finalize = ["echo step >> %[1]s/steps"]
+next = "review"
+
+[[stages]]
+name = "review"
+run = "true"
+`, dir)
+}
+
+// runAsync runs job id on m in this process (its monitor) and returns
+// where its outcome arrives.
+func runAsync(m *machine, id string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		res, err := m.env.Run(context.Background(), id, pipeline.RunOptions{Log: io.Discard})
+		if err == nil && res.Job.Status != gitstate.Done {
+			err = fmt.Errorf("ended %s: %s", res.Job.Status, res.Job.Reason)
+		}
+		done <- err
+	}()
+	return done
+}
+
+// waitRequests waits until srv has seen n more requests than from.
+func waitRequests(t *testing.T, srv *refstoretest.Server, from, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for srv.Requests() < from+n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server saw %d requests, want %d more than %d", srv.Requests(), n, from)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Machine a is partitioned from the remote while its job's command runs:
+// its beats fail, the job goes on; b, which still reaches the remote,
+// does not expire it within the TTL. Healed, a's beats land again, its
+// finalize step is fenced by one, and the job settles done with its next
+// job and branch.
+func TestSharedJobSurvivesPartition(t *testing.T) {
+	files := t.TempDir()
+	c, srv := newHTTPCluster(t, 2, stepsToml(files), 100*time.Millisecond, 30*time.Second)
+	a, b := c.ms[0], c.ms[1]
+	ctx := context.Background()
+	id := c.claimOn(t, a)
+	done := runAsync(a, id)
+	waitFile(t, filepath.Join(files, "started"), 30*time.Second)
+	before, _ := remoteJob(t, b, id)
+
+	srv.Partition(true)
+	waitRequests(t, srv, srv.Requests(), 6) // a's beats, refused
+	if rep, err := b.env.SharedPass(ctx, 0); err != nil || len(rep.Expired) > 0 && rep.Expired[0].Won {
+		t.Fatalf("b's pass during the partition: %+v %v", rep, err)
+	}
+	during, _ := remoteJob(t, b, id)
+	srv.Partition(false)
+	os.WriteFile(filepath.Join(files, "go"), nil, 0o644)
+
+	if err := <-done; err != nil {
+		t.Fatalf("a's run: %v", err)
+	}
+	rj, _ := remoteJob(t, b, id)
+	if rj.Status != gitstate.Done || rj.Next == "" || rj.Beats <= during.Beats || during.Beats < before.Beats {
+		t.Fatalf("remote job: %s next %q beats %d (before the partition %d, during %d)", rj.Status, rj.Next, rj.Beats, before.Beats, during.Beats)
+	}
+	if n := lines(t, filepath.Join(files, "steps")); n != 1 {
+		t.Errorf("finalize step ran %d times", n)
+	}
+	if got, want := c.remoteRef(t, "refs/heads/feat"), refstoretest.Git(t, a.dir, "rev-parse", "feat"); got != want {
+		t.Errorf("remote feat %q, want a's %s", got, want)
+	}
+}
+
+// Machine a is cut off from the remote when its command ends: the beat
+// that must fence its finalize step cannot land, a retries it for the
+// TTL since its last good beat, then fails the job here without running
+// the step. Healed, a's next pass settles that failure (unless b expired
+// it first): the job ends failed on the remote either way, with no next
+// job and no branch.
+func TestSharedFinalizeFenceUnreachable(t *testing.T) {
+	files := t.TempDir()
+	ttl := 2 * time.Second
+	c, srv := newHTTPCluster(t, 1, stepsToml(files), 100*time.Millisecond, ttl)
+	a := c.ms[0]
+	ctx := context.Background()
+	id := c.claimOn(t, a)
+	done := runAsync(a, id)
+	waitFile(t, filepath.Join(files, "started"), 30*time.Second)
+	srv.Partition(true)
+	os.WriteFile(filepath.Join(files, "go"), nil, 0o644)
+	err := <-done
+	if err == nil || !strings.Contains(err.Error(), "could not reach the remote to fence finalize step 1") {
+		t.Fatalf("a's run: %v, want failed: could not reach the remote to fence finalize step 1", err)
+	}
+	if n := lines(t, filepath.Join(files, "steps")); n != 0 {
+		t.Errorf("the unfenced finalize step ran (%d)", n)
+	}
+	srv.Partition(false)
+	rep, err := a.env.SharedPass(ctx, 0)
+	if err != nil || len(rep.Errors) > 0 {
+		t.Fatalf("a's pass after the heal: %+v %v", rep, err)
+	}
+	rj, _ := remoteJob(t, a, id)
+	if rj.Status != gitstate.Failed || rj.Next != "" {
+		t.Fatalf("remote job: %s next %q (%s)", rj.Status, rj.Next, rj.Reason)
+	}
+	if len(rep.Settled) == 1 && !strings.Contains(rj.Reason, "could not reach the remote") {
+		t.Errorf("settled reason %q", rj.Reason)
+	}
+	if ids := remoteJobs(t, a); len(ids) != 1 {
+		t.Errorf("remote jobs %v", ids)
+	}
+}
+
+// Machine a's monitor is killed (-9) mid-command; a's adopter (what a's
+// dispatch or reaper starts) takes the run's claim from the remote,
+// beats it, waits for the command, and settles the job: done, the next
+// job created once, the branch pushed.
+func TestSharedJobAdoptedAfterMonitorDies(t *testing.T) {
+	files := t.TempDir()
+	c := newCluster(t, 1, stepsToml(files), 100*time.Millisecond, 30*time.Second)
+	a := c.ms[0]
+	ctx := context.Background()
+	id := c.claimOn(t, a)
+	p := c.startSharedMonitor(t, a, id, "")
+	waitFile(t, filepath.Join(files, "started"), 30*time.Second)
+	// The command is stamped before the gate opens, so started means
+	// stamped.
+	p.Stop()
+	lj, err := a.env.Store.Get(id)
+	if err != nil || lj.Command.IsZero() {
+		t.Fatalf("a's local job: %+v %v", lj, err)
+	}
+	beatsBefore, _ := remoteJob(t, a, id)
+	adopted := make(chan error, 1)
+	go func() {
+		res, err := a.env.Adopt(ctx, id)
+		if err == nil && res.Job.Status != gitstate.Done {
+			err = fmt.Errorf("ended %s: %s", res.Job.Status, res.Job.Reason)
+		}
+		adopted <- err
+	}()
+	os.WriteFile(filepath.Join(files, "go"), nil, 0o644)
+	if err := <-adopted; err != nil {
+		t.Fatalf("adopt: %v", err)
+	}
+	rj, _ := remoteJob(t, a, id)
+	if rj.Status != gitstate.Done || rj.Next == "" || rj.Beats <= beatsBefore.Beats {
+		t.Fatalf("remote job: %s next %q beats %d (before the adoption %d)", rj.Status, rj.Next, rj.Beats, beatsBefore.Beats)
+	}
+	if n := lines(t, filepath.Join(files, "steps")); n != 1 {
+		t.Errorf("finalize step ran %d times", n)
+	}
+	if got, want := c.remoteRef(t, "refs/heads/feat"), refstoretest.Git(t, a.dir, "rev-parse", "feat"); got != want {
+		t.Errorf("remote feat %q, want a's %s", got, want)
+	}
+	if ids := remoteJobs(t, a); len(ids) != 2 {
+		t.Errorf("remote jobs %v, want the job and its next", ids)
 	}
 }
