@@ -178,7 +178,7 @@ func TestKilledMidSettle(t *testing.T) {
 				t.Fatalf("helper said %q, %v", line, err)
 			}
 			fifoRead(t, filepath.Join(sync, "in")) // its push is in the server's hook
-			p.Stop()                                 // kill -9 the runner (its handle only)
+			p.Stop()                               // kill -9 the runner (its handle only)
 			code := "1"
 			if land {
 				code = "0"
