@@ -255,6 +255,10 @@ func byWhom(j *Job) string {
 // with, or an error.
 func (q *Queue) change(ctx context.Context, c *Claimed, what string, apply func(Job) Job, others []refstore.Update,
 	settled func(*Job) bool, retryOthers func(err error) ([]refstore.Update, error)) error {
+	if c.Status != gitstate.Running {
+		// Written over, a terminal version would change: never.
+		return fmt.Errorf("%s %s: %w: this run's view of it is %s already%s; nothing was written", what, q.where(c.ID), ErrLost, c.Status, byWhom(&c.Job))
+	}
 	for i := 0; i < attempts; i++ {
 		next := apply(c.Job)
 		up, err := q.prepare(ctx, &next, c.VersionID)
