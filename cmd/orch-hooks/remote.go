@@ -26,6 +26,9 @@ var remoteReady = map[string]bool{
 	// The shared queue (cmd_remote.go).
 	"enqueue": true, "status": true, "show": true, "cancel": true, "logs": true,
 	"retry": true, "watch": true,
+	// The runner's side: SharedPass, then the local pass (cmd_run.go,
+	// cmd_reap.go).
+	"dispatch": true, "reap": true, "run": true,
 }
 
 // errRemoteNotCovered is the refusal of a command remote mode does not
@@ -115,5 +118,5 @@ func (c *cli) openShared(r *gitstate.Repo, cfg *config.Config) (*pipeline.Shared
 	q.TTL = cfg.Remote.HeartbeatTTL()
 	leases := remotelease.New(s)
 	leases.ClockSkew = cfg.Remote.ClockSkew()
-	return &pipeline.Shared{Queue: q, Leases: leases, Heartbeat: cfg.Remote.Heartbeat()}, nil
+	return &pipeline.Shared{Queue: q, Leases: leases, Heartbeat: cfg.Remote.Heartbeat(), SendToken: cfg.Remote.ServerHook}, nil
 }
