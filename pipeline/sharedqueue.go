@@ -286,10 +286,19 @@ func (e *Env) SharedStatusOf(ctx context.Context, recentEnded int, all bool) (*S
 	if e.Shared == nil {
 		return nil, errNoShared
 	}
-	q := e.Shared.Queue
 	if err := e.SyncShared(ctx); err != nil {
 		return nil, err
 	}
+	return e.SharedMirror(ctx, recentEnded, all)
+}
+
+// SharedMirror is SharedStatusOf without its fetch: the shared queue as
+// this machine's last Sync (a SharedPass's, for watch) left it.
+func (e *Env) SharedMirror(ctx context.Context, recentEnded int, all bool) (*SharedStatus, error) {
+	if e.Shared == nil {
+		return nil, errNoShared
+	}
+	q := e.Shared.Queue
 	st := &SharedStatus{Remote: q.Store.Remote(), Host: q.Host}
 	recs, err := q.Store.List(ctx, "")
 	if err != nil {

@@ -10,8 +10,8 @@ import (
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/merge"
 	"github.com/orch-hooks/orch-hooks/pipeline"
-	"github.com/orch-hooks/orch-hooks/remotejob"
 	"github.com/orch-hooks/orch-hooks/refstore"
+	"github.com/orch-hooks/orch-hooks/remotejob"
 	"github.com/orch-hooks/orch-hooks/remotelease"
 )
 
