@@ -64,7 +64,7 @@ func (w *watcher) sharedTick(ctx context.Context) {
 
 // sharedChanges compares the shared queue the pass just fetched with the
 // one before and, piped, says each change: a job queued, claimed by a
-// host, ended (and by whom). The first pass only takes note.
+// host, ended (and by whom). The first pass says how many jobs there are.
 func (w *watcher) sharedChanges(ctx context.Context) {
 	entries, err := w.env.Shared.Queue.List(ctx)
 	if err != nil {
@@ -83,10 +83,18 @@ func (w *watcher) sharedChanges(ctx context.Context) {
 	first := w.shared == nil
 	old := w.shared
 	w.shared = now
-	if first || w.tty {
+	if w.tty {
 		return
 	}
 	remote := w.env.Shared.Queue.Store.Remote()
+	if first {
+		count := map[gitstate.Status]int{}
+		for _, s := range now {
+			count[s.status]++
+		}
+		w.say("shared: the queue on %s, as %s: %d queued, %d running", remote, termtext.Line(w.env.Shared.Queue.Host), count[gitstate.Queued], count[gitstate.Running])
+		return
+	}
 	for _, id := range ids {
 		n, o, had := now[id], old[id], false
 		if _, had = old[id]; had && n == o {
