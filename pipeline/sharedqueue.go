@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -30,14 +31,32 @@ func (e *Env) SyncShared(ctx context.Context) error {
 	return e.sharedErr(e.Shared.Queue.Sync(ctx))
 }
 
-// sharedErr adds the fix to a failure to reach the remote.
+// UnreachableError is remote mode's remote not answering: git's own
+// words, and the way out.
+type UnreachableError struct {
+	Remote string
+	Config string // the orch.toml that names it
+	Git    string // git's first "fatal:" line, or the whole error
+	Err    error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("remote %s unreachable: %s; the shared job queue is there ([remote] name in %s): check that git fetch %s works from here (network, URL: git remote get-url %s, credentials), or remove [remote] name to work on this machine's local state alone",
+		e.Remote, e.Git, e.Config, e.Remote, e.Remote)
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// sharedErr says a failure to reach the remote with the fix.
 func (e *Env) sharedErr(err error) error {
 	if err == nil || !errors.Is(err, refstore.ErrUnreachable) {
 		return err
 	}
-	remote := e.Shared.Queue.Store.Remote()
-	return fmt.Errorf("%w; the shared queue is on remote %s ([remote] name in %s): check that git fetch %s works from here (network, URL, credentials), or remove [remote] name to work on this machine's local state alone",
-		err, remote, e.configName(), remote)
+	msg := err.Error()
+	if i := strings.Index(msg, "fatal: "); i >= 0 {
+		msg, _, _ = strings.Cut(msg[i:], "\n")
+	}
+	return &UnreachableError{Remote: e.Shared.Queue.Store.Remote(), Config: e.configName(), Git: strings.TrimSpace(msg), Err: err}
 }
 
 // sharedNotFound is the error for a job id the remote does not have.
@@ -267,10 +286,19 @@ func (e *Env) SharedStatusOf(ctx context.Context, recentEnded int, all bool) (*S
 	if e.Shared == nil {
 		return nil, errNoShared
 	}
-	q := e.Shared.Queue
 	if err := e.SyncShared(ctx); err != nil {
 		return nil, err
 	}
+	return e.SharedMirror(ctx, recentEnded, all)
+}
+
+// SharedMirror is SharedStatusOf without its fetch: the shared queue as
+// this machine's last Sync (a SharedPass's, for watch) left it.
+func (e *Env) SharedMirror(ctx context.Context, recentEnded int, all bool) (*SharedStatus, error) {
+	if e.Shared == nil {
+		return nil, errNoShared
+	}
+	q := e.Shared.Queue
 	st := &SharedStatus{Remote: q.Store.Remote(), Host: q.Host}
 	recs, err := q.Store.List(ctx, "")
 	if err != nil {

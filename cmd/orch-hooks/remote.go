@@ -10,15 +10,15 @@ import (
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/merge"
 	"github.com/orch-hooks/orch-hooks/pipeline"
-	"github.com/orch-hooks/orch-hooks/remotejob"
 	"github.com/orch-hooks/orch-hooks/refstore"
+	"github.com/orch-hooks/orch-hooks/remotejob"
 	"github.com/orch-hooks/orch-hooks/remotelease"
 )
 
 // remoteReady are the commands that honour [remote] (remote mode) or do
-// not touch state at all. Every other command refuses to run in remote
-// mode rather than act on this machine's local state as if it were the
-// shared one (docs/DISTRIBUTED.md: what is still to come). hook is not
+// not touch state at all. Every other command (gc, gate, lease, and merge
+// of a job id) refuses to run in remote mode rather than act on this
+// machine's local state as if it were the shared one (docs/DISTRIBUTED.md). hook is not
 // here: it never fails git, and says why it skips its pass instead.
 var remoteReady = map[string]bool{
 	"version": true, "install": true, "uninstall": true, "init": true, "demo": true,
@@ -34,7 +34,7 @@ var remoteReady = map[string]bool{
 // errRemoteNotCovered is the refusal of a command remote mode does not
 // cover yet.
 func errRemoteNotCovered(what, remote, path string) error {
-	return usageErrorf("remote mode does not cover %s yet: [remote] name = %q in %s shares merge leases through that remote, but %s still works on this machine's local state only; run it without remote mode (remove [remote] name), or use merge --branch, which does cover it",
+	return usageErrorf("remote mode does not cover %s yet: [remote] name = %q in %s shares jobs and merge leases through that remote, but %s works on this machine's local state only; run it without remote mode (remove [remote] name), or see docs/DISTRIBUTED.md for what remote mode covers",
 		what, remote, path, what)
 }
 
