@@ -250,7 +250,9 @@ func (e *Env) materialize(ctx context.Context, c *remotejob.Claimed) (made bool,
 		return false, fmt.Errorf("queue the claimed job here: %w", err)
 	}
 	if created {
-		e.note(rj.ID, gitstate.Queued, gitstate.Queued, fmt.Sprintf("claimed the shared job on %s (run %s); queued here", e.Shared.Queue.Store.Remote(), rj.Run))
+		// The remote's transition; the local record's own creation
+		// (→queued) is logged by the store.
+		e.note(rj.ID, gitstate.Queued, gitstate.Running, fmt.Sprintf("claimed the shared job on %s (run %s); queued here as a local job", e.Shared.Queue.Store.Remote(), rj.Run))
 	}
 	return created, nil
 }
