@@ -638,7 +638,11 @@ func (r *sharedRunner) loop(ctx context.Context, onLost func(error)) {
 	if every <= 0 {
 		every = remotejob.HeartbeatDefault
 	}
-	t := time.NewTicker(every)
+	// A full interval between the end of one beat and the start of the
+	// next (not a ticker): a slow push never makes the beats back to back,
+	// which would leave a cancel or an expiry no gap for its own
+	// compare-and-swap.
+	t := time.NewTimer(every)
 	defer t.Stop()
 	for {
 		select {
@@ -657,6 +661,7 @@ func (r *sharedRunner) loop(ctx context.Context, onLost func(error)) {
 		}
 		err := r.beatLocked(ctx)
 		r.mu.Unlock()
+		t.Reset(every)
 		if errors.Is(err, remotejob.ErrLost) {
 			go func() {
 				defer close(r.handled)
