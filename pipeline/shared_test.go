@@ -403,7 +403,7 @@ func TestSharedJobLostWhileRunning(t *testing.T) {
 	}
 	afterCancel := c.remoteRef(t, refstore.Prefix+remotejob.RecordName(id))
 
-	if err := p.Close(); err != nil {
+	if err := waitProc(t, p, time.Minute); err != nil {
 		t.Fatalf("a's monitor: %v", err)
 	}
 	lj, err := a.env.Store.Get(id)
@@ -501,6 +501,24 @@ func TestSharedJobExpiredWhenMachineDies(t *testing.T) {
 	}
 	if ids := remoteJobs(t, b); len(ids) != 1 {
 		t.Errorf("remote jobs %v: an expired job advanced", ids)
+	}
+}
+
+// waitProc waits for helper p to exit, up to d; past it the helper is
+// killed (through its handle) and the test fails: a monitor that never
+// stops its lost job would otherwise hang the test.
+func waitProc(t *testing.T, p *testproc.Proc, d time.Duration) error {
+	t.Helper()
+	ch := make(chan error, 1)
+	go func() { ch <- p.Close() }()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(d):
+		p.Cmd.Process.Kill()
+		<-ch
+		t.Fatalf("helper pid %d still running after %s", p.Pid(), d)
+		return nil
 	}
 }
 
