@@ -54,6 +54,13 @@ type Result struct {
 // before the claim in whoever finalizes — the monitor and any number of
 // racing reaper passes — so a cmd: gate must be a read-only check. A job
 // seen ended before the gates runs none of them.
+//
+// A shared job (SharedRun set, remote mode) is not advanced here: the
+// winner settles it on the remote (its end, the next stage's job queued
+// there, its branch pushed as a fast-forward) in one atomic write, and a
+// branch that can no longer land as a fast-forward fails it before the
+// claim. A settle that does not land now is left to the settle repair of
+// this machine's next SharedPass.
 func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, error) {
 	j, err := e.Store.Get(id)
 	if err != nil {
