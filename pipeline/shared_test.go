@@ -448,6 +448,10 @@ func TestSharedJobExpiredWhenMachineDies(t *testing.T) {
 	ttl := 1500 * time.Millisecond
 	c := newCluster(t, 2, blockingToml(files), 50*time.Millisecond, ttl)
 	a, b := c.ms[0], c.ms[1]
+	// b's wall clock runs an hour ahead of a's: the expiry is timed by
+	// b's own boot clock from its first sighting, never by the records'
+	// times.
+	b.env.Shared.Queue.Now = func() time.Time { return time.Now().Add(time.Hour) }
 	ctx := context.Background()
 	id := c.claimOn(t, a)
 	p := c.startSharedMonitor(t, a, id, "")
@@ -466,6 +470,9 @@ func TestSharedJobExpiredWhenMachineDies(t *testing.T) {
 		rep, err := b.env.SharedPass(ctx, 0)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if len(rep.Expired) > 0 && rep.Expired[0].Won && time.Since(start) < ttl {
+			t.Fatalf("b expired the job %s after its first look, TTL %s", time.Since(start), ttl)
 		}
 		for _, x := range rep.Expired {
 			if x.ID == id && x.Won {
