@@ -160,10 +160,15 @@ func TestExpireUndecodable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// And a record commit without its file at all.
+	empty := commitOn(t, run.dir, "no record.toml")
+	if err := run.q.Store.Update(ctx, []refstore.Update{{Ref: refstore.Prefix + "jobs/mmm", New: empty}}, refstore.PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	id := gitstate.JobID("good", "build", 1)
 	must(run.q.Enqueue(ctx, job("good", "build", 1)))(t)
 	must(run.q.Claim(ctx, id))(t)
-	before := refstoretest.Git(t, r.Dir, "for-each-ref", "refs/orch/jobs/aaa", "refs/orch/jobs/zzz")
+	before := refstoretest.Git(t, r.Dir, "for-each-ref", "refs/orch/jobs/aaa", "refs/orch/jobs/mmm", "refs/orch/jobs/zzz")
 	bad := func(xs []remotejob.Expiry) int {
 		n := 0
 		for _, x := range xs {
@@ -177,7 +182,7 @@ func TestExpireUndecodable(t *testing.T) {
 		}
 		return n
 	}
-	if xs := expire(t, obs); bad(xs) != 2 || len(xs) != 2 {
+	if xs := expire(t, obs); bad(xs) != 3 || len(xs) != 3 {
 		t.Fatalf("first pass: %+v", xs)
 	}
 	clock.advance(time.Second)
@@ -188,16 +193,18 @@ func TestExpireUndecodable(t *testing.T) {
 			won++
 		}
 	}
-	if bad(xs) != 2 || won != 1 || len(xs) != 3 {
+	if bad(xs) != 3 || won != 1 || len(xs) != 4 {
 		t.Fatalf("second pass: %+v", xs)
 	}
 	list := must(obs.q.List(ctx))(t)
-	if len(list) != 3 || list[0].Job == nil || list[0].Job.ID != id || list[1].Err == nil || list[2].Err == nil {
+	if len(list) != 4 || list[0].Job == nil || list[0].Job.ID != id || list[1].Err == nil || list[2].Err == nil || list[3].Err == nil ||
+		!strings.Contains(list[2].Err.Error(), "has no record.toml") {
 		t.Fatalf("List: %+v", list)
 	}
-	if after := refstoretest.Git(t, r.Dir, "for-each-ref", "refs/orch/jobs/aaa", "refs/orch/jobs/zzz"); after != before {
+	if after := refstoretest.Git(t, r.Dir, "for-each-ref", "refs/orch/jobs/aaa", "refs/orch/jobs/mmm", "refs/orch/jobs/zzz"); after != before {
 		t.Fatalf("undecodable records changed:\n%s\n%s", before, after)
 	}
+	checkInvariants(t, r)
 }
 
 // TestExpireRealClock: on the machine's own boot clock, with a tiny TTL, a

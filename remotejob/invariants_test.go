@@ -68,6 +68,9 @@ func history(t testing.TB, r *refstoretest.Remote) map[string][]remotejob.Job {
 	for _, c := range all {
 		hdr, err := rd.ReadString('\n')
 		f := strings.Fields(hdr)
+		if err == nil && len(f) == 2 && f[1] == "missing" {
+			continue // no record.toml: undecodable, as a test made it
+		}
 		if err != nil || len(f) != 3 {
 			t.Fatalf("cat-file --batch on %s: %q %v", c, hdr, err)
 		}
@@ -81,7 +84,7 @@ func history(t testing.TB, r *refstoretest.Remote) map[string][]remotejob.Job {
 	for name, chain := range chains {
 		for _, c := range chain {
 			var j remotejob.Job
-			if _, err := statefile.DecodeTOML(data[c], &j); err != nil {
+			if _, err := statefile.DecodeTOML(data[c], &j); data[c] == nil || err != nil {
 				// An undecodable record is a test's doing; not a job.
 				out[name] = nil
 				break

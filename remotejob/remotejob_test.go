@@ -313,9 +313,11 @@ func (f *fakeBoot) advance(d time.Duration) {
 	f.mu.Unlock()
 }
 
+// reboot starts a new boot whose clock happens to read later than the
+// old one's: only the boot id tells that the readings do not compare.
 func (f *fakeBoot) reboot(id string) {
 	f.mu.Lock()
-	f.boot, f.now = id, time.Second
+	f.boot, f.now = id, f.now+time.Hour
 	f.mu.Unlock()
 }
 
