@@ -40,12 +40,26 @@ nothing.`,
 			help: `The job id is derived from (task, stage, attempt): enqueuing the same job
 again prints the same id and creates nothing. The task defaults to the
 branch name, the stage to the first [[stages]] entry of orch.toml, the
-attempt to 1. Only the id goes to stdout.`,
+attempt to 1. Only the id goes to stdout. In remote mode ([remote] name in
+orch.toml) the job is created on that remote's shared queue, for any
+machine's dispatch or watch to claim ("queued JOB on REMOTE" on stderr).`,
 			setup: setupEnqueue},
 		&command{name: "status", args: "[--json] [--all]", summary: "active and recently ended jobs, unreadable records",
+			help: `In remote mode ([remote] name in orch.toml) it fetches the shared queue
+once and lists its jobs with the host that claimed each, the runner's last
+progress and beats and, for a running job, how long this machine has seen
+its record unchanged; then the shared leases and this machine's local jobs
+the remote does not have. An unreachable remote is exit 1.`,
 			setup: setupStatus},
-		&command{name: "show", args: "JOB [--json]", summary: "one job record", setup: setupShow},
-		&command{name: "cancel", args: "JOB", summary: "cancel a queued or running job", setup: setupCancel},
+		&command{name: "show", args: "JOB [--json]", summary: "one job record",
+			help: `In remote mode, the shared record of the job, and this machine's record
+of it when it ran here.`,
+			setup: setupShow},
+		&command{name: "cancel", args: "JOB", summary: "cancel a queued or running job",
+			help: `Stops the job's processes when it runs. In remote mode the job is
+cancelled on the shared queue; a job running on this machine is stopped
+here, one running on another machine stops at its runner's next beat.`,
+			setup: setupCancel},
 		&command{name: "version", args: "", summary: "print the version", setup: setupVersion},
 	)
 }
