@@ -91,6 +91,10 @@ func (c *cli) remoteCancel(id string) error {
 	}
 	me := env.Shared.Queue.Host
 	switch {
+	case err != nil:
+		// Cancelled on the remote, but not (all) stopped here: the error
+		// says what was not.
+		c.errf("cancelled %s on %s\n", j.ID, remote)
 	case res.Local != nil && !res.Local.Command.IsZero() && procid.Local(res.Local.Command):
 		c.errf("cancelled %s on %s; it ran here: its processes were stopped\n", j.ID, remote)
 	case res.Local != nil:
