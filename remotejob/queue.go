@@ -205,17 +205,17 @@ func (q *Queue) claim(ctx context.Context, id string) (*Claimed, error) {
 		if i == attempts {
 			return nil, fmt.Errorf("claim %s: it changed under %d attempts in a row while queued; nothing was claimed, try again", q.where(id), attempts)
 		}
-		run, err := newRun()
-		if err != nil {
-			return nil, err
+		run, rerr := newRun()
+		if rerr != nil {
+			return nil, rerr
 		}
 		next := *cur
 		now := q.now()
 		next.Status, next.Host, next.Run, next.StartedAt, next.Progress = gitstate.Running, q.Host, run, now, "claimed"
 		next.Beats, next.BeatAt = 0, now
-		up, err := q.prepare(ctx, &next, e.VersionID)
-		if err != nil {
-			return nil, err
+		up, perr := q.prepare(ctx, &next, e.VersionID)
+		if perr != nil {
+			return nil, perr
 		}
 		err = q.Store.Update(ctx, []refstore.Update{up}, refstore.PushOptions{})
 		switch {
@@ -255,6 +255,10 @@ func byWhom(j *Job) string {
 // with, or an error.
 func (q *Queue) change(ctx context.Context, c *Claimed, what string, apply func(Job) Job, others []refstore.Update,
 	settled func(*Job) bool, retryOthers func(err error) ([]refstore.Update, error)) error {
+	if c.Status != gitstate.Running {
+		// Written over, a terminal version would change: never.
+		return fmt.Errorf("%s %s: %w: this run's view of it is %s already%s; nothing was written", what, q.where(c.ID), ErrLost, c.Status, byWhom(&c.Job))
+	}
 	for i := 0; i < attempts; i++ {
 		next := apply(c.Job)
 		up, err := q.prepare(ctx, &next, c.VersionID)
@@ -384,9 +388,9 @@ func (q *Queue) cancel(ctx context.Context, id, reason string) (*Job, bool, erro
 		}
 		next := *cur
 		next.Status, next.Reason, next.EndedBy, next.EndedAt = gitstate.Cancelled, reason, "cancel@"+q.Host, q.now()
-		up, err := q.prepare(ctx, &next, e.VersionID)
-		if err != nil {
-			return nil, false, err
+		up, perr := q.prepare(ctx, &next, e.VersionID)
+		if perr != nil {
+			return nil, false, perr
 		}
 		err = q.Store.Update(ctx, []refstore.Update{up}, refstore.PushOptions{})
 		switch {

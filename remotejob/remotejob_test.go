@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,6 +74,13 @@ func get(t testing.TB, m *machine, id string) remotejob.Entry {
 		t.Fatal(err)
 	}
 	return must(m.q.Get(ctx, id))(t)
+}
+
+func syncQ(t testing.TB, m *machine) {
+	t.Helper()
+	if err := m.q.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // remoteRefs is every ref of the bare remote with its id: what "nothing
@@ -161,3 +169,221 @@ func commitOn(t testing.TB, dir, msg string) string {
 
 var _ = strings.Contains
 var _ = time.Second
+
+// transports runs f over file:// and over smart HTTP on loopback.
+func transports(t *testing.T, f func(t *testing.T, r *refstoretest.Remote, url string)) {
+	t.Run("file", func(t *testing.T) {
+		r := refstoretest.NewRemote(t)
+		f(t, r, r.FileURL())
+	})
+	t.Run("http", func(t *testing.T) {
+		r := refstoretest.NewRemote(t)
+		f(t, r, r.Serve(t).URL)
+	})
+}
+
+// TestClaimRace: N machines claim one queued job at once; exactly one
+// wins, the others learn ErrTaken, and the remote's record went queued ->
+// running once.
+func TestClaimRace(t *testing.T) {
+	transports(t, func(t *testing.T, r *refstoretest.Remote, url string) {
+		ctx := context.Background()
+		const n = 5
+		ms := make([]*machine, n)
+		for i := range ms {
+			ms[i] = newMachine(t, url, fmt.Sprintf("host%d", i))
+		}
+		id := gitstate.JobID("race", "build", 1)
+		must(ms[0].q.Enqueue(ctx, job("race", "build", 1)))(t)
+		for _, m := range ms {
+			if err := m.q.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		start := make(chan struct{})
+		type result struct {
+			c   *remotejob.Claimed
+			err error
+		}
+		res := make(chan result, n)
+		for _, m := range ms {
+			go func() {
+				<-start
+				c, err := m.q.Claim(ctx, id)
+				res <- result{c, err}
+			}()
+		}
+		close(start)
+		var won []*remotejob.Claimed
+		for range n {
+			r := <-res
+			switch {
+			case r.err == nil:
+				won = append(won, r.c)
+			case !errors.Is(r.err, remotejob.ErrTaken):
+				t.Errorf("a losing claim: %v, want ErrTaken", r.err)
+			}
+		}
+		if len(won) != 1 {
+			t.Fatalf("%d claims won, want 1", len(won))
+		}
+		e := get(t, ms[0], id)
+		if e.VersionID != won[0].VersionID || e.Job.Run != won[0].Run || e.Job.Host != won[0].Host {
+			t.Fatalf("remote has %+v (%s), winner %+v (%s)", e.Job, e.VersionID, won[0].Job, won[0].VersionID)
+		}
+		checkInvariants(t, r)
+	})
+}
+
+// TestLostRunnerWritesNothing: once a job is cancelled or expired, its
+// runner's Beat and Settle are ErrLost and change nothing on the remote.
+func TestLostRunnerWritesNothing(t *testing.T) {
+	for _, how := range []string{"cancel", "expire"} {
+		t.Run(how, func(t *testing.T) {
+			ctx := context.Background()
+			r := refstoretest.NewRemote(t)
+			run := newMachine(t, r.FileURL(), "runner")
+			obs := newMachine(t, r.FileURL(), "observer")
+			clock := &fakeBoot{boot: "b1"}
+			remotejob.SetBootClock(obs.q, clock.read)
+			obs.q.TTL = time.Minute
+			id := gitstate.JobID("lost", "build", 1)
+			must(run.q.Enqueue(ctx, job("lost", "build", 1)))(t)
+			c := must(run.q.Claim(ctx, id))(t)
+			switch how {
+			case "cancel":
+				if _, won, err := obs.q.Cancel(ctx, id, "stop it"); err != nil || !won {
+					t.Fatalf("cancel: won %v, %v", won, err)
+				}
+			case "expire":
+				expireOnce(t, obs, clock, id)
+			}
+			before := remoteRefs(t, r)
+			if err := run.q.Beat(ctx, c, "command"); !errors.Is(err, remotejob.ErrLost) {
+				t.Fatalf("beat after %s: %v, want ErrLost", how, err)
+			}
+			next := job("lost", "review", 1)
+			head := commitOn(t, run.dir, "work")
+			err := run.q.Settle(ctx, c, remotejob.Ending{Status: gitstate.Done, Next: &next,
+				Extra: []refstore.Update{{Ref: "refs/heads/orch/lost", New: head}}})
+			if !errors.Is(err, remotejob.ErrLost) {
+				t.Fatalf("settle after %s: %v, want ErrLost", how, err)
+			}
+			if after := remoteRefs(t, r); after != before {
+				t.Fatalf("the lost runner changed the remote:\nbefore %s\nafter  %s", before, after)
+			}
+			checkInvariants(t, r)
+		})
+	}
+}
+
+// expireOnce has obs see job id, then again a TTL later on its boot clock,
+// and checks that the second look expired it.
+func expireOnce(t testing.TB, obs *machine, clock *fakeBoot, id string) {
+	t.Helper()
+	ctx := context.Background()
+	syncQ(t, obs)
+	if xs := must(obs.q.Expire(ctx))(t); len(xs) != 0 {
+		t.Fatalf("first look expired: %+v", xs)
+	}
+	clock.advance(obs.q.TTL)
+	syncQ(t, obs)
+	xs := must(obs.q.Expire(ctx))(t)
+	if len(xs) != 1 || xs[0].ID != id || !xs[0].Won || xs[0].Err != nil {
+		t.Fatalf("expire after the TTL: %+v", xs)
+	}
+}
+
+// fakeBoot is an observer's boot clock under the test's control.
+type fakeBoot struct {
+	mu   sync.Mutex
+	now  time.Duration
+	boot string
+}
+
+func (f *fakeBoot) read() (time.Duration, string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now, f.boot, nil
+}
+
+func (f *fakeBoot) advance(d time.Duration) {
+	f.mu.Lock()
+	f.now += d
+	f.mu.Unlock()
+}
+
+func (f *fakeBoot) reboot(id string) {
+	f.mu.Lock()
+	f.boot, f.now = id, time.Second
+	f.mu.Unlock()
+}
+
+// TestSettle: Next and Extra land with the terminal flip or not at all; a
+// second Settle converges without a second next job; a Settle expecting
+// an older version of its own run retries.
+func TestSettle(t *testing.T) {
+	ctx := context.Background()
+	r := refstoretest.NewRemote(t)
+	m := newMachine(t, r.FileURL(), "runner")
+	other := newMachine(t, r.FileURL(), "other")
+	id := gitstate.JobID("s", "build", 1)
+	nextID := gitstate.JobID("s", "review", 1)
+	must(m.q.Enqueue(ctx, job("s", "build", 1)))(t)
+	c := must(m.q.Claim(ctx, id))(t)
+	stale := *c // the runner's view before its own next beat
+	if err := m.q.Beat(ctx, c, "command"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The branch moved on the remote: nothing of the settle lands.
+	moved := commitOn(t, other.dir, "someone else's")
+	refstoretest.Git(t, other.dir, "push", "-q", r.FileURL(), moved+":refs/heads/orch/s")
+	head := commitOn(t, m.dir, "work")
+	next := job("s", "review", 1)
+	before := remoteRefs(t, r)
+	end := remotejob.Ending{Status: gitstate.Done, Reason: "ok", Next: &next,
+		Extra: []refstore.Update{{Ref: "refs/heads/orch/s", Old: "", New: head}}}
+	err := m.q.Settle(ctx, &stale, end)
+	if !errors.Is(err, refstore.ErrConflict) || errors.Is(err, remotejob.ErrLost) {
+		t.Fatalf("settle over a moved branch: %v, want a conflict (not lost)", err)
+	}
+	if after := remoteRefs(t, r); after != before {
+		t.Fatalf("a failed settle changed the remote:\nbefore %s\nafter  %s", before, after)
+	}
+	if e := get(t, m, id); e.Job.Status != gitstate.Running || e.VersionID != stale.VersionID {
+		t.Fatalf("after the failed settle: %+v", e.Job)
+	}
+
+	// Expecting the branch as it is now: it lands, from the stale view
+	// (an older version of its own run: retried on the current one).
+	end.Extra[0].Old = moved
+	if err := m.q.Settle(ctx, &stale, end); err != nil {
+		t.Fatal(err)
+	}
+	e := get(t, other, id)
+	if e.Job.Status != gitstate.Done || e.Job.Beats != 1 || e.Job.Next != nextID {
+		t.Fatalf("settled: %+v", e.Job)
+	}
+	if got := refstoretest.Git(t, r.Dir, "rev-parse", "refs/heads/orch/s"); got != head {
+		t.Fatalf("branch %s, want %s", got, head)
+	}
+	// Again, from the same view and from the older one: converges.
+	if err := m.q.Settle(ctx, &stale, end); err != nil {
+		t.Fatalf("second settle: %v", err)
+	}
+	if err := m.q.Settle(ctx, c, end); err != nil {
+		t.Fatalf("settle from the pre-settle view: %v", err)
+	}
+	if c.Status != gitstate.Done {
+		t.Fatalf("the runner's view after converging: %s", c.Status)
+	}
+	// A different ending is not this run's settle: lost.
+	if err := m.q.Settle(ctx, c, remotejob.Ending{Status: gitstate.Failed, Next: &next}); !errors.Is(err, remotejob.ErrLost) {
+		t.Fatalf("settle with another ending: %v, want ErrLost", err)
+	}
+	if n := refstoretest.Git(t, r.Dir, "rev-list", "--count", "refs/orch/jobs/"+nextID); n != "1" {
+		t.Fatalf("next job has %s versions, want 1", n)
+	}
+	checkInvariants(t, r)
+}
