@@ -250,7 +250,9 @@ func (e *Env) materialize(ctx context.Context, c *remotejob.Claimed) (made bool,
 		return false, fmt.Errorf("queue the claimed job here: %w", err)
 	}
 	if created {
-		e.note(rj.ID, gitstate.Queued, gitstate.Queued, fmt.Sprintf("claimed the shared job on %s (run %s); queued here", e.Shared.Queue.Store.Remote(), rj.Run))
+		// The remote's transition; the local record's own creation
+		// (→queued) is logged by the store.
+		e.note(rj.ID, gitstate.Queued, gitstate.Running, fmt.Sprintf("claimed the shared job on %s (run %s); queued here as a local job", e.Shared.Queue.Store.Remote(), rj.Run))
 	}
 	return created, nil
 }
@@ -636,7 +638,11 @@ func (r *sharedRunner) loop(ctx context.Context, onLost func(error)) {
 	if every <= 0 {
 		every = remotejob.HeartbeatDefault
 	}
-	t := time.NewTicker(every)
+	// A full interval between the end of one beat and the start of the
+	// next (not a ticker): a slow push never makes the beats back to back,
+	// which would leave a cancel or an expiry no gap for its own
+	// compare-and-swap.
+	t := time.NewTimer(every)
 	defer t.Stop()
 	for {
 		select {
@@ -655,6 +661,7 @@ func (r *sharedRunner) loop(ctx context.Context, onLost func(error)) {
 		}
 		err := r.beatLocked(ctx)
 		r.mu.Unlock()
+		t.Reset(every)
 		if errors.Is(err, remotejob.ErrLost) {
 			go func() {
 				defer close(r.handled)
