@@ -516,32 +516,37 @@ func setupCancel(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return err
 		}
-		j, won, err := env.Cancel(c.ctx, args[0])
-		if err != nil {
-			return jobLookupError(err)
-		}
-		if !won {
-			return withCode(exitNo, fmt.Errorf("job %s is %s, not queued or running: nothing to cancel", j.ID, j.Status))
-		}
-		switch {
-		case j.History[len(j.History)-1].From != gitstate.Running:
-			c.errf("cancelled %s\n", j.ID)
-		case j.Command.IsZero():
-			c.errf("cancelled %s; its command had not started yet: the monitor stops it\n", j.ID)
-		case !procid.Local(j.Command):
-			// StopGroups signals only what it can identify on this
-			// machine and boot: nothing was stopped here.
-			c.errf("cancelled %s; its processes run on %s (another host or boot) and were not signalled from here: stop them there\n", j.ID, j.Command.Host)
-		default:
-			c.errf("cancelled %s; its processes were stopped\n", j.ID)
-		}
-		if j.Reason != "cancelled by user" {
-			// Ended from a record that did not decode: the reason says
-			// where its bytes were kept.
-			c.errf("%s\n", j.Reason)
-		}
-		return nil
+		return c.localCancel(env, args[0])
 	}
+}
+
+// localCancel is cancel of a job of this machine's local state.
+func (c *cli) localCancel(env *pipeline.Env, id string) error {
+	j, won, err := env.Cancel(c.ctx, id)
+	if err != nil {
+		return jobLookupError(err)
+	}
+	if !won {
+		return withCode(exitNo, fmt.Errorf("job %s is %s, not queued or running: nothing to cancel", j.ID, j.Status))
+	}
+	switch {
+	case j.History[len(j.History)-1].From != gitstate.Running:
+		c.errf("cancelled %s\n", j.ID)
+	case j.Command.IsZero():
+		c.errf("cancelled %s; its command had not started yet: the monitor stops it\n", j.ID)
+	case !procid.Local(j.Command):
+		// StopGroups signals only what it can identify on this
+		// machine and boot: nothing was stopped here.
+		c.errf("cancelled %s; its processes run on %s (another host or boot) and were not signalled from here: stop them there\n", j.ID, j.Command.Host)
+	default:
+		c.errf("cancelled %s; its processes were stopped\n", j.ID)
+	}
+	if j.Reason != "cancelled by user" {
+		// Ended from a record that did not decode: the reason says
+		// where its bytes were kept.
+		c.errf("%s\n", j.Reason)
+	}
+	return nil
 }
 
 func setupVersion(fs *flag.FlagSet, c *cli) func([]string) error {

@@ -82,6 +82,14 @@ func (c *cli) remoteCancel(id string) error {
 	}
 	res, err := env.CancelShared(c.ctx, id)
 	remote := env.Shared.Queue.Store.Remote()
+	if errors.Is(err, remotejob.ErrNotFound) {
+		if _, lerr := env.Store.Get(id); lerr == nil {
+			// A job of this machine's local state alone: cancelled as
+			// local mode cancels it.
+			c.errf("%s is not on %s: cancelling this machine's local job\n", id, remote)
+			return c.localCancel(env, id)
+		}
+	}
 	if err != nil && res.Job == nil {
 		return err
 	}
@@ -308,6 +316,18 @@ func (c *cli) remoteShow(id string, asJSON bool) error {
 		return err
 	}
 	sj, err := env.SharedJobOf(c.ctx, id)
+	if errors.Is(err, remotejob.ErrNotFound) {
+		// A job of this machine's local state alone (made before remote
+		// mode), as status lists it.
+		if lj, lerr := env.Store.Get(id); lerr == nil {
+			if asJSON {
+				return writeJSON(c.stdout, map[string]any{"shared": nil, "remote": env.Shared.Queue.Store.Remote(), "local": toJobJSON(lj)})
+			}
+			fmt.Fprintf(c.stdout, "not on %s: a job of this machine's local state (made before remote mode)\n", env.Shared.Queue.Store.Remote())
+			c.printJob(env.Store, lj)
+			return nil
+		}
+	}
 	if err != nil {
 		return err
 	}
