@@ -37,7 +37,7 @@ func (c *cli) remoteEnqueue(env *pipeline.Env, r pipeline.Request) error {
 		case gitstate.Failed, gitstate.Cancelled:
 			hint = fmt.Sprintf("; orch-hooks retry %s makes a new attempt", j.ID)
 		case gitstate.Done:
-			hint = fmt.Sprintf("; to run stage %s again, enqueue another --attempt", j.Stage)
+			hint = fmt.Sprintf("; to run stage %s again, enqueue a later attempt (--attempt %d)", termtext.Line(j.Stage), j.Attempt+1)
 		}
 		c.errf("job %s already exists on %s (%s%s); nothing created%s\n", j.ID, remote, j.Status, onHost(j), hint)
 	}
@@ -45,7 +45,8 @@ func (c *cli) remoteEnqueue(env *pipeline.Env, r pipeline.Request) error {
 	return nil
 }
 
-// onHost is ", HOST" for a job some machine claimed.
+// onHost is " by HOST" for a job some machine claimed, "" for one none
+// has.
 func onHost(j *remotejob.Job) string {
 	if j.Host == "" {
 		return ""
