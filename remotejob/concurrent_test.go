@@ -22,6 +22,9 @@ type worker struct {
 	m      *machine
 	stages []string
 	offset int // where in the queued list this machine starts claiming
+	// idle is the pause after a pass that claimed nothing (a dispatcher's
+	// poll interval); zero polls at once again.
+	idle time.Duration
 	// created says when each job's enqueue landed (the producer's clock,
 	// the same process); nil to use the record's CreatedAt.
 	created func(id string) (time.Time, bool)
@@ -72,6 +75,7 @@ func (w *worker) run(ctx context.Context, total int) error {
 			k := w.offset % n
 			queued = append(queued[k:], queued[:k]...)
 		}
+		claimed := false
 		for _, e := range queued {
 			c, err := q.Claim(ctx, e.Job.ID)
 			if errors.Is(err, remotejob.ErrTaken) {
@@ -99,7 +103,14 @@ func (w *worker) run(ctx context.Context, total int) error {
 				return err
 			}
 			w.settles++
+			claimed = true
 			break
+		}
+		if !claimed && w.idle > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(w.idle):
+			}
 		}
 	}
 }
