@@ -403,7 +403,7 @@ func TestSharedJobLostWhileRunning(t *testing.T) {
 	}
 	afterCancel := c.remoteRef(t, refstore.Prefix+remotejob.RecordName(id))
 
-	if err := p.Close(); err != nil {
+	if err := waitProc(t, p, time.Minute); err != nil {
 		t.Fatalf("a's monitor: %v", err)
 	}
 	lj, err := a.env.Store.Get(id)
@@ -501,6 +501,24 @@ func TestSharedJobExpiredWhenMachineDies(t *testing.T) {
 	}
 	if ids := remoteJobs(t, b); len(ids) != 1 {
 		t.Errorf("remote jobs %v: an expired job advanced", ids)
+	}
+}
+
+// waitProc waits for helper p to exit, up to d; past it the helper is
+// killed (through its handle) and the test fails: a monitor that never
+// stops its lost job would otherwise hang the test.
+func waitProc(t *testing.T, p *testproc.Proc, d time.Duration) error {
+	t.Helper()
+	ch := make(chan error, 1)
+	go func() { ch <- p.Close() }()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(d):
+		p.Cmd.Process.Kill()
+		<-ch
+		t.Fatalf("helper pid %d still running after %s", p.Pid(), d)
+		return nil
 	}
 }
 
@@ -751,5 +769,82 @@ func TestSharedJobAdoptedAfterMonitorDies(t *testing.T) {
 	}
 	if ids := remoteJobs(t, a); len(ids) != 2 {
 		t.Errorf("remote jobs %v, want the job and its next", ids)
+	}
+}
+
+// Two machines' passes racing for one queued job: exactly one claims it
+// and queues it locally; the other has no local job.
+func TestSharedClaimRace(t *testing.T) {
+	c := newCluster(t, 3, counterToml(t.TempDir()), time.Second, 30*time.Second)
+	ctx := context.Background()
+	sj, _, err := c.ms[0].env.EnqueueShared(ctx, pipeline.Request{Branch: "feat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type out struct {
+		rep pipeline.SharedReport
+		err error
+	}
+	res := make(chan out, len(c.ms))
+	for _, m := range c.ms {
+		go func() {
+			rep, err := m.env.SharedPass(ctx, 1)
+			res <- out{rep, err}
+		}()
+	}
+	claimed := 0
+	for range c.ms {
+		o := <-res
+		if o.err != nil || len(o.rep.Errors) > 0 {
+			t.Errorf("pass: %v %v", o.err, o.rep.Errors)
+		}
+		claimed += len(o.rep.Claimed)
+	}
+	local := 0
+	for _, m := range c.ms {
+		if _, err := m.env.Store.Get(sj.ID); err == nil {
+			local++
+		}
+	}
+	rj, _ := remoteJob(t, c.ms[0], sj.ID)
+	if claimed != 1 || local != 1 || rj.Status != gitstate.Running {
+		t.Fatalf("claimed %d times, %d local jobs, remote %s; want one claim", claimed, local, rj.Status)
+	}
+}
+
+// A machine whose branch has commits the remote's lacks claims the job
+// but does not run it over them: the job is settled failed at once on the
+// remote, saying so, nothing is queued here, and the local branch is
+// untouched.
+func TestSharedClaimRefusesDivergedBranch(t *testing.T) {
+	c := newCluster(t, 2, counterToml(t.TempDir()), time.Second, 30*time.Second)
+	a, b := c.ms[0], c.ms[1]
+	ctx := context.Background()
+	// The remote's feat, and a different feat on b.
+	refstoretest.Git(t, a.dir, "checkout", "-q", "-b", "feat")
+	refstoretest.Git(t, a.dir, "commit", "-q", "--allow-empty", "-m", "remote's")
+	refstoretest.Git(t, a.dir, "push", "-q", "origin", "feat")
+	refstoretest.Git(t, b.dir, "checkout", "-q", "-b", "feat")
+	refstoretest.Git(t, b.dir, "commit", "-q", "--allow-empty", "-m", "b's own")
+	refstoretest.Git(t, b.dir, "checkout", "-q", "main")
+	bFeat := refstoretest.Git(t, b.dir, "rev-parse", "feat")
+
+	sj, _, err := a.env.EnqueueShared(ctx, pipeline.Request{Branch: "feat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := b.env.SharedPass(ctx, 1)
+	if err != nil || len(rep.Errors) > 0 || len(rep.Claimed) != 0 {
+		t.Fatalf("b's pass: claimed %v, %v %v", rep.Claimed, err, rep.Errors)
+	}
+	rj, _ := remoteJob(t, b, sj.ID)
+	if rj.Status != gitstate.Failed || rj.Host != "b" || !strings.Contains(rj.Reason, "not an ancestor") || rj.Next != "" {
+		t.Fatalf("remote job: %s on %s (%s) next %q", rj.Status, rj.Host, rj.Reason, rj.Next)
+	}
+	if _, err := b.env.Store.Get(sj.ID); !errors.Is(err, gitstate.ErrNotFound) {
+		t.Errorf("b queued the job locally: %v", err)
+	}
+	if got := refstoretest.Git(t, b.dir, "rev-parse", "feat"); got != bFeat {
+		t.Errorf("b's feat moved: %s → %s", bFeat, got)
 	}
 }
