@@ -67,7 +67,7 @@ func exitCode(err error) int {
 		errors.Is(err, gitstate.ErrDubiousOwnership),
 		errors.Is(err, pipeline.ErrUnknownStage):
 		return exitUsage
-	case errors.Is(err, pipeline.ErrWrongStatus):
+	case errors.Is(err, pipeline.ErrWrongStatus), errors.Is(err, pipeline.ErrLocalID):
 		return exitNo
 	default:
 		return exitError

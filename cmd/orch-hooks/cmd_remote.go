@@ -37,7 +37,7 @@ func (c *cli) remoteEnqueue(env *pipeline.Env, r pipeline.Request) error {
 		case gitstate.Failed, gitstate.Cancelled:
 			hint = fmt.Sprintf("; orch-hooks retry %s makes a new attempt", j.ID)
 		case gitstate.Done:
-			hint = fmt.Sprintf("; to run stage %s again, enqueue another --attempt", j.Stage)
+			hint = fmt.Sprintf("; to run stage %s again, enqueue a later attempt (--attempt %d)", termtext.Line(j.Stage), j.Attempt+1)
 		}
 		c.errf("job %s already exists on %s (%s%s); nothing created%s\n", j.ID, remote, j.Status, onHost(j), hint)
 	}
@@ -45,7 +45,8 @@ func (c *cli) remoteEnqueue(env *pipeline.Env, r pipeline.Request) error {
 	return nil
 }
 
-// onHost is ", HOST" for a job some machine claimed.
+// onHost is " by HOST" for a job some machine claimed, "" for one none
+// has.
 func onHost(j *remotejob.Job) string {
 	if j.Host == "" {
 		return ""
@@ -82,6 +83,14 @@ func (c *cli) remoteCancel(id string) error {
 	}
 	res, err := env.CancelShared(c.ctx, id)
 	remote := env.Shared.Queue.Store.Remote()
+	if errors.Is(err, remotejob.ErrNotFound) {
+		if _, lerr := env.Store.Get(id); lerr == nil {
+			// A job of this machine's local state alone: cancelled as
+			// local mode cancels it.
+			c.errf("%s is not on %s: cancelling this machine's local job\n", id, remote)
+			return c.localCancel(env, id)
+		}
+	}
 	if err != nil && res.Job == nil {
 		return err
 	}
@@ -91,6 +100,10 @@ func (c *cli) remoteCancel(id string) error {
 	}
 	me := env.Shared.Queue.Host
 	switch {
+	case err != nil:
+		// Cancelled on the remote, but not (all) stopped here: the error
+		// says what was not.
+		c.errf("cancelled %s on %s\n", j.ID, remote)
 	case res.Local != nil && !res.Local.Command.IsZero() && procid.Local(res.Local.Command):
 		c.errf("cancelled %s on %s; it ran here: its processes were stopped\n", j.ID, remote)
 	case res.Local != nil:
@@ -304,6 +317,18 @@ func (c *cli) remoteShow(id string, asJSON bool) error {
 		return err
 	}
 	sj, err := env.SharedJobOf(c.ctx, id)
+	if errors.Is(err, remotejob.ErrNotFound) {
+		// A job of this machine's local state alone (made before remote
+		// mode), as status lists it.
+		if lj, lerr := env.Store.Get(id); lerr == nil {
+			if asJSON {
+				return writeJSON(c.stdout, map[string]any{"shared": nil, "remote": env.Shared.Queue.Store.Remote(), "local": toJobJSON(lj)})
+			}
+			fmt.Fprintf(c.stdout, "not on %s: a job of this machine's local state (made before remote mode)\n", env.Shared.Queue.Store.Remote())
+			c.printJob(env.Store, lj)
+			return nil
+		}
+	}
 	if err != nil {
 		return err
 	}

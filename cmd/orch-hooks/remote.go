@@ -56,8 +56,9 @@ func (c *cli) refuseRemote(name string) error {
 
 // sharedLease sets req up for remote mode when orch.toml turns it on: the
 // target's lease is the one shared on [remote] name, and the merge fetches
-// from and pushes to that remote. A merge of a job (jobs are not shared
-// yet) is refused.
+// from and pushes to that remote. A merge of a job id is refused: a
+// shared job merges in its merge stage, under the shared lease, on the
+// machine that runs it; merge JOB would act on this machine's local record.
 func (c *cli) sharedLease(req *merge.Request, ofJob bool) error {
 	cfg, err := c.loadConfig()
 	if err != nil || !cfg.Remote.Enabled() {
