@@ -138,6 +138,11 @@ type Job struct {
 	// write as the terminal status so an advance lost to a crash can be
 	// detected and repaired.
 	NextJob string `toml:"next_job,omitempty"`
+	// SharedRun, set only on a job of the shared queue (remote mode), is
+	// the run id of this machine's claim of it on the remote
+	// (remotejob.Claimed.Run): the local job is how this machine runs it.
+	// Absent: a local job, as in every record written before remote mode.
+	SharedRun string `toml:"shared_run,omitempty"`
 
 	// History is every status change of this job, in order. The event log
 	// carries the same entries for all jobs; a crash between the record write
@@ -225,4 +230,26 @@ func DecodeJob(data []byte) (*Job, error) {
 		j.History[i].Job = j.ID
 	}
 	return &j, nil
+}
+
+// Note appends t to the event log for what is not a change of a local
+// record — remote mode's claims, expiries and settles of shared jobs —
+// filling in the time, actor, pid and host when they are unset. Best
+// effort, as every event line: the remote's record is the truth.
+func (s *Store) Note(t Transition) {
+	base := s.transition(t.Job, t.From, t.To, t.Reason)
+	if t.At.IsZero() {
+		t.At = base.At
+	}
+	if t.Actor == "" {
+		t.Actor = base.Actor
+	}
+	if t.PID == 0 {
+		t.PID = base.PID
+	}
+	if t.Host == "" {
+		t.Host = base.Host
+	}
+	t.Reason = base.Reason
+	s.logEvent(t)
 }

@@ -26,7 +26,9 @@ import (
 var notSummarised = []string{"Version", "Task", "Stage", "Branch", "Target", "Attempt", "EndedAt",
 	"MergeAuthor", "Merging", "PrevCommit", "Gates", "Reason", "EndedBy", "NextJob", "History",
 	// Read from the record when a pass adopts (pipeline.Env.AdoptionDue).
-	"Adoptions"}
+	"Adoptions",
+	// Read from the record by whoever ends a shared job (its settle).
+	"SharedRun"}
 
 // Every field of Job is either in the summary or named as left out, so a
 // field added to Job (one a pass may come to judge by) fails here until

@@ -176,8 +176,20 @@ func (e *Env) Adopt(ctx context.Context, id string) (Result, error) {
 	}
 	logCap := startLogCap(logf, e.Config.Logs.MaxBytes, say)
 	defer logCap.Stop()
+	// A shared job: the adopter takes the run's claim from the remote
+	// (running, with this job's run id) and beats it as the monitor did;
+	// a job the remote no longer gives this run is ended here and its
+	// processes stopped.
+	var sr *sharedRunner
+	if j.SharedRun != "" {
+		sr, err = e.startShared(ctx, j, e.onLost(ctx, id))
+		if err != nil {
+			return e.loseShared(ctx, id, sharedFailure(err), say)
+		}
+		defer sr.close()
+	}
 	if j.ExitCode != nil {
-		return e.resumeFinalize(ctx, before, j, self, logf, logCap, say)
+		return e.resumeFinalize(ctx, before, j, self, logf, logCap, sr, say)
 	}
 	say("adopted job %s (pid %d): its monitor (pid %d) died while its command (pid %d) lived; waiting for the command", id, self.PID, old.PID, j.Command.PID)
 
@@ -204,7 +216,7 @@ func (e *Env) Adopt(ctx context.Context, id string) (Result, error) {
 	if err != nil && code == 0 && len(stage.Finalize) > 0 {
 		return e.finalizeOnSpace(ctx, id, Ending{EndedBy: gitstate.EndedByMonitor, Failure: fmt.Sprintf("adopted: find the task's worktree for the finalize steps: %v", err)}, logCap, say)
 	}
-	return e.afterCommand(ctx, monitored{id: id, self: self, job: j, worktree: wt, stage: stage, log: logf, logCap: logCap, say: say}, code)
+	return e.afterCommand(ctx, monitored{id: id, self: self, job: j, worktree: wt, stage: stage, log: logf, logCap: logCap, say: say, shared: sr}, code)
 }
 
 // resumeFinalize is Adopt for job j (before: as its dead monitor left it),
@@ -213,7 +225,7 @@ func (e *Env) Adopt(ctx context.Context, id string) (Result, error) {
 // is settled first (settleStep); a step that failed, timed out or has no
 // recorded outcome fails the job naming it, and no step is run twice.
 // Then steps k+1.. run, fenced, and the job is finalized.
-func (e *Env) resumeFinalize(ctx context.Context, before, j *gitstate.Job, self procid.Identity, logf *os.File, logCap *logCap, say func(string, ...any)) (Result, error) {
+func (e *Env) resumeFinalize(ctx context.Context, before, j *gitstate.Job, self procid.Identity, logf *os.File, logCap *logCap, sr *sharedRunner, say func(string, ...any)) (Result, error) {
 	id := j.ID
 	fail := func(reason string) (Result, error) {
 		say("%s", reason)
@@ -242,7 +254,7 @@ func (e *Env) resumeFinalize(ctx context.Context, before, j *gitstate.Job, self 
 			return fail(reason)
 		}
 	}
-	return e.finalizeFrom(ctx, monitored{id: id, self: self, job: j, worktree: wt, stage: stage, log: logf, logCap: logCap, say: say}, k+1)
+	return e.finalizeFrom(ctx, monitored{id: id, self: self, job: j, worktree: wt, stage: stage, log: logf, logCap: logCap, say: say, shared: sr}, k+1)
 }
 
 // settleStep decides the outcome of finalize step k of job j, which its

@@ -40,41 +40,9 @@ type Request struct {
 // (task, stage, attempt), so enqueuing the same request twice returns the
 // same job with created=false and writes nothing.
 func (e *Env) Enqueue(r Request) (j *gitstate.Job, created bool, err error) {
-	if r.Task == "" {
-		r.Task = r.Branch
-	}
-	if r.Attempt == 0 {
-		r.Attempt = 1
-	}
-	if r.Target == "" {
-		r.Target = e.Config.Target
-	}
-	if r.Stage == "" {
-		if len(e.Config.Stages) == 0 {
-			return nil, false, fmt.Errorf("%w: %s defines no stages; add a [[stages]] table (see orch.toml.example) or run orch-hooks init", ErrUnknownStage, e.configName())
-		}
-		r.Stage = e.Config.Stages[0].Name
-	}
-	if err := gitstate.ValidateBranch(r.Branch); err != nil {
+	r, err = e.request(r)
+	if err != nil {
 		return nil, false, err
-	}
-	if err := gitstate.ValidateTask(r.Task); err != nil {
-		return nil, false, err
-	}
-	if err := gitstate.ValidateBranch(r.Target); err != nil {
-		return nil, false, fmt.Errorf("target: %w", err)
-	}
-	if err := gitstate.ValidateStage(r.Stage); err != nil {
-		return nil, false, err
-	}
-	if r.Attempt < 1 {
-		return nil, false, fmt.Errorf("%w: attempt %d; attempts count from 1", gitstate.ErrBadName, r.Attempt)
-	}
-	if _, ok := e.Config.Stage(r.Stage); !ok {
-		return nil, false, fmt.Errorf("%w %q: %s defines %s", ErrUnknownStage, r.Stage, e.configName(), stageList(e.Config))
-	}
-	if r.Branch == r.Target {
-		return nil, false, fmt.Errorf("%w: branch %q is the target itself; give the job a branch of its own", gitstate.ErrBadName, r.Branch)
 	}
 	j = &gitstate.Job{
 		ID:      gitstate.JobID(r.Task, r.Stage, r.Attempt),
@@ -90,6 +58,48 @@ func (e *Env) Enqueue(r Request) (j *gitstate.Job, created bool, err error) {
 		return nil, false, e.collectedError(r)
 	}
 	return j, created, err
+}
+
+// request fills r's defaults and checks every name in it against
+// orch.toml: what Enqueue (and EnqueueShared) creates a job from.
+func (e *Env) request(r Request) (Request, error) {
+	if r.Task == "" {
+		r.Task = r.Branch
+	}
+	if r.Attempt == 0 {
+		r.Attempt = 1
+	}
+	if r.Target == "" {
+		r.Target = e.Config.Target
+	}
+	if r.Stage == "" {
+		if len(e.Config.Stages) == 0 {
+			return r, fmt.Errorf("%w: %s defines no stages; add a [[stages]] table (see orch.toml.example) or run orch-hooks init", ErrUnknownStage, e.configName())
+		}
+		r.Stage = e.Config.Stages[0].Name
+	}
+	if err := gitstate.ValidateBranch(r.Branch); err != nil {
+		return r, err
+	}
+	if err := gitstate.ValidateTask(r.Task); err != nil {
+		return r, err
+	}
+	if err := gitstate.ValidateBranch(r.Target); err != nil {
+		return r, fmt.Errorf("target: %w", err)
+	}
+	if err := gitstate.ValidateStage(r.Stage); err != nil {
+		return r, err
+	}
+	if r.Attempt < 1 {
+		return r, fmt.Errorf("%w: attempt %d; attempts count from 1", gitstate.ErrBadName, r.Attempt)
+	}
+	if _, ok := e.Config.Stage(r.Stage); !ok {
+		return r, fmt.Errorf("%w %q: %s defines %s", ErrUnknownStage, r.Stage, e.configName(), stageList(e.Config))
+	}
+	if r.Branch == r.Target {
+		return r, fmt.Errorf("%w: branch %q is the target itself; give the job a branch of its own", gitstate.ErrBadName, r.Branch)
+	}
+	return r, nil
 }
 
 // maxAttemptProbe bounds the search for an attempt whose id gc has not

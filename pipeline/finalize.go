@@ -12,6 +12,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/config"
 	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/gitstate"
+	"github.com/orch-hooks/orch-hooks/remotejob"
 )
 
 // Ending says who is ending a running job and, for an ending decided before
@@ -53,6 +54,13 @@ type Result struct {
 // before the claim in whoever finalizes — the monitor and any number of
 // racing reaper passes — so a cmd: gate must be a read-only check. A job
 // seen ended before the gates runs none of them.
+//
+// A shared job (SharedRun set, remote mode) is not advanced here: the
+// winner settles it on the remote (its end, the next stage's job queued
+// there, its branch pushed as a fast-forward) in one atomic write, and a
+// branch that can no longer land as a fast-forward fails it before the
+// claim. A settle that does not land now is left to the settle repair of
+// this machine's next SharedPass.
 func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, error) {
 	j, err := e.Store.Get(id)
 	if err != nil {
@@ -102,8 +110,18 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 			}
 		}
 	}
+	shared := j.SharedRun != ""
+	if shared && status == gitstate.Done {
+		// Its work lands on the remote with its settle, as a fast-forward
+		// only: a branch someone pushed to meanwhile fails it here first.
+		if moved := e.branchMovedReason(ctx, j); moved != "" {
+			status, reason = gitstate.Failed, moved
+		}
+	}
 	var next string
-	if status == gitstate.Done && stage.Next != "" {
+	if status == gitstate.Done && stage.Next != "" && !shared {
+		// A shared job's next stage is queued on the remote by its
+		// settle, for any machine: no local advance.
 		next = gitstate.JobID(j.Task, stage.Next, j.Attempt)
 	}
 	j, err = e.Store.Update(ctx, id, reason, func(j *gitstate.Job) error {
@@ -124,6 +142,18 @@ func (e *Env) Finalize(ctx context.Context, id string, end Ending) (Result, erro
 	}
 	crashpoint.Hit("finalize.claimed")
 	res := Result{Job: j, Won: true}
+	if shared {
+		// The remote decides: the end, the next job and the branch land
+		// in one Settle, or (lost) nothing does. Unreachable: the settle
+		// repair of a later pass on this machine pushes it.
+		if _, serr := e.settleShared(ctx, j); serr != nil {
+			if errors.Is(serr, remotejob.ErrLost) {
+				e.logLine(j.ID, fmt.Sprintf("not settled on the remote: %v", serr))
+			} else {
+				e.logLine(j.ID, fmt.Sprintf("not settled on the remote yet (the next dispatch or reap on this machine retries): %v", serr))
+			}
+		}
+	}
 	if next != "" {
 		res.Next, err = e.Advance(ctx, j)
 	}
@@ -179,7 +209,8 @@ func (e *Env) Advance(ctx context.Context, j *gitstate.Job) (*gitstate.Job, erro
 // RepairAdvance is Advance that also reports whether this call created the
 // next job (false: it existed already, made by a racing advancer).
 func (e *Env) RepairAdvance(ctx context.Context, j *gitstate.Job) (next *gitstate.Job, created bool, err error) {
-	if j.Status != gitstate.Done || j.NextJob == "" {
+	if j.Status != gitstate.Done || j.NextJob == "" || j.SharedRun != "" {
+		// A shared job advances on the remote (its settle), never here.
 		return nil, false, nil
 	}
 	stage, ok := e.Config.Stage(j.Stage)
@@ -208,7 +239,7 @@ func (e *Env) RepairAdvance(ctx context.Context, j *gitstate.Job) (next *gitstat
 // exist: its advancer died between the terminal claim and the enqueue. A
 // next job gc collected (it has a tombstone) existed: no advance is due.
 func (e *Env) NeedsAdvance(j *gitstate.Job) bool {
-	if j.Status != gitstate.Done || j.NextJob == "" {
+	if j.Status != gitstate.Done || j.NextJob == "" || j.SharedRun != "" {
 		return false
 	}
 	_, err := e.Store.Get(j.NextJob)

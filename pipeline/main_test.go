@@ -35,6 +35,8 @@ func TestMain(m *testing.M) {
 		os.Exit(monitorHelper())
 	case "finalize":
 		os.Exit(finalizeHelper())
+	case "sharedmonitor":
+		os.Exit(sharedMonitorHelper())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", helperEnv, os.Getenv(helperEnv))
 		os.Exit(2)

@@ -36,7 +36,7 @@ const (
 // stage without gates merges the commit the previous stage's gates passed
 // (Job.PrevCommit), or else the tip found when the job starts, with the
 // same refusal if the branch moves.
-func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identity, stage config.Stage, say func(string, ...any)) (Result, error) {
+func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identity, stage config.Stage, sr *sharedRunner, say func(string, ...any)) (Result, error) {
 	fail := func(reason string) (Result, error) {
 		say("%s", reason)
 		return e.Finalize(ctx, j.ID, Ending{EndedBy: gitstate.EndedByMonitor, Failure: reason})
@@ -64,13 +64,30 @@ func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identit
 		return fail(fmt.Sprintf("merge refused: no commit of %s to merge (the branch does not exist, or its gates judged no single commit)", j.Branch))
 	}
 	say("merging %s (%s) into %s", j.Branch, commit, j.Target)
-	m := merge.New(e.Repo)
-	res, err := m.Merge(ctx, merge.Request{
+	req := merge.Request{
 		Branch: j.Branch, Target: j.Target, Commit: commit, Job: j.ID, Holder: "job " + j.ID,
 		TTL:    e.Config.Lease.TTL(),
 		Author: merge.Signature{Name: j.MergeAuthor.Name, Email: j.MergeAuthor.Email, When: j.StartedAt},
 		Fence:  e.jobFence(j.ID, self),
-	})
+	}
+	if sr != nil {
+		// A shared job's merge: through the remote's shared lease, the
+		// target pushed there, each write fenced by a beat of the job's
+		// record first (then by the local record, under its lock).
+		if err := sr.fence(ctx, "merge", "the merge"); err != nil {
+			return fail(sharedFailure(err))
+		}
+		local := req.Fence
+		req.Remote, req.Shared, req.SendToken = e.remoteName(), e.Shared.Leases, e.Shared.SendToken
+		req.Fence = func(ctx context.Context, effect func() error) error {
+			if err := sr.fence(ctx, "merge", "the merge's push"); err != nil {
+				return fmt.Errorf("merge not written: %s: %w", sharedFailure(err), errNotOurs)
+			}
+			return local(ctx, effect)
+		}
+	}
+	m := merge.New(e.Repo)
+	res, err := m.Merge(ctx, req)
 	// The job's reason is the merge's own error, whatever the cause — the
 	// conflicting paths, the local changes in the way, the lease's holder,
 	// the stale token — never a guess from the exit code. It is recorded

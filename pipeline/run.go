@@ -15,6 +15,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/merge"
 	"github.com/orch-hooks/orch-hooks/procid"
+	"github.com/orch-hooks/orch-hooks/remotejob"
 )
 
 // ErrWrongStatus is wrapped by every refusal that comes from a job's status
@@ -117,8 +118,18 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	if err != nil {
 		return fail(err.Error())
 	}
+	// A shared job (remote mode) beats its record on the remote from now
+	// on, and is stopped here the moment a beat finds it lost.
+	var sr *sharedRunner
+	if j.SharedRun != "" {
+		sr, err = e.startShared(ctx, j, e.onLost(ctx, id))
+		if err != nil {
+			return fail(sharedFailure(err))
+		}
+		defer sr.close()
+	}
 	if stage.Kind == config.KindMerge {
-		return e.runMerge(ctx, j, self, stage, say)
+		return e.runMerge(ctx, j, self, stage, sr, say)
 	}
 	// From here until the command has started, gc cannot remove the
 	// task's worktree; after it, the job is running and gc sees it.
@@ -132,6 +143,12 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 		return fail(err.Error())
 	}
 	say("job %s stage %s attempt %d in %s: %s", j.ID, j.Stage, j.Attempt, wt, stage.Run)
+	if sr != nil {
+		if err := sr.fence(ctx, "command", "the start of the command"); err != nil {
+			unlockTask()
+			return fail(sharedFailure(err))
+		}
+	}
 
 	// The command must not die with the monitor's context: a monitor that is
 	// told to stop passes TERM on and keeps watching. Its direct child is
@@ -190,7 +207,27 @@ func (e *Env) Run(ctx context.Context, id string, opts RunOptions) (Result, erro
 	if left, _ := procid.SignalGroup(cmdID, syscall.SIGTERM); left {
 		say("stopped what the command left running in its process group")
 	}
-	return e.afterCommand(ctx, monitored{id: id, self: self, job: j, worktree: wt, stage: stage, log: logf, logCap: logCap, say: say}, code)
+	return e.afterCommand(ctx, monitored{id: id, self: self, job: j, worktree: wt, stage: stage, log: logf, logCap: logCap, say: say, shared: sr}, code)
+}
+
+// onLost is what a shared job's monitor does when a beat finds the job
+// lost (cancelled or expired on the remote, or taken by another run): the
+// local job is claimed failed and its processes are stopped. It writes to
+// the job's log itself: it runs beside the monitor's own writes.
+func (e *Env) onLost(ctx context.Context, id string) func(error) {
+	return func(err error) {
+		say := func(format string, args ...any) { e.logLine(id, fmt.Sprintf(format, args...)) }
+		e.loseShared(ctx, id, sharedFailure(err), say)
+	}
+}
+
+// sharedFailure is the local reason of a shared job that could not go on
+// for err (lost, or the remote unreachable for the TTL).
+func sharedFailure(err error) string {
+	if errors.Is(err, remotejob.ErrLost) {
+		return "lost the shared job: " + err.Error()
+	}
+	return err.Error()
 }
 
 // monitored is what a monitor (Run, or an adopter: Adopt) knows of the job
@@ -204,6 +241,8 @@ type monitored struct {
 	log      *os.File
 	logCap   *logCap
 	say      func(string, ...any)
+	// shared beats a shared job's record (nil for a local job).
+	shared *sharedRunner
 }
 
 // afterCommand is steps 3 to 5 of Run, for a command that exited with code:
@@ -215,6 +254,9 @@ func (e *Env) afterCommand(ctx context.Context, m monitored, code int) (Result, 
 	id, self, stage, logCap, say := m.id, m.self, m.stage, m.logCap, m.say
 	// The command may have written all its output between two looks.
 	logCap.Enforce()
+	if m.shared != nil {
+		m.shared.setProgress(fmt.Sprintf("exit %d", code))
+	}
 	now := time.Now().UTC()
 	boot, _ := gitstate.BootTime()
 	// A full disk is waited out (the log's space given up first): the
@@ -267,6 +309,14 @@ func (e *Env) finalizeFrom(ctx context.Context, m monitored, from int) (Result, 
 	}
 	for i := from - 1; i >= 0 && i < len(stage.Finalize); i++ {
 		step := stage.Finalize[i]
+		if m.shared != nil {
+			// Fenced on the remote too: no step runs for a shared job
+			// another machine may have expired or that was cancelled.
+			what := fmt.Sprintf("finalize step %d", i+1)
+			if err := m.shared.fence(ctx, fmt.Sprintf("finalize %d/%d", i+1, len(stage.Finalize)), what); err != nil {
+				return fail(sharedFailure(err))
+			}
+		}
 		reason, err := e.finalizeStep(ctx, id, self, j, wt, i+1, step, stage.FinalizeTimeout(), logf, say)
 		if err != nil && !errors.Is(err, errNotOurs) {
 			// The store failed (a lock deadline, a full disk): the

@@ -17,6 +17,7 @@
 package refstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -26,6 +27,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -237,6 +239,60 @@ func (s *Store) List(ctx context.Context, dir string) (map[string]string, error)
 		if ok {
 			recs[strings.TrimPrefix(ref, s.ns)] = id
 		}
+	}
+	return recs, nil
+}
+
+// GetAll returns every mirrored record under dir ("" for all) as of the
+// last Fetch, with its data, by record name: one for-each-ref and one
+// `git cat-file --batch` for all of them, not a process per record. A
+// record whose commit has no FileName has nil Data (an empty file is
+// non-nil, empty Data).
+func (s *Store) GetAll(ctx context.Context, dir string) (map[string]*Record, error) {
+	ids, err := s.List(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	recs := make(map[string]*Record, len(ids))
+	if len(ids) == 0 {
+		return recs, nil
+	}
+	names := make([]string, 0, len(ids))
+	for name, id := range ids {
+		names = append(names, name)
+		recs[name] = &Record{Name: name, ID: id}
+	}
+	sort.Strings(names)
+	// git answers the requests in the order they were written.
+	var stdin bytes.Buffer
+	for _, name := range names {
+		fmt.Fprintf(&stdin, "%s:%s\n", recs[name].ID, FileName)
+	}
+	out, err := gitstate.GitBytes(ctx, s.gitDir, stdin.Bytes(), "cat-file", "--batch")
+	if err != nil {
+		return nil, fmt.Errorf("read records under %s%s: %w", Prefix, dir, err)
+	}
+	for _, name := range names {
+		line, rest, ok := bytes.Cut(out, []byte("\n"))
+		if !ok {
+			return nil, fmt.Errorf("read record %s: git cat-file --batch ended early", name)
+		}
+		out = rest
+		f := strings.Fields(string(line))
+		if len(f) == 2 && f[1] == "missing" {
+			continue
+		}
+		if len(f) != 3 {
+			return nil, fmt.Errorf("read record %s: git cat-file --batch said %q", name, line)
+		}
+		size, err := strconv.Atoi(f[2])
+		if err != nil || size < 0 || size+1 > len(out) {
+			return nil, fmt.Errorf("read record %s: git cat-file --batch said %q with %d bytes left", name, line, len(out))
+		}
+		if f[1] == "blob" {
+			recs[name].Data = append([]byte{}, out[:size]...)
+		}
+		out = out[size+1:]
 	}
 	return recs, nil
 }

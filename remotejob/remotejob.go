@@ -32,6 +32,7 @@ package remotejob
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
@@ -161,10 +162,14 @@ type Queue struct {
 	// for this long (on its CLOCK_BOOTTIME) is expired.
 	TTL time.Duration
 	// Now is the wall clock written in records; tests replace it.
+	// Expiry never reads it.
 	Now func() time.Time
-}
 
-var errNotBuilt = errors.New("remotejob: not built yet")
+	// boot reads the observer's clock for expiry (CLOCK_BOOTTIME and the
+	// boot id); nil is the machine's own. Only this package's tests set
+	// it (export_test.go).
+	boot func() (time.Duration, string, error)
+}
 
 // New returns the queue of the records in s, as machine host, keeping its
 // observations under stateDir, with the default TTL.
@@ -174,44 +179,70 @@ func New(s *refstore.Store, host, stateDir string) *Queue {
 
 // Sync brings the shared queue into the local mirror: one fetch of
 // refs/orch/* (refstore.Store.Fetch).
-func (q *Queue) Sync(ctx context.Context) error { return errNotBuilt }
+func (q *Queue) Sync(ctx context.Context) error {
+	if err := q.Store.Fetch(ctx); err != nil {
+		return fmt.Errorf("shared jobs: %w", err)
+	}
+	return nil
+}
 
 // List returns every shared job as of the last Sync (or this machine's own
-// writes since), oldest first (CreatedAt, then ID). A record that does not
-// decode is an Entry with Err set.
-func (q *Queue) List(ctx context.Context) ([]Entry, error) { return nil, errNotBuilt }
+// writes since), oldest first (CreatedAt, then ID), reading all the
+// records with one git cat-file --batch. A record that does not decode is
+// an Entry with Err set (a *gitstate.UnreadableError naming its ref,
+// version and the fix), after the others.
+func (q *Queue) List(ctx context.Context) ([]Entry, error) { return q.list(ctx) }
 
-// Get returns job id as of the last Sync; ErrNotFound when absent.
-func (q *Queue) Get(ctx context.Context, id string) (Entry, error) { return Entry{}, errNotBuilt }
+// Get returns job id as of the last Sync (or this machine's own writes
+// since); ErrNotFound when absent. A record that does not decode is
+// returned with Entry.Err set, and that error (a
+// *gitstate.UnreadableError) as the error too.
+func (q *Queue) Get(ctx context.Context, id string) (Entry, error) { return q.get(ctx, id) }
 
 // Enqueue creates j (status queued) on the remote, expecting no record of
 // its id. created is false, with no error, when the id exists already (a
-// job id runs at most once).
-func (q *Queue) Enqueue(ctx context.Context, j Job) (created bool, err error) { return false, errNotBuilt }
+// job id runs at most once). An empty j.ID is gitstate.JobID(j.Task,
+// j.Stage, j.Attempt); a zero CreatedAt is Now; the claim and end fields
+// are cleared.
+func (q *Queue) Enqueue(ctx context.Context, j Job) (created bool, err error) {
+	return q.enqueue(ctx, j)
+}
 
 // Claim flips job id from queued to running for this machine, with a fresh
 // run id, re-reading after a lost race while it stays queued. ErrTaken
 // when it is not queued (someone else claimed or ended it).
-func (q *Queue) Claim(ctx context.Context, id string) (*Claimed, error) { return nil, errNotBuilt }
+func (q *Queue) Claim(ctx context.Context, id string) (*Claimed, error) { return q.claim(ctx, id) }
 
 // Beat writes a new version of c's job (Beats+1, BeatAt, and progress
 // when not empty), only if c.VersionID is still the current version, and
-// updates c. ErrLost when someone else wrote the job since; a transport
-// failure wraps refstore.ErrUnreachable (then the beat may or may not
-// have landed: the next Beat learns which).
-func (q *Queue) Beat(ctx context.Context, c *Claimed, progress string) error { return errNotBuilt }
+// updates c. After a lost race it re-reads: a job still running under
+// c.Run (this run's adopter wrote in between) is beaten from its current
+// version; otherwise ErrLost (also when c itself is no longer running)
+// and nothing was written. A transport failure wraps
+// refstore.ErrUnreachable (then the beat may or may not have landed: the
+// next Beat learns which).
+func (q *Queue) Beat(ctx context.Context, c *Claimed, progress string) error {
+	return q.beat(ctx, c, progress)
+}
 
 // Settle ends c's job as end says — the terminal flip, the next stage's
 // job and end.Extra in one atomic push expecting c.VersionID — and updates
 // c. ErrLost when someone else ended the job first (nothing of end
 // landed). Settling again after a push whose fate was unknown converges:
-// a job already ended by this run, with end's status, is success.
-func (q *Queue) Settle(ctx context.Context, c *Claimed, end Ending) error { return errNotBuilt }
+// a job already ended by this run, with end's status and next job, is
+// success, and nothing is written twice. A next job that exists already
+// while the job is still this run's is the advance: it is not created
+// again. When one of end.Extra lost its compare-and-swap, the error
+// matches refstore.ErrConflict, nothing landed and the job is still c's.
+// A transport failure wraps refstore.ErrUnreachable; Settle again.
+func (q *Queue) Settle(ctx context.Context, c *Claimed, end Ending) error {
+	return q.settle(ctx, c, end)
+}
 
 // Cancel flips job id (queued or running) to cancelled by this machine.
 // won is false, with no error, when the job had ended already.
 func (q *Queue) Cancel(ctx context.Context, id, reason string) (j *Job, won bool, err error) {
-	return nil, false, errNotBuilt
+	return q.cancel(ctx, id, reason)
 }
 
 // Expire looks at every running job of the last Sync, records in this
@@ -220,4 +251,8 @@ func (q *Queue) Cancel(ctx context.Context, id, reason string) (j *Job, won bool
 // each job whose version it has seen unchanged for TTL or longer. Jobs of
 // every host are judged alike, this machine's own included. One bad
 // record or failed flip is reported in its Expiry; the pass goes on.
-func (q *Queue) Expire(ctx context.Context) ([]Expiry, error) { return nil, errNotBuilt }
+// A new version, a new boot of this machine, or its boot clock going
+// back starts the wait over; a job seen for the first time is never
+// expired. The observations are <StateDir>/remote-jobs-seen.toml, under
+// the lock <StateDir>/locks/remote-jobs-seen.lock.
+func (q *Queue) Expire(ctx context.Context) ([]Expiry, error) { return q.expire(ctx) }

@@ -67,7 +67,7 @@ func exitCode(err error) int {
 		errors.Is(err, gitstate.ErrDubiousOwnership),
 		errors.Is(err, pipeline.ErrUnknownStage):
 		return exitUsage
-	case errors.Is(err, pipeline.ErrWrongStatus):
+	case errors.Is(err, pipeline.ErrWrongStatus), errors.Is(err, pipeline.ErrLocalID):
 		return exitNo
 	default:
 		return exitError
@@ -559,6 +559,11 @@ func (c *cli) env() (*pipeline.Env, error) {
 		return nil, err
 	}
 	env := &pipeline.Env{Repo: r, Store: s, Config: cfg}
+	if cfg.Remote.Enabled() {
+		if env.Shared, err = c.openShared(r, cfg); err != nil {
+			return nil, err
+		}
+	}
 	// A pass (reap, watch, a hook) and dispatch start a new monitor for a
 	// job whose monitor died while its command lived: this binary, run
 	// --adopt, detached.

@@ -233,11 +233,12 @@ func setupHook(fs *flag.FlagSet, c *cli) func([]string) error {
 			return nil
 		}
 		if env.Config.Remote.Enabled() {
-			// Said once per interval: the jobs are not shared yet, and a
-			// pass over this machine's local state is not what remote
-			// mode promises.
+			// Said once per interval: a git hook reaches no remote (it
+			// must not make git wait on the network), and a pass over
+			// this machine's local state alone is not remote mode's.
 			hooks.Warn(r.StateDir(), cfgPath, env.Config.Reaper.Interval(),
-				errRemoteNotCovered("the reaper pass", env.Config.Remote.Name, env.Config.Path), c.stderr)
+				fmt.Errorf("remote mode ([remote] name = %q in %s): a git hook reaches no remote, so the pass over the shared queue is watch's or reap's; keep orch-hooks watch running on this machine",
+					env.Config.Remote.Name, env.Config.Path), c.stderr)
 			return nil
 		}
 		exe, _ := os.Executable()

@@ -40,12 +40,26 @@ nothing.`,
 			help: `The job id is derived from (task, stage, attempt): enqueuing the same job
 again prints the same id and creates nothing. The task defaults to the
 branch name, the stage to the first [[stages]] entry of orch.toml, the
-attempt to 1. Only the id goes to stdout.`,
+attempt to 1. Only the id goes to stdout. In remote mode ([remote] name in
+orch.toml) the job is created on that remote's shared queue, for any
+machine's dispatch or watch to claim ("queued JOB on REMOTE" on stderr).`,
 			setup: setupEnqueue},
 		&command{name: "status", args: "[--json] [--all]", summary: "active and recently ended jobs, unreadable records",
+			help: `In remote mode ([remote] name in orch.toml) it fetches the shared queue
+once and lists its jobs with the host that claimed each, the runner's last
+progress and beats and, for a running job, how long this machine has seen
+its record unchanged; then the shared leases and this machine's local jobs
+the remote does not have. An unreachable remote is exit 1.`,
 			setup: setupStatus},
-		&command{name: "show", args: "JOB [--json]", summary: "one job record", setup: setupShow},
-		&command{name: "cancel", args: "JOB", summary: "cancel a queued or running job", setup: setupCancel},
+		&command{name: "show", args: "JOB [--json]", summary: "one job record",
+			help: `In remote mode, the shared record of the job, and this machine's record
+of it when it ran here.`,
+			setup: setupShow},
+		&command{name: "cancel", args: "JOB", summary: "cancel a queued or running job",
+			help: `Stops the job's processes when it runs. In remote mode the job is
+cancelled on the shared queue; a job running on this machine is stopped
+here, one running on another machine stops at its runner's next beat.`,
+			setup: setupCancel},
 		&command{name: "version", args: "", summary: "print the version", setup: setupVersion},
 	)
 }
@@ -171,6 +185,9 @@ func setupEnqueue(fs *flag.FlagSet, c *cli) func([]string) error {
 		if hint := env.Repo.RemoteTrackingHint(r.Branch); hint != "" {
 			return usageErrorf("enqueue: %s", hint)
 		}
+		if env.Shared != nil {
+			return c.remoteEnqueue(env, r)
+		}
 		j, created, err := env.Enqueue(r)
 		if err != nil {
 			return err
@@ -200,6 +217,9 @@ func setupStatus(fs *flag.FlagSet, c *cli) func([]string) error {
 	return func(args []string) error {
 		if err := needArgs("status", args, 0, 0, "no positional arguments"); err != nil {
 			return err
+		}
+		if c.remoteMode() {
+			return c.remoteStatus(*asJSON, *all)
 		}
 		s, err := c.openStore()
 		if err != nil {
@@ -381,6 +401,9 @@ func setupShow(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err := needArgs("show", args, 1, 1, "one job id"); err != nil {
 			return err
 		}
+		if c.remoteMode() {
+			return c.remoteShow(args[0], *asJSON)
+		}
 		s, err := c.openStore()
 		if err != nil {
 			return err
@@ -486,36 +509,44 @@ func setupCancel(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err := needArgs("cancel", args, 1, 1, "one job id"); err != nil {
 			return err
 		}
+		if c.remoteMode() {
+			return c.remoteCancel(args[0])
+		}
 		env, err := c.env()
 		if err != nil {
 			return err
 		}
-		j, won, err := env.Cancel(c.ctx, args[0])
-		if err != nil {
-			return jobLookupError(err)
-		}
-		if !won {
-			return withCode(exitNo, fmt.Errorf("job %s is %s, not queued or running: nothing to cancel", j.ID, j.Status))
-		}
-		switch {
-		case j.History[len(j.History)-1].From != gitstate.Running:
-			c.errf("cancelled %s\n", j.ID)
-		case j.Command.IsZero():
-			c.errf("cancelled %s; its command had not started yet: the monitor stops it\n", j.ID)
-		case !procid.Local(j.Command):
-			// StopGroups signals only what it can identify on this
-			// machine and boot: nothing was stopped here.
-			c.errf("cancelled %s; its processes run on %s (another host or boot) and were not signalled from here: stop them there\n", j.ID, j.Command.Host)
-		default:
-			c.errf("cancelled %s; its processes were stopped\n", j.ID)
-		}
-		if j.Reason != "cancelled by user" {
-			// Ended from a record that did not decode: the reason says
-			// where its bytes were kept.
-			c.errf("%s\n", j.Reason)
-		}
-		return nil
+		return c.localCancel(env, args[0])
 	}
+}
+
+// localCancel is cancel of a job of this machine's local state.
+func (c *cli) localCancel(env *pipeline.Env, id string) error {
+	j, won, err := env.Cancel(c.ctx, id)
+	if err != nil {
+		return jobLookupError(err)
+	}
+	if !won {
+		return withCode(exitNo, fmt.Errorf("job %s is %s, not queued or running: nothing to cancel", j.ID, j.Status))
+	}
+	switch {
+	case j.History[len(j.History)-1].From != gitstate.Running:
+		c.errf("cancelled %s\n", j.ID)
+	case j.Command.IsZero():
+		c.errf("cancelled %s; its command had not started yet: the monitor stops it\n", j.ID)
+	case !procid.Local(j.Command):
+		// StopGroups signals only what it can identify on this
+		// machine and boot: nothing was stopped here.
+		c.errf("cancelled %s; its processes run on %s (another host or boot) and were not signalled from here: stop them there\n", j.ID, j.Command.Host)
+	default:
+		c.errf("cancelled %s; its processes were stopped\n", j.ID)
+	}
+	if j.Reason != "cancelled by user" {
+		// Ended from a record that did not decode: the reason says
+		// where its bytes were kept.
+		c.errf("%s\n", j.Reason)
+	}
+	return nil
 }
 
 func setupVersion(fs *flag.FlagSet, c *cli) func([]string) error {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/orch-hooks/orch-hooks/hooks"
 	"github.com/orch-hooks/orch-hooks/lease"
+	"github.com/orch-hooks/orch-hooks/pipeline"
 	"github.com/orch-hooks/orch-hooks/reaper"
 	"github.com/orch-hooks/orch-hooks/statefile"
 	"github.com/orch-hooks/orch-hooks/termtext"
@@ -28,7 +29,14 @@ dead by identity, the dead-observation streak, the exit code and finalize
 grace left, the time to max_running, and what the pass did and why. --json
 prints the pass snapshot on stdout, with "running": one report per job.
 --dry-run writes nothing at all. ORCH_REAPER_ENABLED=0 makes it a no-op
-that says so.`,
+that says so.
+
+In remote mode the pass starts with the shared queue: running shared jobs
+whose record this machine has seen unchanged for heartbeat_ttl_s (on its
+own clock) are expired, and ends of this machine's shared jobs that had
+not reached the remote are settled there; nothing is claimed. --json
+adds "shared": {"claimed", "expired", "settled", "errors"}; --dry-run
+leaves the shared queue alone.`,
 			setup: setupReap},
 	)
 }
@@ -60,13 +68,28 @@ func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
 				lockErr = err
 			}
 		}
+		// Remote mode: expiry and settle repair on the shared queue
+		// first (capacity 0: a reaper claims nothing).
+		var rep pipeline.SharedReport
+		var sharedErr error
+		shared := env.Shared != nil && !*dry && !reaperDisabled(env)
+		if shared {
+			rep, sharedErr = c.sharedPass(env, 0, *asJSON)
+		}
 		snap, err := reaper.RunOnce(c.ctx, env, reaper.Options{DryRun: *dry, Explain: true, Leases: lease.Open(env.Repo.StateDir())})
 		if err != nil {
 			return err
 		}
 		failed := passFailure(snap, lockErr)
+		if sharedErr != nil || len(rep.Errors) > 0 {
+			failed = errors.Join(failed, fmt.Errorf("shared queue pass incomplete: %w", errors.Join(append([]error{sharedErr}, rep.Errors...)...)))
+		}
 		if *asJSON {
-			if err := writeJSON(c.stdout, snap); err != nil {
+			var out any = snap
+			if shared {
+				out = withShared{snap, sharedJSON(rep, sharedErr)}
+			}
+			if err := writeJSON(c.stdout, out); err != nil {
 				return err
 			}
 			return failed
@@ -90,6 +113,17 @@ func setupReap(fs *flag.FlagSet, c *cli) func([]string) error {
 		return failed
 	}
 }
+
+// withShared is reap --json in remote mode: the pass snapshot's fields,
+// and "shared", what the shared queue's pass did.
+type withShared struct {
+	*reaper.Snapshot
+	Shared map[string]any `json:"shared"`
+}
+
+// reaperDisabled: the reaper is off (reaper.enabled, or
+// ORCH_REAPER_ENABLED=0 over it), and the shared queue's expiry with it.
+func reaperDisabled(env *pipeline.Env) bool { return !env.Config.Reaper.Enabled }
 
 // passFailure is reap's error (exit 1) when the pass could not do its work:
 // the pass lock, a job, a lease or the reaper's own state could not be

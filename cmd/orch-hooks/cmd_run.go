@@ -15,6 +15,7 @@ import (
 
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/pipeline"
+	"github.com/orch-hooks/orch-hooks/remotejob"
 	"github.com/orch-hooks/orch-hooks/statefile"
 	"github.com/orch-hooks/orch-hooks/termtext"
 )
@@ -33,7 +34,10 @@ when it ends failed or was not queued, 1 on an operational error.
 run --adopt JOB takes over a running job whose monitor died while its
 command lived on: it waits for the command, records the exit status the
 command's recorder wrote, runs the finalize steps and ends the job as the
-monitor would have. A monitor that died in its finalize steps (exit code 0
+monitor would have. In remote mode, run JOB claims the shared job first
+when it is not queued here yet; the job then beats its record on the
+remote, and its end, next stage and branch land there when it ends.
+A monitor that died in its finalize steps (exit code 0
 recorded) is taken over the same way: the adopter waits out the step that
 was running and takes its recorded outcome (a step is never run twice),
 then runs the steps after it and ends the job. reap, watch, hooks and
@@ -47,7 +51,17 @@ this host are fewer than max_concurrency. Prints the started job ids.
 First it starts a new monitor (run --adopt, detached) for each running job
 whose monitor died while its outcome could still be had, and says so on
 stderr: "JOB: adopt: started a new monitor: WHY". --json prints
-{"started": [ids], "adopted": [{"job", "why"}]} instead.`,
+{"started": [ids], "adopted": [{"job", "why"}]} instead.
+
+In remote mode ([remote] name in orch.toml) it first makes one pass over
+the shared queue: expires running jobs whose record this machine has seen
+unchanged for heartbeat_ttl_s, settles ends of this machine's jobs that
+had not reached the remote, and claims queued shared jobs, oldest first,
+while this machine has fewer than max_concurrency of them queued or
+running; each claimed job becomes a local queued job (its branch brought
+from the remote) that the dispatch then starts. Those are said on stderr
+("JOB: claimed from REMOTE"); --json adds "claimed", "expired",
+"settled" and "errors".`,
 			setup: setupDispatch},
 		&command{name: "logs", args: "JOB [-f] [--raw]", summary: "the job's output",
 			help: `Prints the job's output file. On a terminal its control characters are
@@ -84,6 +98,12 @@ func setupRun(fs *flag.FlagSet, c *cli) func([]string) error {
 				return withCode(exitNo, err)
 			}
 		} else {
+			if env.Shared != nil {
+				if err := c.claimSharedForRun(env, args[0]); err != nil {
+					claimed(err)
+					return err
+				}
+			}
 			res, err = env.Run(c.ctx, args[0], pipeline.RunOptions{Claimed: claimed})
 		}
 		if err != nil {
@@ -102,6 +122,91 @@ func setupRun(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		return withCode(exitNo, fmt.Errorf("%s: %s (%s); output: orch-hooks logs %s", j.ID, j.Status, dash(termtext.Line(j.Reason)), j.ID))
 	}
+}
+
+// claimSharedForRun is run JOB in remote mode: a job with no local record
+// here is claimed from the shared queue first (and queued here), so the
+// run below runs it; one already here (claimed by a dispatch on this
+// machine, which starts run JOB as its monitor) is run as it is.
+func (c *cli) claimSharedForRun(env *pipeline.Env, id string) error {
+	_, err := env.Store.Get(id)
+	if !errors.Is(err, gitstate.ErrNotFound) {
+		return nil // the run reports what it finds
+	}
+	if _, err := env.ClaimShared(c.ctx, id); err != nil {
+		switch {
+		case errors.Is(err, remotejob.ErrTaken):
+			return withCode(exitNo, fmt.Errorf("%w; orch-hooks status shows where it runs", err))
+		case errors.Is(err, remotejob.ErrNotFound):
+			return withCode(exitNo, fmt.Errorf("run %s: no such job here or on %s (orch-hooks status lists the shared queue)", id, env.Shared.Queue.Store.Remote()))
+		}
+		return err
+	}
+	c.errf("%s: claimed from %s as %s\n", id, env.Shared.Queue.Store.Remote(), termtext.Line(env.Shared.Queue.Host))
+	return nil
+}
+
+// sharedPass runs remote mode's part of dispatch or reap
+// (pipeline.Env.SharedPass) and says what it did on stderr, one line per
+// job; a pass that could not run (the remote unreachable) is returned, the
+// caller's local pass still goes on.
+func (c *cli) sharedPass(env *pipeline.Env, capacity int, quiet bool) (pipeline.SharedReport, error) {
+	rep, err := env.SharedPass(c.ctx, capacity)
+	if quiet {
+		return rep, err
+	}
+	remote := env.Shared.Queue.Store.Remote()
+	for _, x := range rep.Expired {
+		if x.Won {
+			c.errf("%s: expired: no beat from %s, its record unchanged for %s as seen here\n", x.ID, termtext.Line(x.Host), x.Unchanged.Round(time.Second))
+		}
+	}
+	for _, id := range rep.Settled {
+		c.errf("%s: settled on %s (its end here had not reached the remote)\n", id, remote)
+	}
+	for _, id := range rep.Claimed {
+		c.errf("%s: claimed from %s\n", id, remote)
+	}
+	for _, e := range rep.Errors {
+		c.errf("error: shared queue: %s\n", termtext.Line(e.Error()))
+	}
+	if err != nil {
+		c.errf("error: shared queue on %s: %s\n", remote, termtext.Line(err.Error()))
+	}
+	return rep, err
+}
+
+// sharedJSON is a SharedReport as --json prints it.
+func sharedJSON(rep pipeline.SharedReport, err error) map[string]any {
+	type expiry struct {
+		ID         string  `json:"id"`
+		Host       string  `json:"host"`
+		UnchangedS float64 `json:"unchanged_s"`
+		Won        bool    `json:"won"`
+		Error      string  `json:"error,omitempty"`
+	}
+	expired := []expiry{}
+	for _, x := range rep.Expired {
+		e := expiry{ID: x.ID, Host: x.Host, UnchangedS: x.Unchanged.Seconds(), Won: x.Won}
+		if x.Err != nil {
+			e.Error = x.Err.Error()
+		}
+		expired = append(expired, e)
+	}
+	errs := []string{}
+	for _, e := range rep.Errors {
+		errs = append(errs, e.Error())
+	}
+	if err != nil {
+		errs = append(errs, err.Error())
+	}
+	orEmpty := func(s []string) []string {
+		if s == nil {
+			return []string{}
+		}
+		return s
+	}
+	return map[string]any{"claimed": orEmpty(rep.Claimed), "expired": expired, "settled": orEmpty(rep.Settled), "errors": errs}
 }
 
 // readyReporter returns the callback through which a monitor started by
@@ -144,7 +249,15 @@ func setupDispatch(fs *flag.FlagSet, c *cli) func([]string) error {
 		if err != nil {
 			return fmt.Errorf("dispatch: find own executable: %w", err)
 		}
+		// Remote mode: claim shared jobs up to max_concurrency first;
+		// each is a local queued job the dispatch below starts.
+		var rep pipeline.SharedReport
+		var sharedErr error
+		if env.Shared != nil {
+			rep, sharedErr = c.sharedPass(env, env.Config.MaxConcurrency, *asJSON)
+		}
 		d, err := env.DispatchAll(c.ctx, env.StartMonitor(exe, env.MonitorArgs()...))
+		err = errors.Join(sharedErr, err)
 		if *asJSON {
 			started, adopted := d.Started, d.Adopted
 			if started == nil {
@@ -153,7 +266,13 @@ func setupDispatch(fs *flag.FlagSet, c *cli) func([]string) error {
 			if adopted == nil {
 				adopted = []pipeline.Adoption{}
 			}
-			if jerr := writeJSON(c.stdout, map[string]any{"started": started, "adopted": adopted}); jerr != nil {
+			out := map[string]any{"started": started, "adopted": adopted}
+			if env.Shared != nil {
+				for k, v := range sharedJSON(rep, sharedErr) {
+					out[k] = v
+				}
+			}
+			if jerr := writeJSON(c.stdout, out); jerr != nil {
 				return errors.Join(err, jerr)
 			}
 			return err
@@ -185,6 +304,9 @@ func setupLogs(fs *flag.FlagSet, c *cli) func([]string) error {
 			return err
 		}
 		if _, err := s.Get(args[0]); err != nil {
+			if errors.Is(err, gitstate.ErrNotFound) && c.remoteMode() {
+				return c.remoteLogsElsewhere(args[0], err)
+			}
 			return jobLookupError(err)
 		}
 		// Piped, the output is the agent's, byte for byte, like cat; on a
@@ -254,6 +376,9 @@ func setupRetry(fs *flag.FlagSet, c *cli) func([]string) error {
 	return func(args []string) error {
 		if err := needArgs("retry", args, 1, 1, "one job id"); err != nil {
 			return err
+		}
+		if c.remoteMode() {
+			return c.remoteRetry(args[0])
 		}
 		env, err := c.env()
 		if err != nil {

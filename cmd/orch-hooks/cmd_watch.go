@@ -137,6 +137,11 @@ type watcher struct {
 	leases map[string]*lease.Lease
 	// logModeAt is when env.Store.LogMode was last read (refreshLogMode).
 	logModeAt time.Time
+
+	// Remote mode (watch_remote.go): the shared queue as the last pass
+	// saw it, to say what changed; the last pass's failure.
+	shared    map[string]sharedSeen
+	sharedErr string
 }
 
 // pollEvery is how often watch looks for work when the file system does
@@ -404,6 +409,9 @@ func (w *watcher) tick(ctx context.Context) {
 	}
 	w.checkConfig()
 	w.env.Store.Actor = "watch"
+	if w.env.Shared != nil {
+		w.sharedTick(ctx)
+	}
 	func() {
 		if unlock, err := statefile.TryLock(w.env.Store.LockPath(hooks.PassLock)); err == nil {
 			defer unlock()
@@ -554,6 +562,9 @@ func (w *watcher) collect() frame {
 		f.Pass = st.LastPass
 	}
 	f.Events, _ = s.TailEvents(8)
+	if w.env.Shared != nil {
+		f.Shared = w.sharedFrame()
+	}
 	return f
 }
 

@@ -83,3 +83,69 @@ func fencedBlocks(text string) []string {
 	}
 	return blocks
 }
+
+// The README's "Several machines" recipe is tested as written: the script
+// remote_readme.txtar runs it, and this test holds that script to the
+// README — the stages byte for byte, and every command of the recipe in
+// its order (a cd as the script's cd, an export as its env).
+func TestREADMESeveralMachinesIsTheScript(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const heading = "## Several machines\n"
+	text := string(readme)
+	i := strings.Index(text, heading)
+	if i < 0 {
+		t.Fatalf("README.md has no %q section", strings.TrimSpace(heading))
+	}
+	section := text[i+len(heading):]
+	if j := strings.Index(section, "\n## "); j >= 0 {
+		section = section[:j]
+	}
+	blocks := fencedBlocks(section)
+	if len(blocks) != 4 {
+		t.Fatalf("the Several machines section has %d code blocks, want 4 (remote and clone a, stages, commit and clone b, commands): update this test with the README", len(blocks))
+	}
+	ar, err := txtar.ParseFile("../../testdata/script/remote_readme.txtar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stages string
+	for _, f := range ar.Files {
+		if f.Name == "stages.toml" {
+			stages = string(f.Data)
+		}
+	}
+	if stages != blocks[1] {
+		t.Errorf("README's stages block differs from stages.toml of the script:\nREADME:\n%s\nscript:\n%s", blocks[1], stages)
+	}
+	script := strings.Split(string(ar.Comment), "\n")
+	at := 0
+	for _, b := range []string{blocks[0], blocks[2], blocks[3]} {
+		for _, line := range strings.Split(strings.TrimSpace(b), "\n") {
+			cmd, _, _ := strings.Cut(line, "#")
+			cmd = strings.TrimSpace(cmd)
+			want := "exec " + cmd
+			switch {
+			case strings.HasPrefix(cmd, "cd "):
+				want = cmd
+			case strings.HasPrefix(cmd, "export "):
+				want = "env " + strings.TrimPrefix(cmd, "export ")
+			}
+			// The script quotes what sh would have unquoted.
+			want = strings.ReplaceAll(want, `"`, `'`)
+			found := false
+			for ; at < len(script); at++ {
+				if script[at] == want {
+					found = true
+					at++
+					break
+				}
+			}
+			if !found {
+				t.Errorf("README command %q is not run (in the README's order) by remote_readme.txtar as %q", cmd, want)
+			}
+		}
+	}
+}

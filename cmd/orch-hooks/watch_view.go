@@ -34,6 +34,8 @@ type frame struct {
 	ConfigError    string
 	ConfigLoadedAt time.Time
 	ConfigNote     string // a recent reload and what it changed
+	// Shared is the shared queue in remote mode; nil in local mode.
+	Shared *sharedView
 }
 
 // ANSI styles; empty when colour is off (NO_COLOR, or not a terminal).
@@ -101,6 +103,9 @@ func render(f frame, width, height int, color bool) []string {
 			lines = append(lines, "  "+r)
 		}
 		return lines
+	}
+	if f.Shared != nil {
+		out = append(out, renderShared(f.Shared, f.Now, st)...)
 	}
 	out = append(out, section("RUNNING", st.green, groups[gitstate.Running], func(j *gitstate.Job) time.Time { return j.StartedAt })...)
 	out = append(out, section("QUEUED", "", groups[gitstate.Queued], func(j *gitstate.Job) time.Time { return j.CreatedAt })...)
