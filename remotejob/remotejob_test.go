@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -166,9 +165,6 @@ func commitOn(t testing.TB, dir, msg string) string {
 	cmd := []string{"-c", "user.name=t", "-c", "user.email=t@t", "commit-tree", tree, "-m", msg}
 	return refstoretest.Git(t, dir, cmd...)
 }
-
-var _ = strings.Contains
-var _ = time.Second
 
 // transports runs f over file:// and over smart HTTP on loopback.
 func transports(t *testing.T, f func(t *testing.T, r *refstoretest.Remote, url string)) {
