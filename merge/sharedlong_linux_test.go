@@ -192,6 +192,10 @@ type mergeRun struct {
 	pushes, landed     int             // push attempts, and lease versions written
 	fetches            int
 	loadStart, loadEnd string
+	// order is the machine of each token in turn; handoffs counts the
+	// tokens that went to another machine than the token before.
+	order    string
+	handoffs int
 }
 
 func (r mergeRun) perSecond() float64 { return float64(r.merges) / r.elapsed.Seconds() }
@@ -237,14 +241,17 @@ func TestSharedMergesLong(t *testing.T) {
 		runs = append(runs, runMerges(t, n, *mergeBranches))
 	}
 	t.Logf("%d branches, one commit each, merged into main through the shared lease over smart HTTP on loopback", *mergeBranches)
-	t.Logf("| machines | merges | elapsed | merges/s | lease wait p50 | lease wait p90 | lease held p50 | lease busy | lost pushes | fetches/merge | load at start → end |")
-	t.Logf("|---|---|---|---|---|---|---|---|---|---|---|")
+	t.Logf("| machines | merges | elapsed | merges/s | lease wait p50 | lease wait p90 | lease held p50 | lease busy | lost pushes | fetches/merge | handoffs | load at start → end |")
+	t.Logf("|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range runs {
-		t.Logf("| %d | %d | %.1f s | %.2f | %.2f s | %.2f s | %.2f s | %.0f%% | %d of %d | %.1f | %s → %s |",
+		t.Logf("| %d | %d | %.1f s | %.2f | %.2f s | %.2f s | %.2f s | %.0f%% | %d of %d | %.1f | %d | %s → %s |",
 			r.machines, r.merges, r.elapsed.Seconds(), r.perSecond(),
 			quantile(r.wait, 0.5).Seconds(), quantile(r.wait, 0.9).Seconds(), quantile(r.held, 0.5).Seconds(),
 			100*r.busy().Seconds()/r.elapsed.Seconds(), r.pushes-r.landed, r.pushes,
-			float64(r.fetches)/float64(r.merges), r.loadStart, r.loadEnd)
+			float64(r.fetches)/float64(r.merges), r.handoffs, r.loadStart, r.loadEnd)
+	}
+	for _, r := range runs {
+		t.Logf("%d machines: the machine of each token in turn: %s", r.machines, r.order)
 	}
 	one, many := runs[0], runs[1]
 	t.Logf("%d machines against 1: merges/s ×%.2f, lease wait p50 ×%.2f, p90 ×%.2f, lease held p50 ×%.2f",
@@ -432,6 +439,10 @@ func runMerges(t *testing.T, n, branches int) mergeRun {
 				t.Fatalf("%d machines: token %d went to %s; the merge that reported it: %+v", n, v.Token, v.Owner, r)
 			}
 			acquired[v.Token] = v.AcquiredAt
+			if len(run.order) > 0 && run.order[len(run.order)-1] != byte('0'+r.machine) {
+				run.handoffs++
+			}
+			run.order += string(rune('0' + r.machine))
 			run.wait = append(run.wait, v.AcquiredAt.Sub(r.start))
 		case v.Held:
 			if v.Token != prev.Token || v.Owner != prev.Owner {
