@@ -220,6 +220,8 @@ func TestSharedCrashMatrix(t *testing.T) {
 	}
 	for _, cell := range cells {
 		t.Run(cell.name, func(t *testing.T) {
+			// The cells wait mostly on beats and TTLs, not on the CPU.
+			t.Parallel()
 			for i := 0; i < reps; i++ {
 				start := time.Now()
 				sharedCrashRun(t, cell)
