@@ -333,8 +333,15 @@ func sharedCrashRun(t *testing.T, cell sharedCrashCell) {
 	if n := lines(t, filepath.Join(counts, "build-steps")); n > 1 {
 		t.Errorf("build's finalize step ran %d times", n)
 	}
-	// More passes change nothing on the remote.
+	// More passes change nothing on the remote; nor does a gone machine
+	// that comes back late: its reaper ends what its killed pass left
+	// running, and that settle, like its settle repair, finds the job
+	// expired and writes nothing.
 	before := c.remoteRefs(t)
+	if cell.gone {
+		reapLocal(t, a)
+		live = append(live, a)
+	}
 	for _, m := range live {
 		if err := runQueuedShared(ctx, m.env, 1); err != nil {
 			t.Fatal(err)
