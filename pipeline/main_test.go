@@ -37,6 +37,8 @@ func TestMain(m *testing.M) {
 		os.Exit(finalizeHelper())
 	case "sharedmonitor":
 		os.Exit(sharedMonitorHelper())
+	case "sharedmachine":
+		os.Exit(sharedMachineHelper())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", helperEnv, os.Getenv(helperEnv))
 		os.Exit(2)

@@ -88,6 +88,9 @@ func (e *Env) runMerge(ctx context.Context, j *gitstate.Job, self procid.Identit
 	}
 	m := merge.New(e.Repo)
 	res, err := m.Merge(ctx, req)
+	if sr != nil && res != nil && res.Pushed {
+		crashpoint.Hit("shared.merge_pushed")
+	}
 	// The job's reason is the merge's own error, whatever the cause — the
 	// conflicting paths, the local changes in the way, the lease's holder,
 	// the stale token — never a guess from the exit code. It is recorded

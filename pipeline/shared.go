@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/refstore"
 	"github.com/orch-hooks/orch-hooks/remotejob"
@@ -217,6 +218,7 @@ func (e *Env) claimShared(ctx context.Context, id string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("claim %s: %w", id, err)
 	}
+	crashpoint.Hit("shared.claimed")
 	return e.materialize(ctx, c)
 }
 
@@ -249,6 +251,7 @@ func (e *Env) materialize(ctx context.Context, c *remotejob.Claimed) (made bool,
 	if err != nil {
 		return false, fmt.Errorf("queue the claimed job here: %w", err)
 	}
+	crashpoint.Hit("shared.materialized")
 	if created {
 		// The remote's transition; the local record's own creation
 		// (→queued) is logged by the store.
@@ -482,6 +485,7 @@ func (e *Env) settleShared(ctx context.Context, j *gitstate.Job) (settled bool, 
 	if err != nil {
 		return false, err
 	}
+	crashpoint.Hit("shared.settled")
 	msg := fmt.Sprintf("settled on the remote: %s (%s)", end.Status, end.Reason)
 	if end.Next != nil {
 		msg += "; next: " + end.Next.ID + " queued on the remote"
@@ -597,6 +601,7 @@ func (r *sharedRunner) beatLocked(ctx context.Context) error {
 	err := r.e.Shared.Queue.Beat(ctx, r.c, r.progress)
 	switch {
 	case err == nil:
+		crashpoint.Hit("shared.beat_pushed")
 		r.lastGood = time.Now()
 	case errors.Is(err, remotejob.ErrLost):
 		r.lost = err
