@@ -63,8 +63,9 @@ func (w *watcher) sharedTick(ctx context.Context) {
 }
 
 // sharedChanges compares the shared queue the pass just fetched with the
-// one before and, piped, says each change: a job queued, claimed by a
-// host, ended (and by whom). The first pass says how many jobs there are.
+// one before, records each change in this machine's event log (a job
+// queued, claimed by a host, ended and by whom) and, piped, says it. The
+// first pass only says how many jobs there are.
 func (w *watcher) sharedChanges(ctx context.Context) {
 	entries, err := w.env.Shared.Queue.List(ctx)
 	if err != nil {
@@ -83,11 +84,11 @@ func (w *watcher) sharedChanges(ctx context.Context) {
 	first := w.shared == nil
 	old := w.shared
 	w.shared = now
-	if w.tty {
-		return
-	}
 	remote := w.env.Shared.Queue.Store.Remote()
 	if first {
+		if w.tty {
+			return
+		}
 		count := map[gitstate.Status]int{}
 		for _, s := range now {
 			count[s.status]++
@@ -103,19 +104,33 @@ func (w *watcher) sharedChanges(ctx context.Context) {
 		sid := termtext.Line(id)
 		switch {
 		case n.status == gitstate.Queued:
-			w.say("shared: %s queued on %s", sid, remote)
+			w.sharedEvent(id, o.status, n, "queued on "+remote, "shared: %s queued on %s", sid, remote)
 		case n.status == gitstate.Running && (!had || o.status != gitstate.Running || o.host != n.host):
-			w.say("shared: %s claimed by %s", sid, termtext.Line(n.host))
+			w.sharedEvent(id, o.status, n, "claimed by "+n.host+" on "+remote, "shared: %s claimed by %s", sid, termtext.Line(n.host))
 		case n.status.Terminal() && (!had || !o.status.Terminal()):
+			why := fmt.Sprintf("%s on %s, ended by %s", n.status, remote, dash(n.endedBy))
 			line := fmt.Sprintf("shared: %s %s, ended by %s", sid, n.status, dash(termtext.Line(n.endedBy)))
 			if n.host != "" {
+				why += fmt.Sprintf(" (it ran on %s)", n.host)
 				line += fmt.Sprintf(" (it ran on %s)", termtext.Line(n.host))
 			}
 			if n.reason != "" {
+				why += ": " + n.reason
 				line += ": " + oneLine(n.reason)
 			}
-			w.say("%s", line)
+			w.sharedEvent(id, o.status, n, why, "%s", line)
 		}
+	}
+}
+
+// sharedEvent records in this machine's event log a transition of shared
+// job id that this watch saw on the remote (actor "remote", apart from
+// this machine's own actions, actor "shared@HOST"), and says it when
+// piped.
+func (w *watcher) sharedEvent(id string, from gitstate.Status, n sharedSeen, reason, format string, args ...any) {
+	w.env.Store.Note(gitstate.Transition{Job: id, Actor: "remote", From: from, To: n.status, Reason: "seen: " + reason})
+	if !w.tty {
+		w.say(format, args...)
 	}
 }
 
