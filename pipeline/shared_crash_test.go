@@ -1,8 +1,6 @@
 package pipeline_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -11,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,7 +21,7 @@ import (
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/refstore/refstoretest"
 	"github.com/orch-hooks/orch-hooks/remotejob"
-	"github.com/orch-hooks/orch-hooks/statefile"
+	"github.com/orch-hooks/orch-hooks/remotejob/remotejobtest"
 	"github.com/orch-hooks/orch-hooks/testproc"
 )
 
@@ -153,7 +150,7 @@ func (c *cluster) drain(t *testing.T, live []*machine) {
 			}
 		}
 		open := false
-		for _, vs := range remoteHistory(t, c.remote) {
+		for _, vs := range remotejobtest.History(t, c.remote.Dir) {
 			if len(vs) > 0 && !vs[len(vs)-1].Status.Terminal() {
 				open = true
 			}
@@ -374,145 +371,11 @@ func (c *cluster) remoteRefs(t *testing.T) string {
 	return refstoretest.Git(t, c.remote.Dir, "for-each-ref", "--format=%(objectname) %(refname)")
 }
 
-// remoteHistory reads every version of every job record on the bare
-// remote itself, oldest first per job, from `git log` of refs/orch/jobs/*
-// (remotejob's invariants_test.go, copied: a test file of another package).
-func remoteHistory(t testing.TB, r *refstoretest.Remote) map[string][]remotejob.Job {
-	t.Helper()
-	tips := map[string]string{}
-	for _, line := range strings.Split(refstoretest.Git(t, r.Dir, "for-each-ref", "--format=%(objectname) %(refname)", "refs/orch/jobs/"), "\n") {
-		if id, ref, ok := strings.Cut(line, " "); ok {
-			tips[strings.TrimPrefix(ref, "refs/orch/jobs/")] = id
-		}
-	}
-	out := map[string][]remotejob.Job{}
-	if len(tips) == 0 {
-		return out
-	}
-	parents := map[string][]string{}
-	for _, line := range strings.Split(refstoretest.Git(t, r.Dir, "log", "--glob=refs/orch/jobs/*", "--format=%H %P"), "\n") {
-		if f := strings.Fields(line); len(f) > 0 {
-			parents[f[0]] = f[1:]
-		}
-	}
-	chains := map[string][]string{}
-	var all []string
-	for name, tip := range tips {
-		var chain []string
-		for c := tip; c != ""; {
-			chain = append([]string{c}, chain...)
-			ps := parents[c]
-			if len(ps) > 1 {
-				t.Errorf("job %s: version %s has %d parents", name, c, len(ps))
-			}
-			c = ""
-			if len(ps) > 0 {
-				c = ps[0]
-			}
-		}
-		chains[name] = chain
-		all = append(all, chain...)
-	}
-	cmd := exec.Command("git", "cat-file", "--batch")
-	cmd.Dir = r.Dir
-	cmd.Stdin = strings.NewReader(strings.Join(all, ":record.toml\n") + ":record.toml\n")
-	raw, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("cat-file --batch: %v", err)
-	}
-	rd := bufio.NewReader(bytes.NewReader(raw))
-	data := map[string][]byte{}
-	for _, c := range all {
-		hdr, err := rd.ReadString('\n')
-		f := strings.Fields(hdr)
-		if err != nil || len(f) != 3 {
-			t.Fatalf("cat-file --batch on %s: %q %v", c, hdr, err)
-		}
-		n, _ := strconv.Atoi(f[2])
-		b := make([]byte, n+1)
-		if _, err := io.ReadFull(rd, b); err != nil {
-			t.Fatal(err)
-		}
-		data[c] = b[:n]
-	}
-	for name, chain := range chains {
-		for _, c := range chain {
-			var j remotejob.Job
-			if _, err := statefile.DecodeTOML(data[c], &j); err != nil {
-				t.Fatalf("job %s version %s: %v", name, c, err)
-			}
-			out[name] = append(out[name], j)
-		}
-	}
-	return out
-}
-
-// checkRemoteInvariants checks the history of every job on the remote:
-// created queued, claimed at most once (every running or ended version
-// has the one run), nothing after a terminal version, every transition
-// one of the state machine's, every next job named by one settle only and
-// on the remote; and nothing lost: every job ends terminal or queued.
+// checkRemoteInvariants checks the queue's invariants on the remote's
+// history, with this pipeline's: nothing lost (every job ends terminal or
+// queued), only a done job advances, and a review or merge job exists only
+// as a build's settle named it.
 func checkRemoteInvariants(t testing.TB, r *refstoretest.Remote) map[string][]remotejob.Job {
 	t.Helper()
-	h := remoteHistory(t, r)
-	nexts := map[string]string{}
-	for name, vs := range h {
-		fail := func(format string, args ...any) {
-			t.Helper()
-			var b strings.Builder
-			for i, v := range vs {
-				fmt.Fprintf(&b, "\n  %d: %s host=%s run=%s by=%s next=%s reason=%s", i, v.Status, v.Host, v.Run, v.EndedBy, v.Next, v.Reason)
-			}
-			t.Errorf("job %s: "+format+"; history:%s", append([]any{name}, append(args, b.String())...)...)
-		}
-		if vs[0].Status != gitstate.Queued {
-			fail("created %s, not queued", vs[0].Status)
-		}
-		run := ""
-		for i, v := range vs {
-			if v.ID != name {
-				fail("version %d is of job %q", i, v.ID)
-			}
-			if i > 0 {
-				prev := vs[i-1]
-				if prev.Status.Terminal() {
-					fail("version %d follows a terminal version", i)
-				}
-				if !gitstate.CanTransition(prev.Status, v.Status) && !(prev.Status == gitstate.Running && v.Status == gitstate.Running) {
-					fail("version %d: %s -> %s", i, prev.Status, v.Status)
-				}
-			}
-			if v.Status == gitstate.Running || (v.Status.Terminal() && v.Run != "") {
-				if run == "" {
-					run = v.Run
-				} else if v.Run != run {
-					fail("claimed twice: runs %s and %s", run, v.Run)
-				}
-			}
-		}
-		last := vs[len(vs)-1]
-		if !last.Status.Terminal() && last.Status != gitstate.Queued {
-			fail("lost: left %s", last.Status)
-		}
-		if last.Next != "" {
-			if last.Status != gitstate.Done {
-				fail("names next %s but is %s", last.Next, last.Status)
-			}
-			if other, dup := nexts[last.Next]; dup {
-				fail("next %s named by %s too", last.Next, other)
-			}
-			nexts[last.Next] = name
-			if _, ok := h[last.Next]; !ok {
-				fail("next %s is not on the remote", last.Next)
-			}
-		}
-	}
-	// A next job exists only as some settle's next (or an enqueue's job,
-	// which is the first stage's).
-	for name, vs := range h {
-		if vs[0].Stage != "build" && nexts[name] == "" {
-			t.Errorf("job %s (stage %s) is on the remote, but no settle named it", name, vs[0].Stage)
-		}
-	}
-	return h
+	return remotejobtest.Check(t, r.Dir, remotejobtest.Rules{Settled: true, NextFromDoneOnly: true, FirstStage: "build"})
 }
