@@ -443,12 +443,6 @@ func (c *cli) printJob(s *gitstate.Store, j *gitstate.Job) {
 			fmt.Fprintf(w, "%s:\t%s\n", termtext.Line(k), termtext.Line(v))
 		}
 	}
-	ts := func(t time.Time) string {
-		if t.IsZero() {
-			return ""
-		}
-		return t.Local().Format(time.RFC3339)
-	}
 	row("id", j.ID)
 	row("status", string(j.Status))
 	row("task", j.Task)
@@ -456,10 +450,10 @@ func (c *cli) printJob(s *gitstate.Store, j *gitstate.Job) {
 	row("branch", j.Branch)
 	row("target", j.Target)
 	row("attempt", fmt.Sprint(j.Attempt))
-	row("created", ts(j.CreatedAt))
-	row("started", ts(j.StartedAt))
-	row("finished", ts(j.FinishedAt))
-	row("ended", ts(j.EndedAt))
+	row("created", showTime(j.CreatedAt))
+	row("started", showTime(j.StartedAt))
+	row("finished", showTime(j.FinishedAt))
+	row("ended", showTime(j.EndedAt))
 	if !j.Monitor.IsZero() {
 		row("monitor", j.Monitor.String())
 	}
@@ -586,4 +580,13 @@ func version() string {
 		v = "(devel)"
 	}
 	return v + " " + filepath.Base(bi.GoVersion)
+}
+
+// showTime is a record's time as show prints it: local, RFC 3339; empty
+// when unset (the row is then left out).
+func showTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.Local().Format(time.RFC3339)
 }

@@ -346,12 +346,6 @@ func (c *cli) remoteShow(id string, asJSON bool) error {
 			fmt.Fprintf(w, "%s:\t%s\n", k, termtext.Line(v))
 		}
 	}
-	ts := func(t time.Time) string {
-		if t.IsZero() {
-			return ""
-		}
-		return t.Local().Format(time.RFC3339)
-	}
 	row("id", j.ID)
 	row("status", string(j.Status))
 	row("host", j.Host)
@@ -361,12 +355,12 @@ func (c *cli) remoteShow(id string, asJSON bool) error {
 	row("branch", j.Branch)
 	row("target", j.Target)
 	row("attempt", fmt.Sprint(j.Attempt))
-	row("created", ts(j.CreatedAt))
-	row("started", ts(j.StartedAt))
-	row("ended", ts(j.EndedAt))
+	row("created", showTime(j.CreatedAt))
+	row("started", showTime(j.StartedAt))
+	row("ended", showTime(j.EndedAt))
 	row("progress", j.Progress)
 	if j.Beats > 0 || j.Status == gitstate.Running {
-		row("beats", fmt.Sprintf("%s, the last at %s by %s's clock", beats(sj), ts(j.BeatAt), dash(j.Host)))
+		row("beats", fmt.Sprintf("%s, the last at %s by %s's clock", beats(sj), showTime(j.BeatAt), dash(j.Host)))
 	}
 	if j.ExitCode != nil {
 		row("exit code", fmt.Sprint(*j.ExitCode))
