@@ -440,7 +440,7 @@ func (e *Env) settleShared(ctx context.Context, j *gitstate.Job) (settled bool, 
 	}
 	c, cur, err := e.sharedClaimed(ctx, j.ID, j.SharedRun)
 	if errors.Is(err, remotejob.ErrLost) {
-		if c != nil && ownEnd(cur) {
+		if c != nil && cur.EndedByRunner() {
 			return true, nil // an earlier settle of this run landed
 		}
 		e.note(j.ID, gitstate.Running, j.Status, fmt.Sprintf("lost the shared job, nothing written to the remote: %v", err))
@@ -495,13 +495,6 @@ func (e *Env) settleShared(ctx context.Context, j *gitstate.Job) (settled bool, 
 	}
 	e.note(j.ID, gitstate.Running, end.Status, msg)
 	return true, nil
-}
-
-// ownEnd reports whether ended record cur (naming this run) was ended by
-// its runner's settle, rather than expired or cancelled by someone.
-func ownEnd(cur *remotejob.Job) bool {
-	return cur != nil && cur.Status.Terminal() && cur.EndedBy != "" &&
-		!strings.HasPrefix(cur.EndedBy, "reaper") && !strings.HasPrefix(cur.EndedBy, "cancel")
 }
 
 // branchMovedReason is Finalize's check, before the local terminal claim

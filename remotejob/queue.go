@@ -33,6 +33,13 @@ func (q *Queue) now() time.Time {
 // runnerEnd is EndedBy of a job its runner settled on host.
 func runnerEnd(host string) string { return "monitor@" + host }
 
+// EndedByRunner reports whether j ended by its own runner's Settle (not
+// by a cancel or an expiry): the one test of "this end is the run's own",
+// for Settle's convergence and for a late settle that finds it landed.
+func (j *Job) EndedByRunner() bool {
+	return j.Status.Terminal() && j.Run != "" && j.EndedBy == runnerEnd(j.Host)
+}
+
 func newRun() (string, error) {
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -344,7 +351,7 @@ func (q *Queue) settle(ctx context.Context, c *Claimed, end Ending) error {
 	// This run's settle landed already (a push whose fate was unknown, or
 	// a second Settle): everything in it landed with it.
 	settled := func(cur *Job) bool {
-		return cur.Status == end.Status && cur.Run == c.Run && cur.EndedBy == endedBy && cur.Next == nextID
+		return cur.Status == end.Status && cur.Run == c.Run && cur.EndedByRunner() && cur.Next == nextID
 	}
 	retry := func(lost error) ([]refstore.Update, error) {
 		// The job is as c left it: another ref of the push lost. A next
