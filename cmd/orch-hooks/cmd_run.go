@@ -156,13 +156,8 @@ func (c *cli) sharedPass(env *pipeline.Env, capacity int, quiet bool) (pipeline.
 		return rep, err
 	}
 	remote := env.Shared.Queue.Store.Remote()
-	for _, x := range rep.Expired {
-		if x.Won {
-			c.errf("%s: expired: no beat from %s, its record unchanged for %s as seen here\n", x.ID, termtext.Line(x.Host), x.Unchanged.Round(time.Second))
-		}
-	}
-	for _, id := range rep.Settled {
-		c.errf("%s: settled on %s (its end here had not reached the remote)\n", id, remote)
+	for _, line := range sharedPassLines(rep, remote) {
+		c.errf("%s\n", line)
 	}
 	for _, id := range rep.Claimed {
 		c.errf("%s: claimed from %s\n", id, remote)
@@ -473,4 +468,21 @@ func setupGate(fs *flag.FlagSet, c *cli) func([]string) error {
 		}
 		return nil
 	}
+}
+
+// sharedPassLines says what a shared pass ended, one line per job, for
+// dispatch and reap (stderr) and watch (its event lines): the jobs it
+// expired (only those whose flip landed) and the local ends it settled
+// late.
+func sharedPassLines(rep pipeline.SharedReport, remote string) []string {
+	var lines []string
+	for _, x := range rep.Expired {
+		if x.Won {
+			lines = append(lines, fmt.Sprintf("%s: expired here: no beat from %s, its record unchanged for %s as seen here", termtext.Line(x.ID), termtext.Line(x.Host), x.Unchanged.Round(time.Second)))
+		}
+	}
+	for _, id := range rep.Settled {
+		lines = append(lines, fmt.Sprintf("%s: settled on %s (its end here had not reached the remote)", termtext.Line(id), remote))
+	}
+	return lines
 }

@@ -42,13 +42,8 @@ func (w *watcher) sharedTick(ctx context.Context) {
 		w.sharedErr = err.Error()
 	}
 	if !w.tty {
-		for _, x := range rep.Expired {
-			if x.Won {
-				w.say("shared: %s expired here: no beat from %s, its record unchanged for %s as seen here", termtext.Line(x.ID), termtext.Line(x.Host), x.Unchanged.Round(time.Second))
-			}
-		}
-		for _, id := range rep.Settled {
-			w.say("shared: %s settled on %s (its end here had not reached the remote)", termtext.Line(id), w.env.Shared.Queue.Store.Remote())
+		for _, line := range sharedPassLines(rep, w.env.Shared.Queue.Store.Remote()) {
+			w.say("shared: %s", line)
 		}
 		for _, e := range rep.Errors {
 			w.say("shared error: %s", termtext.Line(e.Error()))
