@@ -17,7 +17,6 @@ import (
 	"github.com/orch-hooks/orch-hooks/crashpoint"
 	"github.com/orch-hooks/orch-hooks/gitstate"
 	"github.com/orch-hooks/orch-hooks/pipeline"
-	"github.com/orch-hooks/orch-hooks/pipelinetest"
 	"github.com/orch-hooks/orch-hooks/procid"
 	"github.com/orch-hooks/orch-hooks/refstore/refstoretest"
 	"github.com/orch-hooks/orch-hooks/remotejob"
@@ -44,15 +43,8 @@ const (
 // job), then every queued shared job here runs to its end. An armed crash
 // point kills it on the way.
 func sharedMachineHelper() int {
-	env, err := pipelinetest.Open(os.Getenv(repoEnv))
+	env, err := sharedHelperEnv("dispatch")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "shared machine helper:", err)
-		return 1
-	}
-	env.Store.Actor = "dispatch"
-	beat, _ := time.ParseDuration(os.Getenv(beatEnv))
-	ttl, _ := time.ParseDuration(os.Getenv(ttlEnv))
-	if err := withShared(env, os.Getenv(hostEnv), beat, ttl); err != nil {
 		fmt.Fprintln(os.Stderr, "shared machine helper:", err)
 		return 1
 	}

@@ -284,18 +284,28 @@ func TestSharedJobRunsAcrossMachines(t *testing.T) {
 	}
 }
 
-// sharedMonitorHelper runs job $PIPELINE_TEST_JOB as its monitor in remote
-// mode as host $PIPELINE_TEST_HOST (a monitor a dispatch would start).
-func sharedMonitorHelper() int {
+// sharedHelperEnv is the Env of a re-exec'd helper process: the
+// repository $PIPELINE_TEST_REPO in remote mode as host
+// $PIPELINE_TEST_HOST, with the test's beat and TTL, acting as actor.
+func sharedHelperEnv(actor string) (*pipeline.Env, error) {
 	env, err := pipelinetest.Open(os.Getenv(repoEnv))
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "shared monitor helper:", err)
-		return 1
+		return nil, err
 	}
-	env.Store.Actor = "monitor"
+	env.Store.Actor = actor
 	beat, _ := time.ParseDuration(os.Getenv(beatEnv))
 	ttl, _ := time.ParseDuration(os.Getenv(ttlEnv))
 	if err := withShared(env, os.Getenv(hostEnv), beat, ttl); err != nil {
+		return nil, err
+	}
+	return env, nil
+}
+
+// sharedMonitorHelper runs job $PIPELINE_TEST_JOB as its monitor in remote
+// mode as host $PIPELINE_TEST_HOST (a monitor a dispatch would start).
+func sharedMonitorHelper() int {
+	env, err := sharedHelperEnv("monitor")
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "shared monitor helper:", err)
 		return 1
 	}
