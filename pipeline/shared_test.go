@@ -865,3 +865,29 @@ func TestSharedClaimRefusesDivergedBranch(t *testing.T) {
 		t.Errorf("b's feat moved: %s → %s", bFeat, got)
 	}
 }
+
+// A cancel of a shared job stops here only this machine's run of it: a
+// local job of the same id whose run is not the cancelled claim's is left
+// as it is (the remote's cancel is not its end).
+func TestSharedCancelLeavesOtherRun(t *testing.T) {
+	c := newCluster(t, 1, counterToml(t.TempDir()), time.Second, 30*time.Second)
+	a := c.ms[0]
+	ctx := context.Background()
+	id := c.claimOn(t, a)
+	if _, err := a.env.Store.Update(ctx, id, "test: another run's record", func(j *gitstate.Job) error {
+		j.SharedRun = "not-the-claim"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.env.CancelShared(ctx, id)
+	if err != nil || !res.Won || res.Local != nil {
+		t.Fatalf("cancel: won %v, local %v, %v", res.Won, res.Local, err)
+	}
+	if lj, err := a.env.Store.Get(id); err != nil || lj.Status != gitstate.Queued {
+		t.Fatalf("the other run's local job: %v, %v; want it left queued", lj.Status, err)
+	}
+	if rj, _ := remoteJob(t, a, id); rj.Status != gitstate.Cancelled {
+		t.Fatalf("remote job %s, want cancelled", rj.Status)
+	}
+}

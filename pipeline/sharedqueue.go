@@ -225,7 +225,10 @@ func (e *Env) CancelShared(ctx context.Context, id string) (SharedCancel, error)
 	if err != nil {
 		return res, fmt.Errorf("job %s cancelled on %s; its local record here: %w", id, q.Store.Remote(), err)
 	}
-	if lj.Status.Terminal() {
+	if lj.Status.Terminal() || j.Run == "" || lj.SharedRun != j.Run {
+		// Only this machine's run of the cancelled claim is stopped here:
+		// a local job of the same id that is not that run is someone
+		// else's to end.
 		return res, nil
 	}
 	lj, lwon, err := e.Cancel(ctx, id)
