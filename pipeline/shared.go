@@ -229,7 +229,8 @@ func (e *Env) claimShared(ctx context.Context, id string) (bool, error) {
 // not be brought (diverged): the job is then settled failed on the
 // remote, with the reason, and nothing is queued here. An error (the
 // remote unreachable) leaves the claim as it is: the next pass finds the
-// job running here with no local job and tries again.
+// job running here with no local job and tries again. A local record of
+// the id that exists already is an error: it is not this claim's.
 func (e *Env) materialize(ctx context.Context, c *remotejob.Claimed) (made bool, err error) {
 	rj := c.Job
 	reason, err := e.bringBranch(ctx, rj.Branch, rj.Target)
@@ -252,12 +253,16 @@ func (e *Env) materialize(ctx context.Context, c *remotejob.Claimed) (made bool,
 		return false, fmt.Errorf("queue the claimed job here: %w", err)
 	}
 	crashpoint.Hit("shared.materialized")
-	if created {
-		// The remote's transition; the local record's own creation
-		// (→queued) is logged by the store.
-		e.note(rj.ID, gitstate.Queued, gitstate.Running, fmt.Sprintf("claimed the shared job on %s (run %s); queued here as a local job", e.Shared.Queue.Store.Remote(), rj.Run))
+	if !created {
+		// Callers claim only with no local record of the id (under the
+		// shared lock), so this is a record made behind their back: it is
+		// not this run, and the claim is not run here.
+		return false, fmt.Errorf("a local job %s exists here already, not of this claim (run %s): the claim is not run here, and another machine expires it after heartbeat_ttl_s", rj.ID, rj.Run)
 	}
-	return created, nil
+	// The remote's transition; the local record's own creation (→queued)
+	// is logged by the store.
+	e.note(rj.ID, gitstate.Queued, gitstate.Running, fmt.Sprintf("claimed the shared job on %s (run %s); queued here as a local job", e.Shared.Queue.Store.Remote(), rj.Run))
+	return true, nil
 }
 
 // remoteName is the remote shared jobs live on.
