@@ -544,8 +544,14 @@ func (c *cli) openStore() (*gitstate.Store, error) {
 	return s, nil
 }
 
-// env opens everything a pipeline operation needs.
-func (c *cli) env() (*pipeline.Env, error) {
+// env opens everything a pipeline operation needs, the shared queue
+// included in remote mode.
+func (c *cli) env() (*pipeline.Env, error) { return c.openEnv(true) }
+
+// openEnv is env; without shared, remote mode's queue is not opened (a
+// git hook, which reaches no remote, need not pay the git process that
+// checks the remote exists).
+func (c *cli) openEnv(shared bool) (*pipeline.Env, error) {
 	r, err := c.openRepo()
 	if err != nil {
 		return nil, err
@@ -559,7 +565,7 @@ func (c *cli) env() (*pipeline.Env, error) {
 		return nil, err
 	}
 	env := &pipeline.Env{Repo: r, Store: s, Config: cfg}
-	if cfg.Remote.Enabled() {
+	if shared && cfg.Remote.Enabled() {
 		if env.Shared, err = c.openShared(r, cfg); err != nil {
 			return nil, err
 		}

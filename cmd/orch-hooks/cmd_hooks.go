@@ -214,7 +214,9 @@ func setupHook(fs *flag.FlagSet, c *cli) func([]string) error {
 		if _, err := c.openStore(); errors.Is(err, gitstate.ErrNotInitialised) {
 			return nil
 		}
-		env, err := c.env()
+		// Not the shared queue: a hook in remote mode only says it makes
+		// no pass (below), and opening the queue costs a git process.
+		env, err := c.openEnv(false)
 		var cfgErr *config.Error
 		switch {
 		case err == nil:
